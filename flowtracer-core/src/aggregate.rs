@@ -1,0 +1,335 @@
+//! Stage 1: aggregation of per-layer, per-head attention into `Ā` (spec §2).
+//!
+//! `Ā[k][i] = mean over selected layers l, mean over heads h of P[l][h][k][i]`.
+//!
+//! Inputs are `[layers][heads][N][N]` dense row-major, or the same with each matrix packed
+//! as its lower-triangular rows (row `k` holds `k + 1` values; `N (N + 1) / 2` per matrix).
+//! The output is always dense `N x N` with zeros above the diagonal. Sums are accumulated in
+//! `F` in input order (layer, head, row), then scaled by `1 / (layers · heads)`: one
+//! streaming read of the selected input, in the order it lies in memory.
+
+use alloc::vec;
+use alloc::vec::Vec;
+use core::ops::Range;
+
+use crate::error::{Error, Position};
+use crate::float::FlowFloat;
+use crate::kernels::add_stats;
+
+/// Which layers enter the mean (spec §2).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum LayerSelection {
+    /// The middle band `floor(L/3) .. floor(2L/3)` (default; all layers if the band is empty).
+    #[default]
+    Middle,
+    /// Every layer.
+    All,
+    /// A half-open range of layers.
+    Range(Range<usize>),
+    /// An explicit list of distinct layers.
+    List(Vec<usize>),
+    /// `n` layers evenly spaced inside the middle band:
+    /// `lo + floor(j (hi - 1 - lo) / (n - 1))` for `j = 0..n` (`n >= 2`), or the band's
+    /// middle layer `lo + floor((hi - 1 - lo) / 2)` for `n = 1`.
+    Spaced(usize),
+}
+
+/// The middle band `floor(L/3) .. floor(2L/3)`, or `0..L` if that band is empty.
+fn middle_band(num_layers: usize) -> Range<usize> {
+    let band = num_layers / 3..2 * num_layers / 3;
+    if band.is_empty() { 0..num_layers } else { band }
+}
+
+/// Resolves a [`LayerSelection`] against a model with `num_layers` layers.
+///
+/// # Errors
+///
+/// [`Error::ZeroDimension`] if `num_layers == 0`; [`Error::InvalidLayerSelection`] for an
+/// empty selection, a layer `>= num_layers`, a repeated layer in a list, or more spaced
+/// layers than the band holds.
+///
+/// # Complexity
+///
+/// O(L).
+///
+/// # Examples
+///
+/// ```
+/// use flowtracer_core::aggregate::{select_layers, LayerSelection};
+/// assert_eq!(select_layers(12, &LayerSelection::Middle)?, vec![4, 5, 6, 7]);
+/// assert_eq!(select_layers(12, &LayerSelection::Spaced(3))?, vec![4, 5, 7]);
+/// assert_eq!(select_layers(1, &LayerSelection::Middle)?, vec![0]);
+/// # Ok::<(), flowtracer_core::Error>(())
+/// ```
+pub fn select_layers(num_layers: usize, selection: &LayerSelection) -> Result<Vec<usize>, Error> {
+    if num_layers == 0 {
+        return Err(Error::ZeroDimension { what: "layers" });
+    }
+    let invalid = |reason, value| Error::InvalidLayerSelection {
+        reason,
+        value,
+        num_layers,
+    };
+    let layers: Vec<usize> = match selection {
+        LayerSelection::Middle => middle_band(num_layers).collect(),
+        LayerSelection::All => (0..num_layers).collect(),
+        LayerSelection::Range(r) => {
+            if r.is_empty() {
+                return Err(invalid("empty layer range", r.start));
+            }
+            if r.end > num_layers {
+                return Err(invalid("layer range ends past the last layer", r.end));
+            }
+            r.clone().collect()
+        }
+        LayerSelection::List(list) => {
+            if list.is_empty() {
+                return Err(invalid("empty layer list", 0));
+            }
+            for (j, &l) in list.iter().enumerate() {
+                if l >= num_layers {
+                    return Err(invalid("layer out of range", l));
+                }
+                if list[..j].contains(&l) {
+                    return Err(invalid("layer listed twice", l));
+                }
+            }
+            list.clone()
+        }
+        LayerSelection::Spaced(count) => {
+            let band = middle_band(num_layers);
+            let (lo, hi) = (band.start, band.end);
+            match *count {
+                0 => return Err(invalid("zero spaced layers", 0)),
+                c if c > hi - lo => {
+                    return Err(invalid("more spaced layers than the band holds", c));
+                }
+                1 => vec![lo + (hi - 1 - lo) / 2],
+                c => (0..c).map(|j| lo + j * (hi - 1 - lo) / (c - 1)).collect(),
+            }
+        }
+    };
+    Ok(layers)
+}
+
+/// How each `N x N` attention matrix is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Layout {
+    /// Row-major `N x N` (entries above the diagonal ignored).
+    #[default]
+    Dense,
+    /// Lower-triangular rows back to back: row `k` holds keys `0..=k`.
+    Packed,
+}
+
+impl Layout {
+    /// Number of values one `N x N` matrix occupies.
+    pub fn matrix_len(self, n: usize) -> usize {
+        match self {
+            Layout::Dense => n.saturating_mul(n),
+            Layout::Packed => n.saturating_mul(n.saturating_add(1)) / 2,
+        }
+    }
+
+    /// Offset of row `k` inside one matrix.
+    #[inline]
+    pub fn row_offset(self, n: usize, k: usize) -> usize {
+        match self {
+            Layout::Dense => k * n,
+            Layout::Packed => k * (k + 1) / 2,
+        }
+    }
+}
+
+/// Streams attention one layer at a time into the running sum of `Ā`, so a trainer can feed
+/// layers as the forward pass produces them and never hold all of them.
+///
+/// Data defects are recorded as they stream by and reported by [`finish`](Self::finish) in
+/// the order of spec §13 (the first non-finite entry wins over any negative one, whatever
+/// layer it is in).
+#[derive(Debug, Clone)]
+pub struct LayerAccumulator<F> {
+    heads: usize,
+    n: usize,
+    layout: Layout,
+    layers: usize,
+    sum: Vec<F>,
+    non_finite: Option<Position>,
+    negative: Option<(Position, f64)>,
+}
+
+impl<F: FlowFloat> LayerAccumulator<F> {
+    /// An accumulator for `heads` heads of `n x n` attention stored in `layout`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::EmptySequence`] if `n == 0`, [`Error::ZeroDimension`] if `heads == 0`.
+    pub fn new(heads: usize, n: usize, layout: Layout) -> Result<Self, Error> {
+        if n == 0 {
+            return Err(Error::EmptySequence);
+        }
+        if heads == 0 {
+            return Err(Error::ZeroDimension { what: "heads" });
+        }
+        Ok(Self {
+            heads,
+            n,
+            layout,
+            layers: 0,
+            sum: vec![F::zero(); n * n],
+            non_finite: None,
+            negative: None,
+        })
+    }
+
+    /// Adds layer `layer_index` (its `[heads][N][N]` values) to the sum.
+    ///
+    /// `layer_index` is only used to report positions.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ShapeMismatch`] if `data` is not `heads` matrices long.
+    ///
+    /// # Complexity
+    ///
+    /// O(H · N²), one streaming read of `data`; no allocation.
+    pub fn add_layer(&mut self, layer_index: usize, data: &[F]) -> Result<(), Error> {
+        let m = self.layout.matrix_len(self.n);
+        let expected = m.saturating_mul(self.heads);
+        if data.len() != expected {
+            return Err(Error::ShapeMismatch {
+                what: "layer attention",
+                expected,
+                actual: data.len(),
+            });
+        }
+        let n = self.n;
+        for (head, matrix) in data.chunks_exact(m).enumerate() {
+            for k in 0..n {
+                let off = self.layout.row_offset(n, k);
+                let row = &matrix[off..=off + k];
+                let (sum, min) = add_stats(row, &mut self.sum[k * n..=k * n + k]);
+                if !sum.is_finite() || min < F::zero() {
+                    self.scan(layer_index, head, k, row);
+                }
+            }
+        }
+        self.layers += 1;
+        Ok(())
+    }
+
+    #[cold]
+    fn scan(&mut self, layer: usize, head: usize, row: usize, values: &[F]) {
+        let at = |col| Position {
+            layer: Some(layer),
+            head: Some(head),
+            row,
+            col,
+        };
+        if self.non_finite.is_none()
+            && let Some(col) = values.iter().position(|x| !x.is_finite())
+        {
+            self.non_finite = Some(at(col));
+        }
+        if self.negative.is_none()
+            && let Some(col) = values.iter().position(|&x| x < F::zero())
+        {
+            self.negative = Some((at(col), values[col].widen()));
+        }
+    }
+
+    /// Number of layers added so far.
+    pub fn layers(&self) -> usize {
+        self.layers
+    }
+
+    /// The mean `Ā`, dense `N x N` with zeros above the diagonal.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ZeroDimension`] if no layer was added; [`Error::NonFinite`] then
+    /// [`Error::Negative`] for the first defect seen (in the order layers were added).
+    ///
+    /// # Complexity
+    ///
+    /// O(N²), in place.
+    pub fn finish(self) -> Result<Vec<F>, Error> {
+        if self.layers == 0 {
+            return Err(Error::ZeroDimension { what: "layers" });
+        }
+        if let Some(position) = self.non_finite {
+            return Err(Error::NonFinite { position });
+        }
+        if let Some((position, value)) = self.negative {
+            return Err(Error::Negative { position, value });
+        }
+        let scale = F::from_f64_lossy(1.0 / (self.layers * self.heads) as f64);
+        let mut sum = self.sum;
+        for x in &mut sum {
+            *x = *x * scale;
+        }
+        Ok(sum)
+    }
+}
+
+/// Aggregates `[layers][heads][N][N]` attention into `Ā` over the selected layers.
+///
+/// # Errors
+///
+/// In the order of spec §13: [`Error::ShapeMismatch`] (length), [`Error::EmptySequence`],
+/// [`Error::ZeroDimension`] (layers, then heads), [`Error::InvalidLayerSelection`], then the
+/// first [`Error::NonFinite`] and the first [`Error::Negative`] entry (lowest flat index,
+/// lower triangles of the selected layers only).
+///
+/// # Complexity
+///
+/// O(L_sel · H · N²) time, one streaming read of the selected layers; O(N²) memory for
+/// the output only.
+///
+/// # Examples
+///
+/// ```
+/// use flowtracer_core::aggregate::{aggregate, Layout, LayerSelection};
+/// // One layer, two heads, N = 2.
+/// let p = [1.0, 0.0, 0.25, 0.75, /* head 1 */ 1.0, 0.0, 0.5, 0.5];
+/// let a = aggregate(&p, 1, 2, 2, Layout::Dense, &LayerSelection::All)?;
+/// assert_eq!(a, vec![1.0, 0.0, 0.375, 0.625]);
+/// # Ok::<(), flowtracer_core::Error>(())
+/// ```
+pub fn aggregate<F: FlowFloat>(
+    attention: &[F],
+    layers: usize,
+    heads: usize,
+    n: usize,
+    layout: Layout,
+    selection: &LayerSelection,
+) -> Result<Vec<F>, Error> {
+    let per_layer = layout.matrix_len(n).saturating_mul(heads);
+    let expected = per_layer.saturating_mul(layers);
+    if attention.len() != expected {
+        return Err(Error::ShapeMismatch {
+            what: "attention",
+            expected,
+            actual: attention.len(),
+        });
+    }
+    if n == 0 {
+        return Err(Error::EmptySequence);
+    }
+    if layers == 0 {
+        return Err(Error::ZeroDimension { what: "layers" });
+    }
+    if heads == 0 {
+        return Err(Error::ZeroDimension { what: "heads" });
+    }
+    let mut selected = select_layers(layers, selection)?;
+    // Stream in memory order; the mean does not depend on the order of the layers.
+    selected.sort_unstable();
+    let mut acc = LayerAccumulator::new(heads, n, layout)?;
+    for l in selected {
+        acc.add_layer(l, &attention[l * per_layer..(l + 1) * per_layer])?;
+    }
+    acc.finish()
+}

@@ -1,0 +1,218 @@
+//! Stage 7: point-wise baselines (spec §11). Each produces one score per token; the scores
+//! go through the same selection and shaping as FlowTracer's throughput
+//! ([`token_weights`](crate::shaping::token_weights)).
+
+use alloc::vec;
+use alloc::vec::Vec;
+use core::ops::Range;
+
+use crate::error::Error;
+use crate::float::FlowFloat;
+use crate::validate::{check_data, check_matrix_shape, check_response};
+
+/// Row tolerance of the data checks the baselines run (the default of
+/// [`TraceConfig`](crate::TraceConfig)).
+const ROW_TOLERANCE: f64 = 1e-3;
+
+/// Which score selects the shaped tokens (spec §11).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum CreditMethod {
+    /// Plain GRPO: every weight 1.
+    Uniform,
+    /// FlowTracer throughput `tau`, top-ρ (default).
+    #[default]
+    FlowTracer,
+    /// `k` tokens drawn by a seeded SplitMix64 generator ([`random_scores`]).
+    Random,
+    /// Attention received from later response tokens ([`attention_received`]).
+    AttentionReceived,
+    /// Normalised entropy of each token's attention row ([`attention_entropy`]).
+    AttentionEntropy,
+    /// The policy's per-token predictive entropy, passed by the caller.
+    PredictiveEntropy,
+    /// Attention rollout into the answer ([`rollout`]).
+    Rollout,
+    /// FlowTracer throughput, bottom-ρ (`select = bottom`).
+    BottomFlow,
+}
+
+/// SplitMix64 (Steele, Lea and Flood 2014), the seeded generator of the `random` baseline.
+#[derive(Debug, Clone)]
+pub struct SplitMix64(u64);
+
+impl SplitMix64 {
+    /// A generator starting from `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A uniform value in `(0, 1]` (53 random bits).
+    pub fn next_unit(&mut self) -> f64 {
+        ((self.next_u64() >> 11) + 1) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+}
+
+/// Random scores in `(0, 1]` for the tokens of `response` (0 elsewhere), drawn in position
+/// order from SplitMix64(`seed`); the top `k` of them are `k` tokens drawn uniformly without
+/// replacement.
+///
+/// # Errors
+///
+/// Errors of [`check_response`].
+///
+/// # Complexity
+///
+/// O(N).
+pub fn random_scores(n: usize, response: Range<usize>, seed: u64) -> Result<Vec<f64>, Error> {
+    check_response(n, None, &response)?;
+    let mut rng = SplitMix64::new(seed);
+    let mut s = vec![0.0; n];
+    for x in &mut s[response] {
+        *x = rng.next_unit();
+    }
+    Ok(s)
+}
+
+/// `score(i) = sum over later response rows k > i, k in R, of Ā[k][i]`.
+///
+/// # Errors
+///
+/// [`Error::ShapeMismatch`] / [`Error::EmptySequence`] for the matrix, errors of
+/// [`check_response`] for `response`, then the data checks of [`check_data`].
+///
+/// # Complexity
+///
+/// O(|R| · N) time (a streaming read of the response rows), O(N) memory.
+pub fn attention_received<F: FlowFloat>(
+    attention: &[F],
+    n: usize,
+    response: Range<usize>,
+) -> Result<Vec<F>, Error> {
+    check_matrix_shape(attention.len(), n)?;
+    check_response(n, None, &response)?;
+    check_data(attention, n, ROW_TOLERANCE)?;
+    let mut acc = vec![0.0f64; n];
+    for k in response {
+        for (a, x) in acc[..k].iter_mut().zip(&attention[k * n..k * n + k]) {
+            *a += x.widen();
+        }
+    }
+    Ok(acc.into_iter().map(F::from_f64_lossy).collect())
+}
+
+/// `score(t) = -sum_{i<=t} Ā[t][i] ln Ā[t][i] / ln(t + 1)`, 0 for `t = 0` (terms with
+/// `Ā = 0` count 0).
+///
+/// # Errors
+///
+/// [`Error::ShapeMismatch`] / [`Error::EmptySequence`] for the matrix, then the data checks
+/// of [`check_data`].
+///
+/// # Complexity
+///
+/// O(N²) time, O(N) memory.
+pub fn attention_entropy<F: FlowFloat>(attention: &[F], n: usize) -> Result<Vec<F>, Error> {
+    check_matrix_shape(attention.len(), n)?;
+    check_data(attention, n, ROW_TOLERANCE)?;
+    Ok((0..n)
+        .map(|t| {
+            if t == 0 {
+                return F::zero();
+            }
+            let e: f64 = attention[t * n..=t * n + t]
+                .iter()
+                .map(|x| x.widen())
+                .filter(|&x| x > 0.0)
+                .map(|x| -x * num_traits::Float::ln(x))
+                .sum();
+            F::from_f64_lossy(e / num_traits::Float::ln((t + 1) as f64))
+        })
+        .collect())
+}
+
+/// Attention rollout (Abnar and Zuidema 2020) into the answer.
+///
+/// `layer_means` holds the head-mean matrices `M_l` of the selected layers, in layer order,
+/// `[num_layers][N][N]` dense. With `N_l = norm(0.5 M_l + 0.5 I)` (rows renormalised),
+/// `R = N_last ··· N_first` and `score(i) = mean over answer rows a of R[a][i]`. Only the
+/// answer rows of `R` are formed: row vectors are pushed through the layers from the last
+/// to the first.
+///
+/// # Errors
+///
+/// [`Error::ZeroDimension`] for zero layers, [`Error::ShapeMismatch`] for the length,
+/// [`Error::EmptySequence`], span errors for `answer`, then the data checks of
+/// [`check_data`] layer by layer.
+///
+/// # Complexity
+///
+/// O(|A| · L · N²) time, O(|A| · N) memory.
+pub fn rollout<F: FlowFloat>(
+    layer_means: &[F],
+    num_layers: usize,
+    n: usize,
+    answer: Range<usize>,
+) -> Result<Vec<F>, Error> {
+    if num_layers == 0 {
+        return Err(Error::ZeroDimension { what: "layers" });
+    }
+    let m = n.saturating_mul(n);
+    let expected = m.saturating_mul(num_layers);
+    if layer_means.len() != expected {
+        return Err(Error::ShapeMismatch {
+            what: "layer means",
+            expected,
+            actual: layer_means.len(),
+        });
+    }
+    if n == 0 {
+        return Err(Error::EmptySequence);
+    }
+    check_response(n, None, &answer)?;
+    for l in 0..num_layers {
+        check_data(&layer_means[l * m..(l + 1) * m], n, ROW_TOLERANCE)?;
+    }
+    let mut score = vec![0.0f64; n];
+    let mut row = vec![0.0f64; n];
+    let mut next = vec![0.0f64; n];
+    for a in answer.clone() {
+        row.fill(0.0);
+        row[a] = 1.0;
+        for l in (0..num_layers).rev() {
+            let mat = &layer_means[l * m..(l + 1) * m];
+            next.fill(0.0);
+            // next = row · N_l, where N_l[k] = (0.5 M_l[k] + 0.5 e_k) / (0.5 |M_l[k]| + 0.5).
+            for (k, &r) in row.iter().enumerate() {
+                if r == 0.0 {
+                    continue;
+                }
+                let mk = &mat[k * n..=k * n + k];
+                let mass: f64 = mk.iter().map(|x| x.widen()).sum();
+                let scale = r / (0.5 * mass + 0.5);
+                for (nx, x) in next.iter_mut().zip(mk) {
+                    *nx += scale * 0.5 * x.widen();
+                }
+                next[k] += scale * 0.5;
+            }
+            core::mem::swap(&mut row, &mut next);
+        }
+        for (s, r) in score.iter_mut().zip(&row) {
+            *s += r;
+        }
+    }
+    let count = answer.len() as f64;
+    Ok(score
+        .into_iter()
+        .map(|s| F::from_f64_lossy(s / count))
+        .collect())
+}

@@ -1,0 +1,244 @@
+//! The crate's one error type.
+
+use core::fmt;
+use core::ops::Range;
+
+/// Which index range of a sequence an error is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Span {
+    /// The question tokens `Q`, where flow is injected.
+    Question,
+    /// The answer tokens `A`, where flow is absorbed.
+    Answer,
+    /// The scored response tokens `R`.
+    Response,
+}
+
+impl fmt::Display for Span {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Span::Question => "question",
+            Span::Answer => "answer",
+            Span::Response => "response",
+        })
+    }
+}
+
+/// Where in the input a bad value sits.
+///
+/// `layer` and `head` are `Some` when the value was found in per-layer, per-head attention
+/// (`[layers][heads][N][N]`), `None` when it was found in aggregated attention `Ā`.
+/// `row` is the query token `k`, `col` the key token `i`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    /// Layer index in the input (not in the selection), if the input had layers.
+    pub layer: Option<usize>,
+    /// Head index, if the input had heads.
+    pub head: Option<usize>,
+    /// Query token (row of `Ā`).
+    pub row: usize,
+    /// Key token (column of `Ā`).
+    pub col: usize,
+}
+
+impl Position {
+    /// A position in aggregated attention `Ā[row][col]`.
+    pub const fn matrix(row: usize, col: usize) -> Self {
+        Self {
+            layer: None,
+            head: None,
+            row,
+            col,
+        }
+    }
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(l) = self.layer {
+            write!(f, "layer {l}, ")?;
+        }
+        if let Some(h) = self.head {
+            write!(f, "head {h}, ")?;
+        }
+        write!(f, "row {}, column {}", self.row, self.col)
+    }
+}
+
+/// Everything that can go wrong with user data, in the order of spec §13.
+///
+/// Checks run in this order and the first failing one is returned, so the CPU path, the
+/// GPU kernels and the fuzz oracle all report the same variant and position for the same
+/// input.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Error {
+    /// A buffer's length does not match the shape it should have.
+    ShapeMismatch {
+        /// Which buffer.
+        what: &'static str,
+        /// The length the shape implies.
+        expected: usize,
+        /// The length given.
+        actual: usize,
+    },
+    /// The sequence has no tokens (`N = 0`).
+    EmptySequence,
+    /// A shape parameter that must be positive is zero (layers or heads).
+    ZeroDimension {
+        /// Which dimension.
+        what: &'static str,
+    },
+    /// A span has no tokens.
+    EmptySpan {
+        /// Which span.
+        span: Span,
+    },
+    /// A span reaches past the end of the sequence.
+    SpanOutOfRange {
+        /// Which span.
+        span: Span,
+        /// The span as given.
+        range: Range<usize>,
+        /// Sequence length.
+        n: usize,
+    },
+    /// The answer starts before the question ends.
+    AnswerNotAfterQuestion {
+        /// The question span.
+        question: Range<usize>,
+        /// The answer span.
+        answer: Range<usize>,
+    },
+    /// The scored response range does not contain the answer span.
+    ResponseMissesAnswer {
+        /// The response span.
+        response: Range<usize>,
+        /// The answer span.
+        answer: Range<usize>,
+    },
+    /// A NaN or infinite entry (the first one, by lowest flat index).
+    NonFinite {
+        /// Where it is.
+        position: Position,
+    },
+    /// A negative entry (the first one, by lowest flat index).
+    Negative {
+        /// Where it is.
+        position: Position,
+        /// Its value.
+        value: f64,
+    },
+    /// A row of `Ā` whose mass on and below the diagonal exceeds `1 + tolerance`.
+    RowMassExceeded {
+        /// The row (query token).
+        row: usize,
+        /// Its mass.
+        mass: f64,
+        /// The tolerance in force.
+        tolerance: f64,
+    },
+    /// No question token reaches the answer: there is no flow to trace.
+    NoSourceMass,
+    /// A layer selection that names no layer, a layer out of range, or a repeated layer.
+    InvalidLayerSelection {
+        /// What is wrong with it.
+        reason: &'static str,
+        /// The offending layer index or count.
+        value: usize,
+        /// Number of layers in the input.
+        num_layers: usize,
+    },
+    /// A GRPO group has fewer than two responses.
+    GroupTooSmall {
+        /// The group size given.
+        num_generations: usize,
+    },
+    /// The batch is not a whole number of groups.
+    GroupSizeMismatch {
+        /// Number of responses.
+        batch: usize,
+        /// Group size.
+        num_generations: usize,
+    },
+    /// A configuration value outside its domain.
+    InvalidConfig {
+        /// The field's name.
+        field: &'static str,
+        /// What the domain is.
+        reason: &'static str,
+    },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::ShapeMismatch {
+                what,
+                expected,
+                actual,
+            } => {
+                write!(
+                    f,
+                    "{what} has {actual} elements, but its shape implies {expected}"
+                )
+            }
+            Error::EmptySequence => f.write_str("the sequence is empty (N = 0)"),
+            Error::ZeroDimension { what } => write!(f, "the number of {what} is zero"),
+            Error::EmptySpan { span } => write!(f, "the {span} span is empty"),
+            Error::SpanOutOfRange { span, range, n } => write!(
+                f,
+                "the {span} span {}..{} is out of range for a sequence of {n} tokens",
+                range.start, range.end
+            ),
+            Error::AnswerNotAfterQuestion { question, answer } => write!(
+                f,
+                "the answer span {}..{} starts before the question span {}..{} ends",
+                answer.start, answer.end, question.start, question.end
+            ),
+            Error::ResponseMissesAnswer { response, answer } => write!(
+                f,
+                "the response span {}..{} does not contain the answer span {}..{}",
+                response.start, response.end, answer.start, answer.end
+            ),
+            Error::NonFinite { position } => write!(f, "non-finite attention at {position}"),
+            Error::Negative { position, value } => {
+                write!(f, "negative attention {value} at {position}")
+            }
+            Error::RowMassExceeded {
+                row,
+                mass,
+                tolerance,
+            } => write!(
+                f,
+                "attention row {row} sums to {mass}, more than 1 + {tolerance}"
+            ),
+            Error::NoSourceMass => f.write_str(
+                "no question token reaches the answer (no source mass): nothing to trace",
+            ),
+            Error::InvalidLayerSelection {
+                reason,
+                value,
+                num_layers,
+            } => write!(
+                f,
+                "invalid layer selection: {reason} ({value}; the input has {num_layers} layers)"
+            ),
+            Error::GroupTooSmall { num_generations } => write!(
+                f,
+                "GRPO needs at least 2 generations per group, got {num_generations}"
+            ),
+            Error::GroupSizeMismatch {
+                batch,
+                num_generations,
+            } => write!(
+                f,
+                "a batch of {batch} responses is not a whole number of groups of {num_generations}"
+            ),
+            Error::InvalidConfig { field, reason } => write!(f, "invalid {field}: {reason}"),
+        }
+    }
+}
+
+impl core::error::Error for Error {}

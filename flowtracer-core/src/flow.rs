@@ -1,0 +1,183 @@
+//! Stage 3: conserved flow `f`, edge flow `phi` and throughput `tau` (spec §5–7), the
+//! forward pass.
+//!
+//! The conserved kernel `W'[i][k] = W[i][k] h(k) / h(i)` (the paper's Doob h-transform) is
+//! never materialised. With `u = f / h` the recursion becomes a dot product per row of `Ā`:
+//!
+//! ```text
+//! u(k) = [k in Q+] / (|Q+| h(k))  +  sum_{i<k} Ā[k][i] v(i),     f(k) = h(k) u(k)
+//! v(i) = u(i) if i is live (h(i) > 0) and (relay mode or i not in A), else 0
+//! ```
+//!
+//! where `Q+` are the live question tokens outside the answer. Rows are streamed once in
+//! ascending order, from the question's start to the answer's end (tokens before the
+//! question carry no flow; tokens after the answer carry none either). Throughput is
+//! `tau(k) = inflow + outflow = 2 f(k)` for live tokens and 0 otherwise.
+
+use core::ops::Range;
+
+use crate::error::Error;
+use crate::float::FlowFloat;
+use crate::kernels::dot;
+use crate::reach::AnswerMode;
+
+/// The live question tokens outside the answer (`Q+` of spec §6), counted.
+///
+/// # Panics
+///
+/// If `question` is not inside `0..h.len()`.
+///
+/// # Complexity
+///
+/// O(|Q|).
+pub fn num_sources(h: &[f64], question: &Range<usize>, answer: &Range<usize>) -> usize {
+    h[question.clone()]
+        .iter()
+        .zip(question.clone())
+        .filter(|&(&hq, q)| hq > 0.0 && !answer.contains(&q))
+        .count()
+}
+
+/// Computes the flow `f` (and the masked `u = f / h` that the edge flows need) from the
+/// reach `h`.
+///
+/// Inputs are as for [`reach_into`](crate::reach::reach_into), with `h` its output. `u`
+/// receives `v` of the module docs: `f / h` where the token passes flow on, 0 elsewhere.
+///
+/// # Errors
+///
+/// [`Error::NoSourceMass`] if no question token is live (nothing reaches the answer).
+///
+/// # Panics
+///
+/// If `attention.len() != n * n`, or `h`, `u`, `f` are not of length `n`, or a span is not
+/// inside `0..n`.
+///
+/// # Complexity
+///
+/// O(N²) time, one streaming read of the rows `question.start..answer.end` of `Ā`; no extra
+/// memory.
+#[allow(clippy::too_many_arguments)]
+pub fn flow_into<F: FlowFloat>(
+    attention: &[F],
+    n: usize,
+    question: &Range<usize>,
+    answer: &Range<usize>,
+    mode: AnswerMode,
+    edge_threshold: F,
+    h: &[f64],
+    u: &mut [f64],
+    f: &mut [f64],
+) -> Result<usize, Error> {
+    assert_eq!(attention.len(), n * n, "attention must be n x n");
+    assert!(
+        h.len() == n && u.len() == n && f.len() == n,
+        "h, u, f must have length n"
+    );
+    assert!(
+        question.end <= n && answer.end <= n,
+        "spans must lie in 0..n"
+    );
+    let sources = num_sources(h, question, answer);
+    if sources == 0 {
+        return Err(Error::NoSourceMass);
+    }
+    let threshold = edge_threshold.widen();
+    if threshold > 0.0 {
+        forward::<F, true>(
+            attention, n, question, answer, mode, threshold, sources, h, u, f,
+        );
+    } else {
+        forward::<F, false>(
+            attention, n, question, answer, mode, threshold, sources, h, u, f,
+        );
+    }
+    Ok(sources)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn forward<F: FlowFloat, const PRUNE: bool>(
+    attention: &[F],
+    n: usize,
+    question: &Range<usize>,
+    answer: &Range<usize>,
+    mode: AnswerMode,
+    threshold: f64,
+    sources: usize,
+    h: &[f64],
+    u: &mut [f64],
+    f: &mut [f64],
+) {
+    u.fill(0.0);
+    f.fill(0.0);
+    let inject = 1.0 / sources as f64;
+    let lo = question.start;
+    for k in lo..answer.end {
+        let hk = h[k];
+        if hk <= 0.0 {
+            continue;
+        }
+        let src = if question.contains(&k) && !answer.contains(&k) {
+            inject / hk
+        } else {
+            0.0
+        };
+        let row = &attention[k * n + lo..k * n + k];
+        let uk = src + dot::<F, PRUNE>(row, &u[lo..k], threshold);
+        f[k] = hk * uk;
+        if mode == AnswerMode::Relay || !answer.contains(&k) {
+            u[k] = uk;
+        }
+    }
+}
+
+/// Throughput `tau = inflow + outflow`, which conservation makes `2 f` for live tokens and
+/// 0 for the others (spec §7).
+///
+/// # Panics
+///
+/// If the three slices differ in length.
+///
+/// # Complexity
+///
+/// O(N).
+pub fn throughput_into<F: FlowFloat>(f: &[f64], h: &[f64], tau: &mut [F]) {
+    assert!(
+        f.len() == tau.len() && h.len() == tau.len(),
+        "f, h, tau must have one length"
+    );
+    for ((t, &fk), &hk) in tau.iter_mut().zip(f).zip(h) {
+        *t = F::from_f64_lossy(if hk > 0.0 { 2.0 * fk } else { 0.0 });
+    }
+}
+
+/// Edge flow `phi(i -> k) = f(i) W'[i][k] = v(i) Ā[k][i] h(k)` for `i < k`, from the `h`
+/// and `u` of [`flow_into`] (0 for `i >= k` and for pruned edges).
+///
+/// # Panics
+///
+/// If an index is out of range of `h`, `u` or `attention`.
+///
+/// # Complexity
+///
+/// O(1).
+#[inline]
+pub fn edge_flow<F: FlowFloat>(
+    attention: &[F],
+    n: usize,
+    edge_threshold: F,
+    h: &[f64],
+    u: &[f64],
+    i: usize,
+    k: usize,
+) -> f64 {
+    if i >= k {
+        return 0.0;
+    }
+    let w = attention[k * n + i].widen();
+    let t = edge_threshold.widen();
+    if t > 0.0 && w < t {
+        return 0.0;
+    }
+    u[i] * w * h[k]
+}

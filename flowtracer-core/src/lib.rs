@@ -1,0 +1,79 @@
+//! FlowTracer: token-level credit assignment for reinforcement learning on language models.
+//!
+//! GRPO gives every token of a response the same advantage. FlowTracer (arXiv 2606.10646)
+//! reads the model's own attention as a graph, keeps the influence that reaches the answer,
+//! conserves it, injects unit flow at the question, and scores every token by the flow that
+//! passes through it; the top 40% of response tokens by flow get 1.5x the advantage.
+//!
+//! The pipeline, one module per stage:
+//! [`aggregate`] → [`reach`] → [`flow`] → [`backbone`] → [`shaping`] → [`grpo`], with
+//! [`baselines`] for the point-wise alternatives, [`reference`] for the naive oracles the
+//! tests check every fast path against, and [`trace()`] as the front door.
+//!
+//! # Example
+//!
+//! ```
+//! use flowtracer_core::{trace, TraceConfig};
+//! use flowtracer_core::shaping::{token_weights, ShapingConfig};
+//!
+//! // Aggregated attention Ā of 5 tokens (row k = query k over keys 0..=k): spec §12.
+//! let a: [f32; 25] = [
+//!     1.0, 0.0, 0.0, 0.0, 0.0,
+//!     0.5, 0.5, 0.0, 0.0, 0.0,
+//!     0.3, 0.5, 0.2, 0.0, 0.0,
+//!     0.1, 0.2, 0.3, 0.4, 0.0,
+//!     0.1, 0.1, 0.6, 0.1, 0.1,
+//! ];
+//! let t = trace(&a, 5, 0..2, 4..5, &TraceConfig::default())?;
+//! let w = token_weights(Some(t.throughput()), 5, 2..5, &ShapingConfig::default())?;
+//! assert_eq!(w, [1.0, 1.0, 1.5, 1.0, 1.5]);
+//! # Ok::<(), flowtracer_core::Error>(())
+//! ```
+//!
+//! # Numerical conventions
+//!
+//! - **Edge direction.** Tokens are nodes; `Ā[k][i]` (query `k` attends key `i <= k`) is
+//!   the capacity of the edge `i -> k`, forward in time. The diagonal is not an edge.
+//! - **Layout.** `Ā` is dense row-major `N x N` (row = query); entries above the diagonal
+//!   are ignored and never read. Per-layer input is `[layers][heads][N][N]` or packed
+//!   lower-triangular rows ([`aggregate::Layout`]).
+//! - **Normalisation.** Nothing is renormalised: rows of `Ā` may sum to less than 1
+//!   (truncated or sparse attention) and at most `1 + row_tolerance` (default `1e-3`).
+//!   The conserved kernel `W'` is normalised implicitly through the reach `h`.
+//! - **Precision.** `F` (`f32` or `f64`) is the storage type. Reach, flow, row masses and
+//!   all GRPO sums are accumulated in f64, whatever `F` is; liveness is `h > 0` exactly.
+//! - **NaN policy.** Non-finite or negative attention is an error naming its first position
+//!   (lowest flat index); it is never propagated into results. Checks run in the order of
+//!   spec §13 ([`validate`]), identically on CPU and GPU.
+//! - **Panics.** None on any input data. Functions that take caller-sized buffers panic on
+//!   a wrong buffer length, as documented under `# Panics`.
+#![no_std]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+pub mod aggregate;
+pub mod backbone;
+pub mod baselines;
+mod error;
+mod float;
+pub mod flow;
+pub mod grpo;
+#[cfg(feature = "io")]
+pub mod io;
+mod kernels;
+pub mod reach;
+pub mod reference;
+pub mod shaping;
+pub mod trace;
+pub mod validate;
+
+pub use error::{Error, Position, Span};
+pub use float::FlowFloat;
+pub use reach::AnswerMode;
+pub use trace::{
+    Trace, TraceConfig, TraceInput, Workspace, trace, trace_batch, trace_with_workspace,
+};
+
+#[cfg(feature = "parallel")]
+pub use trace::trace_batch_parallel;

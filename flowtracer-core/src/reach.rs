@@ -1,0 +1,140 @@
+//! Stage 2: the answer-conditioned reach `h` (spec §4), the backward pass.
+//!
+//! `h(i)` is the total attention-weighted influence token `i` has on the answer:
+//!
+//! ```text
+//! h(a) = 1                               a in A   (absorbing, the default)
+//! h(a) = 1 + sum_{k>a} W[a][k] h(k)      a in A   (relay)
+//! h(i) = sum_{k>i} W[i][k] h(k)          otherwise, with W[i][k] = Ā[k][i]
+//! ```
+//!
+//! Tokens after the last answer token get `h = 0`. A token is *live* when `h > 0` exactly.
+//!
+//! The pass streams the rows of `Ā` once, in descending order: when row `k` is reached,
+//! `h(k)` is final, and the row is added into the accumulator of every earlier token
+//! (`acc[i] += Ā[k][i] h(k)`, an axpy). The accumulator lives in the output buffer itself,
+//! so the extra memory is the `N` f64 values of `h`. Data validation (spec §13, checks 3–5)
+//! is fused into the same pass: each row's sum and minimum fall out of the axpy.
+
+use core::ops::Range;
+
+use crate::error::Error;
+use crate::float::FlowFloat;
+use crate::kernels::{axpy_stats, row_stats};
+use crate::validate::DataCheck;
+
+/// How answer tokens treat incoming flow (spec §4, §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum AnswerMode {
+    /// Answer tokens absorb: `h(a) = 1`, and they pass nothing on (the paper's choice).
+    #[default]
+    Absorbing,
+    /// **\[ours\]** Answer tokens pass flow on to later answer tokens as well as to the sink:
+    /// `h(a) = 1 + sum_{k>a} W[a][k] h(k)`.
+    Relay,
+}
+
+/// Computes the reach `h` of every token into `h` (f64), validating the data on the way.
+///
+/// `attention` is the dense row-major `n x n` matrix `Ā` (entries above the diagonal are
+/// ignored); shapes and spans must already be checked
+/// ([`check_matrix_shape`](crate::validate::check_matrix_shape),
+/// [`check_spans`](crate::validate::check_spans)). Edges with weight below `edge_threshold`
+/// are dropped when it is positive (**\[ours\]**, default 0: nothing dropped).
+///
+/// # Errors
+///
+/// The data checks of spec §13 ([`Error::NonFinite`], [`Error::Negative`],
+/// [`Error::RowMassExceeded`]), for the whole matrix, in that order.
+///
+/// # Panics
+///
+/// If `attention.len() != n * n`, `h.len() != n`, or `answer` is not inside `0..n`.
+///
+/// # Complexity
+///
+/// O(N²) time, one streaming read of the lower triangle of `Ā`; no extra memory.
+///
+/// # Examples
+///
+/// ```
+/// use flowtracer_core::reach::{reach_into, AnswerMode};
+/// let a = [1.0, 0.0, 0.5, 0.5];
+/// let mut h = [0.0; 2];
+/// reach_into(&a, 2, 1..2, AnswerMode::Absorbing, 0.0, 1e-3, &mut h)?;
+/// assert_eq!(h, [0.5, 1.0]);
+/// # Ok::<(), flowtracer_core::Error>(())
+/// ```
+pub fn reach_into<F: FlowFloat>(
+    attention: &[F],
+    n: usize,
+    answer: Range<usize>,
+    mode: AnswerMode,
+    edge_threshold: F,
+    row_tolerance: F,
+    h: &mut [f64],
+) -> Result<(), Error> {
+    assert_eq!(attention.len(), n * n, "attention must be n x n");
+    assert_eq!(h.len(), n, "h must have length n");
+    assert!(
+        answer.end <= n && answer.start <= answer.end,
+        "answer must lie in 0..n"
+    );
+    let threshold = edge_threshold.widen();
+    if threshold > 0.0 {
+        backward::<F, true>(
+            attention,
+            n,
+            &answer,
+            mode,
+            threshold,
+            row_tolerance.widen(),
+            h,
+        )
+    } else {
+        backward::<F, false>(
+            attention,
+            n,
+            &answer,
+            mode,
+            threshold,
+            row_tolerance.widen(),
+            h,
+        )
+    }
+}
+
+fn backward<F: FlowFloat, const PRUNE: bool>(
+    attention: &[F],
+    n: usize,
+    answer: &Range<usize>,
+    mode: AnswerMode,
+    threshold: f64,
+    row_tolerance: f64,
+    h: &mut [f64],
+) -> Result<(), Error> {
+    let mut check = DataCheck::new(row_tolerance);
+    // Rows after the answer cannot reach it: only their data is checked.
+    for k in answer.end..n {
+        let row = &attention[k * n..=k * n + k];
+        let (sum, min) = row_stats(row);
+        check.observe_row(k, row, sum, min);
+    }
+    h.fill(0.0);
+    for k in (0..answer.end).rev() {
+        let hk = if answer.contains(&k) {
+            match mode {
+                AnswerMode::Absorbing => 1.0,
+                AnswerMode::Relay => 1.0 + h[k],
+            }
+        } else {
+            h[k]
+        };
+        h[k] = hk;
+        let row = &attention[k * n..=k * n + k];
+        let (sum, min) = axpy_stats::<F, PRUNE>(row, hk, threshold, &mut h[..k]);
+        check.observe_row(k, row, sum, min);
+    }
+    check.finish()
+}

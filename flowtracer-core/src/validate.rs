@@ -1,0 +1,224 @@
+//! Validation of shapes, spans and attention data, in the order of spec §13.
+//!
+//! Every entry point of the crate (and the GPU crate, which reuses these functions) checks
+//! its input in this order and returns the first failing check:
+//!
+//! 1. shapes: data length against `N x N` (or `[layers][heads][N][N]`), `N = 0`, zero layers
+//!    or heads;
+//! 2. spans: empty (question, then answer), out of range (question, then answer), answer
+//!    starting before the question ends, response not containing the answer;
+//! 3. the first non-finite entry (lowest flat index);
+//! 4. the first negative entry (lowest flat index);
+//! 5. the first row whose mass on and below the diagonal exceeds `1 + row_tolerance`;
+//! 6. no source mass (checked by the flow stage once the reach is known).
+//!
+//! Only entries on and below the diagonal are data: entries above it are ignored everywhere,
+//! so they are never reported.
+
+use core::ops::Range;
+
+use crate::error::{Error, Position, Span};
+use crate::float::FlowFloat;
+use crate::kernels::row_stats;
+
+/// Checks that `attention` holds exactly `n * n` values and that `n > 0`.
+///
+/// # Errors
+///
+/// [`Error::ShapeMismatch`] if the length is not `n * n`, then [`Error::EmptySequence`] if
+/// `n == 0`.
+///
+/// # Complexity
+///
+/// O(1).
+pub fn check_matrix_shape(len: usize, n: usize) -> Result<(), Error> {
+    let expected = n.saturating_mul(n);
+    if len != expected {
+        return Err(Error::ShapeMismatch {
+            what: "attention",
+            expected,
+            actual: len,
+        });
+    }
+    if n == 0 {
+        return Err(Error::EmptySequence);
+    }
+    Ok(())
+}
+
+/// Checks the question and answer spans of a sequence of `n` tokens.
+///
+/// # Errors
+///
+/// [`Error::EmptySpan`] (question first), [`Error::SpanOutOfRange`] (question first),
+/// [`Error::AnswerNotAfterQuestion`] if `answer.start < question.end`.
+///
+/// # Complexity
+///
+/// O(1).
+pub fn check_spans(n: usize, question: &Range<usize>, answer: &Range<usize>) -> Result<(), Error> {
+    for (span, r) in [(Span::Question, question), (Span::Answer, answer)] {
+        if r.is_empty() {
+            return Err(Error::EmptySpan { span });
+        }
+    }
+    for (span, r) in [(Span::Question, question), (Span::Answer, answer)] {
+        if r.end > n {
+            return Err(Error::SpanOutOfRange {
+                span,
+                range: r.clone(),
+                n,
+            });
+        }
+    }
+    if answer.start < question.end {
+        return Err(Error::AnswerNotAfterQuestion {
+            question: question.clone(),
+            answer: answer.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// Checks a scored response span against the sequence length and the answer span.
+///
+/// # Errors
+///
+/// [`Error::EmptySpan`], [`Error::SpanOutOfRange`], then [`Error::ResponseMissesAnswer`]
+/// if `answer` is given and not inside `response`.
+///
+/// # Complexity
+///
+/// O(1).
+pub fn check_response(
+    n: usize,
+    answer: Option<&Range<usize>>,
+    response: &Range<usize>,
+) -> Result<(), Error> {
+    if response.is_empty() {
+        return Err(Error::EmptySpan {
+            span: Span::Response,
+        });
+    }
+    if response.end > n {
+        return Err(Error::SpanOutOfRange {
+            span: Span::Response,
+            range: response.clone(),
+            n,
+        });
+    }
+    if let Some(a) = answer
+        && (a.start < response.start || a.end > response.end)
+    {
+        return Err(Error::ResponseMissesAnswer {
+            response: response.clone(),
+            answer: a.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// Checks the data of a dense row-major `n x n` matrix `Ā` (checks 3 to 5 of spec §13).
+///
+/// Assumes the shape was checked ([`check_matrix_shape`]).
+///
+/// # Errors
+///
+/// [`Error::NonFinite`], then [`Error::Negative`], then [`Error::RowMassExceeded`], each for
+/// the first offending entry or row.
+///
+/// # Panics
+///
+/// If `attention.len() < n * n`.
+///
+/// # Complexity
+///
+/// O(N²) time (one pass over the lower triangle), O(1) extra memory.
+pub fn check_data<F: FlowFloat>(
+    attention: &[F],
+    n: usize,
+    row_tolerance: f64,
+) -> Result<(), Error> {
+    let mut check = DataCheck::new(row_tolerance);
+    for k in 0..n {
+        let row = &attention[k * n..k * n + k + 1];
+        let (sum, min) = row_stats(row);
+        check.observe_row(k, row, sum, min);
+    }
+    check.finish()
+}
+
+/// Running record of the first defect of each kind, fed one row at a time in any row order.
+///
+/// The streaming passes compute each row's sum and minimum as a by-product; only a row that
+/// looks suspicious (non-finite sum, negative minimum) is scanned again entry by entry.
+#[derive(Debug, Clone)]
+pub(crate) struct DataCheck {
+    limit: f64,
+    tolerance: f64,
+    non_finite: Option<(usize, usize)>,
+    negative: Option<(usize, usize, f64)>,
+    heavy: Option<(usize, f64)>,
+}
+
+impl DataCheck {
+    /// A check for rows whose mass may not exceed `1 + row_tolerance`.
+    pub(crate) fn new(row_tolerance: f64) -> Self {
+        Self {
+            limit: 1.0 + row_tolerance,
+            tolerance: row_tolerance,
+            non_finite: None,
+            negative: None,
+            heavy: None,
+        }
+    }
+
+    /// Records row `k` (`row` = entries `0..=k`) with its precomputed sum and minimum.
+    #[inline]
+    pub(crate) fn observe_row<F: FlowFloat>(&mut self, k: usize, row: &[F], sum: f64, min: F) {
+        if !sum.is_finite() || min < F::zero() {
+            self.scan_row(k, row);
+        }
+        // A NaN sum counts as too heavy (its non-finite entry is reported first anyway).
+        if (sum.is_nan() || sum > self.limit) && self.heavy.is_none_or(|(r, _)| k < r) {
+            self.heavy = Some((k, sum));
+        }
+    }
+
+    #[cold]
+    fn scan_row<F: FlowFloat>(&mut self, k: usize, row: &[F]) {
+        if let Some(i) = row.iter().position(|x| !x.is_finite())
+            && self.non_finite.is_none_or(|p| (k, i) < p)
+        {
+            self.non_finite = Some((k, i));
+        }
+        if let Some(i) = row.iter().position(|&x| x < F::zero())
+            && self.negative.is_none_or(|(r, c, _)| (k, i) < (r, c))
+        {
+            self.negative = Some((k, i, row[i].widen()));
+        }
+    }
+
+    /// The first failing check, in the order of spec §13.
+    pub(crate) fn finish(&self) -> Result<(), Error> {
+        if let Some((row, col)) = self.non_finite {
+            return Err(Error::NonFinite {
+                position: Position::matrix(row, col),
+            });
+        }
+        if let Some((row, col, value)) = self.negative {
+            return Err(Error::Negative {
+                position: Position::matrix(row, col),
+                value,
+            });
+        }
+        if let Some((row, mass)) = self.heavy {
+            return Err(Error::RowMassExceeded {
+                row,
+                mass,
+                tolerance: self.tolerance,
+            });
+        }
+        Ok(())
+    }
+}

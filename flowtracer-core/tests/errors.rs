@@ -1,0 +1,353 @@
+//! Bad input of every listed kind yields the matching error variant, in the order of
+//! spec §13, and every validator is tested at its boundary.
+
+use flowtracer_core::aggregate::{LayerSelection, Layout, aggregate, select_layers};
+use flowtracer_core::grpo::{ScaleRewards, group_advantages};
+use flowtracer_core::{Error, Position, Span, TraceConfig, trace};
+use proptest::prelude::*;
+
+use crate::common::*;
+
+fn run(
+    a: &[f64],
+    n: usize,
+    q: core::ops::Range<usize>,
+    ans: core::ops::Range<usize>,
+) -> Result<(), Error> {
+    trace(a, n, q, ans, &TraceConfig::default()).map(|_| ())
+}
+
+#[test]
+fn shapes_and_sizes_zero_one_two() {
+    assert_eq!(run(&[], 0, 0..1, 1..2), Err(Error::EmptySequence));
+    assert_eq!(
+        run(&[1.0; 3], 2, 0..1, 1..2),
+        Err(Error::ShapeMismatch {
+            what: "attention",
+            expected: 4,
+            actual: 3
+        })
+    );
+    // N = 1 cannot hold a question and an answer after it.
+    assert_eq!(
+        run(&[1.0], 1, 0..1, 1..2),
+        Err(Error::SpanOutOfRange {
+            span: Span::Answer,
+            range: 1..2,
+            n: 1
+        })
+    );
+    // N = 2: the smallest valid sequence.
+    let t = trace(
+        &[1.0, 0.0, 0.25, 0.75],
+        2,
+        0..1,
+        1..2,
+        &TraceConfig::default(),
+    )
+    .unwrap();
+    assert_eq!(t.reach(), [0.25, 1.0]);
+    assert_eq!(t.flow(), [1.0, 1.0]);
+}
+
+#[test]
+fn spans() {
+    let a = EXAMPLE;
+    assert_eq!(
+        run(&a, 5, 1..1, 4..5),
+        Err(Error::EmptySpan {
+            span: Span::Question
+        })
+    );
+    assert_eq!(
+        run(&a, 5, 0..2, 4..4),
+        Err(Error::EmptySpan { span: Span::Answer })
+    );
+    #[allow(clippy::reversed_empty_ranges)]
+    let reversed = 3..2;
+    assert_eq!(
+        run(&a, 5, 0..2, reversed),
+        Err(Error::EmptySpan { span: Span::Answer })
+    );
+    assert_eq!(
+        run(&a, 5, 0..6, 4..5),
+        Err(Error::SpanOutOfRange {
+            span: Span::Question,
+            range: 0..6,
+            n: 5
+        })
+    );
+    assert_eq!(
+        run(&a, 5, 0..2, 4..6),
+        Err(Error::SpanOutOfRange {
+            span: Span::Answer,
+            range: 4..6,
+            n: 5
+        })
+    );
+    // Boundary: an answer starting exactly where the question ends is fine, one before is not.
+    assert!(run(&a, 5, 0..2, 2..5).is_ok());
+    assert_eq!(
+        run(&a, 5, 0..3, 2..5),
+        Err(Error::AnswerNotAfterQuestion {
+            question: 0..3,
+            answer: 2..5
+        })
+    );
+}
+
+#[test]
+fn data_checks_in_order() {
+    let mut a = EXAMPLE.to_vec();
+    a[3 * 5 + 1] = -0.1; // negative at (3, 1)
+    a[4 * 5 + 2] = f64::NAN; // NaN later, at (4, 2)
+    a[5 + 1] = 0.9; // row 1 sums to 1.4
+    // Non-finite wins over an earlier negative and heavier rows.
+    assert_eq!(
+        run(&a, 5, 0..2, 4..5),
+        Err(Error::NonFinite {
+            position: Position::matrix(4, 2)
+        })
+    );
+    a[4 * 5 + 2] = 0.6;
+    assert_eq!(
+        run(&a, 5, 0..2, 4..5),
+        Err(Error::Negative {
+            position: Position::matrix(3, 1),
+            value: -0.1
+        })
+    );
+    a[3 * 5 + 1] = 0.2;
+    match run(&a, 5, 0..2, 4..5) {
+        Err(Error::RowMassExceeded { row: 1, mass, .. }) => assert!((mass - 1.4).abs() < 1e-12),
+        other => panic!("expected row 1 too heavy, got {other:?}"),
+    }
+    // Entries above the diagonal are not data: garbage there is ignored.
+    let mut b = EXAMPLE.to_vec();
+    b[1] = f64::NAN;
+    b[4] = -7.0;
+    assert!(run(&b, 5, 0..2, 4..5).is_ok());
+}
+
+#[test]
+fn infinity_after_the_answer_is_still_reported() {
+    let mut a = vec![0.0; 36];
+    for k in 0..6 {
+        a[k * 6 + k] = 1.0;
+    }
+    a[5 * 6 + 4] = f64::INFINITY;
+    assert_eq!(
+        run(&a, 6, 0..1, 2..3),
+        Err(Error::NonFinite {
+            position: Position::matrix(5, 4)
+        })
+    );
+}
+
+#[test]
+fn row_mass_boundary() {
+    // Exactly 1 + tolerance passes; just above fails.
+    let tol = 0.25;
+    let cfg = TraceConfig::default().with_row_tolerance(tol);
+    let ok = [1.0, 0.0, 0.5, 0.75];
+    assert!(trace(&ok, 2, 0..1, 1..2, &cfg).is_ok());
+    let heavy = [1.0, 0.0, 0.5, 0.750_000_001];
+    assert!(matches!(
+        trace(&heavy, 2, 0..1, 1..2, &cfg),
+        Err(Error::RowMassExceeded { row: 1, .. })
+    ));
+    let zero = [0.0, 0.0, 0.0, 0.0];
+    assert_eq!(trace(&zero, 2, 0..1, 1..2, &cfg), Err(Error::NoSourceMass));
+    // A negative zero is not negative.
+    let neg_zero = [1.0, 0.0, -0.0, 1.0];
+    assert_eq!(
+        trace(&neg_zero, 2, 0..1, 1..2, &cfg),
+        Err(Error::NoSourceMass)
+    );
+}
+
+#[test]
+fn no_source_mass() {
+    // The question attends nowhere the answer can see: token 0 has no edge to 1..3.
+    let a = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0];
+    assert_eq!(run(&a, 3, 0..1, 2..3), Err(Error::NoSourceMass));
+}
+
+#[test]
+fn config_domains() {
+    let cfg = TraceConfig::default().with_edge_threshold(-1.0);
+    assert!(matches!(
+        trace(&EXAMPLE, 5, 0..2, 4..5, &cfg),
+        Err(Error::InvalidConfig {
+            field: "edge_threshold",
+            ..
+        })
+    ));
+    let cfg = TraceConfig::default().with_row_tolerance(f64::NAN);
+    assert!(matches!(
+        trace(&EXAMPLE, 5, 0..2, 4..5, &cfg),
+        Err(Error::InvalidConfig {
+            field: "row_tolerance",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn aggregation_errors() {
+    let d = [1.0; 8];
+    assert_eq!(
+        aggregate(&d, 1, 2, 3, Layout::Dense, &LayerSelection::All),
+        Err(Error::ShapeMismatch {
+            what: "attention",
+            expected: 18,
+            actual: 8
+        })
+    );
+    assert_eq!(
+        aggregate::<f64>(&[], 1, 1, 0, Layout::Dense, &LayerSelection::All),
+        Err(Error::EmptySequence)
+    );
+    assert_eq!(
+        aggregate::<f64>(&[], 0, 1, 2, Layout::Dense, &LayerSelection::All),
+        Err(Error::ZeroDimension { what: "layers" })
+    );
+    assert_eq!(
+        aggregate::<f64>(&[], 1, 0, 2, Layout::Dense, &LayerSelection::All),
+        Err(Error::ZeroDimension { what: "heads" })
+    );
+    let mut d = vec![0.5; 2 * 2 * 4];
+    d[(2 + 1) * 4 + 2] = f64::NAN; // layer 1, head 1, row 1, col 0
+    d[3] = -1.0; // layer 0, head 0, row 1, col 1 (earlier, but negative loses to NaN)
+    assert_eq!(
+        aggregate(&d, 2, 2, 2, Layout::Dense, &LayerSelection::All),
+        Err(Error::NonFinite {
+            position: Position {
+                layer: Some(1),
+                head: Some(1),
+                row: 1,
+                col: 0
+            }
+        })
+    );
+    // Layer 1 is not selected: its NaN is not data.
+    assert_eq!(
+        aggregate(&d, 2, 2, 2, Layout::Dense, &LayerSelection::List(vec![0])),
+        Err(Error::Negative {
+            position: Position {
+                layer: Some(0),
+                head: Some(0),
+                row: 1,
+                col: 1
+            },
+            value: -1.0
+        })
+    );
+}
+
+#[test]
+fn layer_selection() {
+    assert_eq!(
+        select_layers(12, &LayerSelection::Middle).unwrap(),
+        [4, 5, 6, 7]
+    );
+    assert_eq!(select_layers(3, &LayerSelection::Middle).unwrap(), [1]);
+    assert_eq!(select_layers(2, &LayerSelection::Middle).unwrap(), [0]);
+    assert_eq!(select_layers(1, &LayerSelection::Middle).unwrap(), [0]);
+    assert_eq!(select_layers(12, &LayerSelection::Spaced(1)).unwrap(), [5]);
+    assert_eq!(
+        select_layers(12, &LayerSelection::Spaced(2)).unwrap(),
+        [4, 7]
+    );
+    assert_eq!(
+        select_layers(12, &LayerSelection::Spaced(4)).unwrap(),
+        [4, 5, 6, 7]
+    );
+    assert_eq!(
+        select_layers(32, &LayerSelection::Spaced(3)).unwrap(),
+        [10, 15, 20]
+    );
+    assert!(matches!(
+        select_layers(12, &LayerSelection::Spaced(5)),
+        Err(Error::InvalidLayerSelection { value: 5, .. })
+    ));
+    assert!(matches!(
+        select_layers(12, &LayerSelection::Spaced(0)),
+        Err(Error::InvalidLayerSelection { .. })
+    ));
+    assert_eq!(
+        select_layers(4, &LayerSelection::Range(1..4)).unwrap(),
+        [1, 2, 3]
+    );
+    assert!(matches!(
+        select_layers(4, &LayerSelection::Range(1..5)),
+        Err(Error::InvalidLayerSelection { value: 5, .. })
+    ));
+    assert!(matches!(
+        select_layers(4, &LayerSelection::List(vec![1, 1])),
+        Err(Error::InvalidLayerSelection { value: 1, .. })
+    ));
+    assert!(matches!(
+        select_layers(4, &LayerSelection::List(vec![4])),
+        Err(Error::InvalidLayerSelection { value: 4, .. })
+    ));
+    assert_eq!(
+        select_layers(0, &LayerSelection::All),
+        Err(Error::ZeroDimension { what: "layers" })
+    );
+}
+
+#[test]
+fn grpo_group_errors() {
+    assert_eq!(
+        group_advantages(&[1.0, 2.0], 1, ScaleRewards::Group, 1e-4),
+        Err(Error::GroupTooSmall { num_generations: 1 })
+    );
+    assert_eq!(
+        group_advantages(&[1.0, 2.0, 3.0], 2, ScaleRewards::Group, 1e-4),
+        Err(Error::GroupSizeMismatch {
+            batch: 3,
+            num_generations: 2
+        })
+    );
+    assert!(matches!(
+        group_advantages(&[1.0, f64::NAN], 2, ScaleRewards::Group, 1e-4),
+        Err(Error::NonFinite { .. })
+    ));
+}
+
+/// One defect planted in a valid case.
+#[derive(Debug, Clone, Copy)]
+enum Defect {
+    NonFinite(f64),
+    Negative,
+    Heavy,
+}
+
+proptest! {
+    #[test]
+    fn each_defect_gives_its_variant(c in case(16), which in 0u8..5, row_sel in any::<prop::sample::Index>(), col_sel in any::<prop::sample::Index>()) {
+        let defect = [Defect::NonFinite(f64::NAN), Defect::NonFinite(f64::INFINITY), Defect::NonFinite(f64::NEG_INFINITY), Defect::Negative, Defect::Heavy][which as usize];
+        let n = c.n;
+        let row = row_sel.index(n);
+        let col = col_sel.index(row + 1);
+        let mut a = c.a.clone();
+        let expected = match defect {
+            Defect::NonFinite(v) => { a[row * n + col] = v; Error::NonFinite { position: Position::matrix(row, col) } }
+            Defect::Negative => { a[row * n + col] = -0.5; Error::Negative { position: Position::matrix(row, col), value: -0.5 } }
+            Defect::Heavy => {
+                a[row * n + col] += 0.5;
+                let mass: f64 = crate::common::row_mass(&a, n, row);
+                Error::RowMassExceeded { row, mass, tolerance: 1e-3 }
+            }
+        };
+        let got = trace(&a, n, c.question.clone(), c.answer.clone(), &TraceConfig::default()).map(|_| ());
+        match (got, expected) {
+            (Err(Error::RowMassExceeded { row: r, mass: m, .. }), Error::RowMassExceeded { row: er, mass: em, .. }) => {
+                prop_assert_eq!(r, er);
+                prop_assert!(close(m, em, 1e-12, 1e-12));
+            }
+            (got, expected) => prop_assert_eq!(got, Err(expected)),
+        }
+    }
+}

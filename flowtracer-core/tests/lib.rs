@@ -1,0 +1,11 @@
+//! The one integration-test binary of flowtracer-core (one binary links once; mod files
+//! keep it organised).
+
+mod common;
+mod errors;
+mod grpo;
+#[cfg(feature = "io")]
+mod io;
+mod properties;
+mod stages;
+mod worked_example;

@@ -1,0 +1,211 @@
+//! Property tests on inputs valid by construction (see `common::case`).
+//! Case count: `PROPTEST_CASES` (proptest's default 256 otherwise).
+
+use flowtracer_core::aggregate::{LayerSelection, Layout, aggregate};
+use flowtracer_core::backbone::{BackboneConfig, backbone};
+use flowtracer_core::grpo::{ScaleRewards, group_advantages};
+use flowtracer_core::shaping::{
+    Select, ShapingConfig, select_tokens, shape_advantage, token_weights,
+};
+use flowtracer_core::{
+    AnswerMode, Trace, TraceConfig, TraceInput, Workspace, reference, trace, trace_batch,
+    trace_with_workspace,
+};
+use proptest::prelude::*;
+
+use crate::common::*;
+
+fn modes() -> impl Strategy<Value = AnswerMode> {
+    prop_oneof![Just(AnswerMode::Absorbing), Just(AnswerMode::Relay)]
+}
+
+proptest! {
+    #[test]
+    fn fast_path_equals_reference(c in case(24), mode in modes(), thr in prop_oneof![Just(0.0), 0.0f64..0.3]) {
+        let cfg = TraceConfig::default().with_answer_mode(mode).with_edge_threshold(thr);
+        let naive = reference::trace(&c.a, c.n, c.question.clone(), c.answer.clone(), mode, thr);
+        match trace(&c.a, c.n, c.question.clone(), c.answer.clone(), &cfg) {
+            Ok(t) => {
+                assert_all_close(t.reach(), &naive.h, F64_ABS, F64_REL, "h");
+                assert_all_close(t.flow(), &naive.f, F64_ABS, F64_REL, "f");
+                assert_all_close(t.throughput(), &naive.tau, F64_ABS, F64_REL, "tau");
+                prop_assert_eq!(t.num_sources(), naive.sources);
+            }
+            Err(e) => {
+                prop_assert_eq!(e, flowtracer_core::Error::NoSourceMass);
+                prop_assert_eq!(naive.sources, 0);
+            }
+        }
+    }
+
+    #[test]
+    fn conservation_and_bounds(c in case(32), mode in modes()) {
+        let cfg = TraceConfig::default().with_answer_mode(mode);
+        let Ok(t) = trace(&c.a, c.n, c.question.clone(), c.answer.clone(), &cfg) else {
+            return Ok(());
+        };
+        let (h, f, tau) = (t.reach(), t.flow(), t.throughput());
+        let n = c.n;
+        for i in 0..n {
+            // sum_k W'[i][k] = 1 for every live non-answer token.
+            if h[i] > 0.0 && !c.answer.contains(&i) {
+                let s: f64 = (i + 1..n).map(|k| c.a[k * n + i] * h[k] / h[i]).sum();
+                prop_assert!(close(s, 1.0, 1e-12, 1e-12), "row {} of W' sums to {}", i, s);
+            }
+            if mode == AnswerMode::Absorbing {
+                prop_assert!(f[i] >= 0.0 && f[i] <= 1.0 + 1e-12, "f[{}] = {}", i, f[i]);
+            }
+            let expected_tau = if h[i] > 0.0 { 2.0 * f[i] } else { 0.0 };
+            prop_assert_eq!(tau[i], expected_tau);
+            if i >= c.answer.end {
+                prop_assert_eq!((h[i], f[i], tau[i]), (0.0, 0.0, 0.0));
+            }
+        }
+        // All injected flow reaches the answer.
+        prop_assert!(close(t.answer_mass(), 1.0, 1e-12, 0.0), "answer mass {}", t.answer_mass());
+    }
+
+    #[test]
+    fn f32_matches_f64(c in case(32)) {
+        let t64 = trace(&c.a, c.n, c.question.clone(), c.answer.clone(), &TraceConfig::default());
+        let t32 = trace(&to_f32(&c.a), c.n, c.question.clone(), c.answer.clone(), &TraceConfig::default());
+        match (t64, t32) {
+            (Ok(a), Ok(b)) => {
+                assert_all_close(&widen(b.reach()), a.reach(), F32_ABS, F32_REL, "h");
+                assert_all_close(&widen(b.flow()), a.flow(), F32_ABS, F32_REL, "f");
+            }
+            (Err(a), Err(b)) => prop_assert_eq!(a, b),
+            (a, b) => prop_assert!(false, "f64 {:?} vs f32 {:?}", a.err(), b.err()),
+        }
+    }
+
+    #[test]
+    fn workspace_reuse_equals_fresh(cases in prop::collection::vec(case(20), 1..6)) {
+        let mut ws = Workspace::new();
+        let mut out = Trace::new();
+        let cfg = TraceConfig::default();
+        for c in &cases {
+            let fresh = trace(&c.a, c.n, c.question.clone(), c.answer.clone(), &cfg);
+            let reused = trace_with_workspace(&c.a, c.n, c.question.clone(), c.answer.clone(), &cfg, &mut ws, &mut out);
+            match fresh {
+                Ok(t) => { prop_assert!(reused.is_ok()); prop_assert_eq!(&t, &out); }
+                Err(e) => prop_assert_eq!(Err(e), reused),
+            }
+        }
+        let inputs: Vec<TraceInput<'_, f64>> = cases.iter().map(|c| TraceInput {
+            attention: &c.a, n: c.n, question: c.question.clone(), answer: c.answer.clone(),
+        }).collect();
+        let batch = trace_batch(&inputs, &cfg);
+        for (c, b) in cases.iter().zip(&batch) {
+            prop_assert_eq!(&trace(&c.a, c.n, c.question.clone(), c.answer.clone(), &cfg), b);
+        }
+        #[cfg(feature = "parallel")]
+        prop_assert_eq!(flowtracer_core::trace_batch_parallel(&inputs, &cfg), batch);
+    }
+
+    #[test]
+    fn backbone_equals_reference(c in case(16), coverage in 0.0f64..=1.0) {
+        let Ok(t) = trace(&c.a, c.n, c.question.clone(), c.answer.clone(), &TraceConfig::default()) else {
+            return Ok(());
+        };
+        let response = c.question.end..c.n;
+        let cfg = BackboneConfig::default().with_coverage(coverage);
+        let b = backbone(&c.a, &t, response.clone(), &cfg).unwrap();
+        let naive = reference::trace(&c.a, c.n, c.question.clone(), c.answer.clone(), AnswerMode::Absorbing, 0.0);
+        let (path, p) = reference::best_path(&naive, c.question.clone(), c.answer.clone());
+        prop_assert!(close(b.path_probability, p, 1e-12, 1e-9), "{} vs {}", b.path_probability, p);
+        prop_assert_eq!(b.path, path);
+        let edges = reference::covering_edges(&naive, coverage);
+        prop_assert_eq!(b.edges.len(), edges.len());
+        for (e, r) in b.edges.iter().zip(&edges) {
+            prop_assert_eq!((e.from, e.to), (r.0, r.1));
+            prop_assert!(close(e.flow, r.2, F64_ABS, F64_REL));
+        }
+        prop_assert_eq!(b.hubs, reference::select(t.throughput(), response, 0.4, false));
+    }
+
+    #[test]
+    fn selection_equals_reference(
+        scores in prop::collection::vec(prop_oneof![2 => 0.0f64..2.0, 1 => Just(0.0), 1 => Just(1.0)], 1..40),
+        rho in 0.0f64..=1.0,
+        bottom in any::<bool>(),
+    ) {
+        let n = scores.len();
+        let select = if bottom { Select::Bottom } else { Select::Top };
+        for start in [0, n / 2] {
+            let got = select_tokens(&scores, start..n, rho, select);
+            prop_assert_eq!(got, reference::select(&scores, start..n, rho, bottom));
+        }
+    }
+
+    #[test]
+    fn mix_zero_is_plain_grpo(
+        scores in prop::collection::vec(0.0f64..2.0, 2..30),
+        adv in -3.0f64..3.0,
+        normalize in any::<bool>(),
+    ) {
+        let n = scores.len();
+        let cfg = ShapingConfig::default().with_mix(0.0).with_normalize_mean(normalize);
+        let w = token_weights(Some(&scores[..]), n, 1..n, &cfg).unwrap();
+        let mut out = vec![0.0; n];
+        shape_advantage(adv, &w, &cfg, &mut out);
+        prop_assert!(out.iter().all(|&x| x == adv));
+    }
+
+    #[test]
+    fn normalize_mean_gives_mean_one(scores in prop::collection::vec(0.01f64..2.0, 2..30), gamma in 0.5f64..3.0) {
+        let n = scores.len();
+        let cfg = ShapingConfig::default().with_gamma_flow(gamma).with_normalize_mean(true);
+        let w = token_weights(Some(&scores[..]), n, 0..n, &cfg).unwrap();
+        let mean: f64 = w.iter().sum::<f64>() / n as f64;
+        prop_assert!(close(mean, 1.0, 1e-12, 0.0));
+    }
+
+    #[test]
+    fn group_advantages_sum_to_zero(
+        g in 2usize..8,
+        groups in 1usize..5,
+        seed in prop::collection::vec(-2.0f64..2.0, 40),
+        scale in 0u8..3,
+    ) {
+        let rewards: Vec<f64> = seed[..g * groups].to_vec();
+        let kind = [ScaleRewards::Group, ScaleRewards::Batch, ScaleRewards::None][scale as usize];
+        let adv = group_advantages(&rewards, g, kind, 1e-4).unwrap();
+        let naive = reference::group_advantages(&rewards, g, scale, 1e-4);
+        assert_all_close(&adv, &naive, F64_ABS, F64_REL, "advantages");
+        for grp in adv.chunks(g) {
+            let s: f64 = grp.iter().sum();
+            prop_assert!(s.abs() < 1e-9, "group sums to {}", s);
+        }
+    }
+
+    #[test]
+    fn aggregation_is_the_mean_and_ignores_order(
+        layers in 1usize..5, heads in 1usize..4, n in 1usize..7,
+        raw in prop::collection::vec(0.0f64..1.0, 4 * 3 * 6 * 6),
+        rot in 0usize..4,
+    ) {
+        let m = n * n;
+        let data: Vec<f64> = raw[..layers * heads * m].to_vec();
+        let a = aggregate(&data, layers, heads, n, Layout::Dense, &LayerSelection::All).unwrap();
+        let all: Vec<usize> = (0..layers).collect();
+        assert_all_close(&a, &reference::aggregate(&data, heads, n, &all), 1e-12, 1e-12, "mean");
+        // Permute heads within each layer and rotate the layers: same Ā.
+        let mut perm = vec![0.0; data.len()];
+        for l in 0..layers {
+            for h in 0..heads {
+                let (pl, ph) = ((l + rot) % layers, (heads - 1 - h));
+                perm[(pl * heads + ph) * m..(pl * heads + ph + 1) * m].copy_from_slice(&data[(l * heads + h) * m..(l * heads + h + 1) * m]);
+            }
+        }
+        let b = aggregate(&perm, layers, heads, n, Layout::Dense, &LayerSelection::All).unwrap();
+        assert_all_close(&b, &a, 1e-12, 1e-12, "permuted");
+        // Packed input gives the same Ā.
+        let mut packed = Vec::new();
+        for mat in data.chunks(m) {
+            for k in 0..n { packed.extend_from_slice(&mat[k * n..=k * n + k]); }
+        }
+        let c = aggregate(&packed, layers, heads, n, Layout::Packed, &LayerSelection::All).unwrap();
+        prop_assert_eq!(c, a);
+    }
+}

@@ -1,0 +1,176 @@
+//! Stage-level checks not covered by the worked example: layer streaming, baselines,
+//! relay mode, pruning, shaping options.
+
+use flowtracer_core::aggregate::{LayerAccumulator, LayerSelection, Layout, aggregate};
+use flowtracer_core::baselines::{
+    SplitMix64, attention_entropy, attention_received, random_scores, rollout,
+};
+use flowtracer_core::shaping::{
+    ApplyTo, Select, ShapingConfig, num_selected, shape_advantage, token_weights,
+};
+use flowtracer_core::{AnswerMode, Error, TraceConfig, trace};
+
+use crate::common::*;
+
+#[test]
+fn layer_accumulator_equals_aggregate() {
+    let (layers, heads, n) = (4, 2, 3);
+    let data: Vec<f64> = (0..layers * heads * n * n)
+        .map(|x| ((x * 7919) % 13) as f64 / 13.0)
+        .collect();
+    let per = heads * n * n;
+    let mut acc = LayerAccumulator::new(heads, n, Layout::Dense).unwrap();
+    for l in 1..3 {
+        acc.add_layer(l, &data[l * per..(l + 1) * per]).unwrap();
+    }
+    assert_eq!(acc.layers(), 2);
+    let a = acc.finish().unwrap();
+    // L = 4: middle band 1..2 is layer 1 only; ask for 1..3 explicitly.
+    let b = aggregate(
+        &data,
+        layers,
+        heads,
+        n,
+        Layout::Dense,
+        &LayerSelection::Range(1..3),
+    )
+    .unwrap();
+    assert_eq!(a, b);
+    let acc = LayerAccumulator::<f64>::new(heads, n, Layout::Dense).unwrap();
+    assert_eq!(acc.finish(), Err(Error::ZeroDimension { what: "layers" }));
+    let mut acc = LayerAccumulator::new(heads, n, Layout::Dense).unwrap();
+    assert!(matches!(
+        acc.add_layer(0, &data[..5]),
+        Err(Error::ShapeMismatch { .. })
+    ));
+}
+
+#[test]
+fn num_selected_rounding() {
+    assert_eq!(num_selected(0.4, 25), 10);
+    assert_eq!(num_selected(0.4, 3), 2);
+    assert_eq!(num_selected(1.0, 7), 7);
+    assert_eq!(num_selected(0.0, 7), 0);
+    assert_eq!(num_selected(0.4, 0), 0);
+}
+
+#[test]
+fn shaping_options() {
+    let tau = [1.0, 1.42, 1.39, 0.15, 2.0, 0.0];
+    let base = ShapingConfig::default();
+    // Token 5 (tau = 0, after the answer) is never picked while positives remain.
+    assert_eq!(
+        token_weights(Some(&tau[..]), 6, 2..6, &base).unwrap(),
+        [1.0, 1.0, 1.5, 1.0, 1.5, 1.0]
+    );
+    let bottom = base.with_select(Select::Bottom);
+    assert_eq!(
+        token_weights(Some(&tau[..]), 6, 2..6, &bottom).unwrap(),
+        [1.0, 1.0, 1.5, 1.5, 1.0, 1.0]
+    );
+    let half = base.with_mix(0.5);
+    assert_eq!(
+        token_weights(Some(&tau[..]), 6, 2..6, &half).unwrap(),
+        [1.0, 1.0, 1.25, 1.0, 1.25, 1.0]
+    );
+    assert_eq!(
+        token_weights::<f64>(None, 6, 2..6, &base).unwrap(),
+        [1.0; 6]
+    );
+    let norm = base.with_normalize_mean(true);
+    let w = token_weights(Some(&tau[..]), 6, 2..6, &norm).unwrap();
+    assert_eq!(w, [1.0, 1.0, 1.2, 0.8, 1.2, 0.8]);
+    let mut out = [0.0; 3];
+    shape_advantage(
+        -2.0,
+        &[1.0, 1.5, 1.0],
+        &base.with_apply_to(ApplyTo::NonnegativeOnly),
+        &mut out,
+    );
+    assert_eq!(out, [-2.0, -2.0, -2.0]);
+    shape_advantage(
+        2.0,
+        &[1.0, 1.5, 1.0],
+        &base.with_apply_to(ApplyTo::NonnegativeOnly),
+        &mut out,
+    );
+    assert_eq!(out, [2.0, 3.0, 2.0]);
+    assert!(matches!(
+        token_weights(Some(&tau[..]), 6, 2..6, &base.with_rho(1.5)),
+        Err(Error::InvalidConfig { field: "rho", .. })
+    ));
+    assert!(matches!(
+        token_weights(Some(&tau[..5]), 6, 2..6, &base),
+        Err(Error::ShapeMismatch { .. })
+    ));
+}
+
+#[test]
+fn relay_mode_by_hand() {
+    // N = 3, Q = {0}, A = {1, 2}: relay lets token 1 pass flow on to token 2.
+    let a = [1.0, 0.0, 0.0, 0.5, 0.5, 0.0, 0.2, 0.3, 0.5];
+    let cfg = TraceConfig::default().with_answer_mode(AnswerMode::Relay);
+    let t = trace(&a, 3, 0..1, 1..3, &cfg).unwrap();
+    // h(2) = 1, h(1) = 1 + 0.3, h(0) = 0.5 h(1) + 0.2 h(2) = 0.85.
+    assert_all_close(t.reach(), &[0.85, 1.3, 1.0], 1e-15, 1e-15, "h");
+    // f(1) = 0.5 * 1.3 / 0.85, f(2) = 0.2 / 0.85 + f(1) * 0.3 / 1.3.
+    let f1 = 0.65 / 0.85;
+    let f2 = 0.2 / 0.85 + f1 * 0.3 / 1.3;
+    assert_all_close(t.flow(), &[1.0, f1, f2], 1e-15, 1e-15, "f");
+    assert!(close(t.answer_mass(), 1.0, 1e-15, 0.0));
+    // Absorbing: token 1 keeps what it receives.
+    let t = trace(&a, 3, 0..1, 1..3, &TraceConfig::default()).unwrap();
+    assert_all_close(t.reach(), &[0.7, 1.0, 1.0], 1e-15, 1e-15, "h");
+    assert_all_close(t.flow(), &[1.0, 0.5 / 0.7, 0.2 / 0.7], 1e-15, 1e-15, "f");
+}
+
+#[test]
+fn edge_threshold_prunes() {
+    let cfg = TraceConfig::default().with_edge_threshold(0.15);
+    let t = trace(&EXAMPLE, 5, 0..2, 4..5, &cfg).unwrap();
+    // Edges 0->3, 0->4, 1->4, 3->4 (all 0.1) are gone: h(3) = 0, h(2) = 0.6.
+    assert_eq!(t.reach()[3], 0.0);
+    assert!(close(t.reach()[2], 0.6, 1e-15, 0.0));
+    assert!(close(t.reach()[1], 0.3, 1e-15, 0.0));
+    assert!(close(t.answer_mass(), 1.0, 1e-15, 0.0));
+}
+
+#[test]
+fn baselines_by_hand() {
+    let recv = attention_received(&EXAMPLE, 5, 2..5).unwrap();
+    // Column sums over rows 2..5 strictly below the row: col 0: .3+.1+.1, col 1: .5+.2+.1, ...
+    assert_all_close(&recv, &[0.5, 0.8, 0.9, 0.1, 0.0], 1e-15, 1e-15, "received");
+    let ent = attention_entropy(&EXAMPLE, 5).unwrap();
+    let h1 = -(0.5f64 * 0.5f64.ln()) * 2.0 / 2.0f64.ln();
+    assert!(close(ent[0], 0.0, 0.0, 0.0));
+    assert!(close(ent[1], h1, 1e-15, 1e-15));
+    let r = random_scores(6, 2..6, 42).unwrap();
+    assert_eq!(&r[..2], [0.0, 0.0]);
+    assert!(r[2..].iter().all(|&x| x > 0.0 && x <= 1.0));
+    assert_eq!(r, random_scores(6, 2..6, 42).unwrap());
+    assert_ne!(r, random_scores(6, 2..6, 43).unwrap());
+    // SplitMix64 reference output for seed 0 (Vigna's splitmix64.c).
+    assert_eq!(SplitMix64::new(0).next_u64(), 0xE220_A839_7B1D_CDAF);
+}
+
+#[test]
+fn rollout_by_hand() {
+    // One layer: R = norm(0.5 M + 0.5 I); answer row 4 of the example, mass 1:
+    // R[4] = 0.5 * M[4] + 0.5 e_4.
+    let s = rollout(&EXAMPLE, 1, 5, 4..5).unwrap();
+    assert_all_close(&s, &[0.05, 0.05, 0.3, 0.05, 0.55], 1e-15, 1e-15, "rollout");
+    // Two identical layers: R[4] = N[4] · N, computed by hand as a row-vector product.
+    let mut two = EXAMPLE.to_vec();
+    two.extend_from_slice(&EXAMPLE);
+    let s2 = rollout(&two, 2, 5, 4..5).unwrap();
+    let n = |k: usize, i: usize| 0.5 * EXAMPLE[k * 5 + i] + if k == i { 0.5 } else { 0.0 };
+    for (i, &got) in s2.iter().enumerate() {
+        let e: f64 = (0..5).map(|k| n(4, k) * n(k, i)).sum();
+        assert!(close(got, e, 1e-15, 1e-14), "rollout2[{i}] {got} vs {e}");
+    }
+    assert!(close(s2.iter().sum::<f64>(), 1.0, 1e-14, 0.0));
+    assert_eq!(
+        rollout::<f64>(&[], 0, 5, 4..5),
+        Err(Error::ZeroDimension { what: "layers" })
+    );
+}
