@@ -84,25 +84,22 @@ pub struct Backbone {
     pub checkpoints: Vec<usize>,
 }
 
-/// The `h` and masked `u = f / h` of a trace, in f64 (see [`flow_into`](crate::flow::flow_into)).
-pub(crate) fn h_and_u<F: FlowFloat>(trace: &Trace<F>) -> (Vec<f64>, Vec<f64>) {
+/// The `h` of a trace and the flow `f(i)` of the tokens that pass flow on (live, and outside
+/// the answer unless in relay mode; 0 for the others), in f64.
+pub(crate) fn h_and_passing_flow<F: FlowFloat>(trace: &Trace<F>) -> (Vec<f64>, Vec<f64>) {
     let answer = trace.answer();
     let h: Vec<f64> = trace.reach().iter().map(|x| x.widen()).collect();
-    let u = trace
+    let f = trace
         .flow()
         .iter()
         .zip(&h)
         .enumerate()
         .map(|(i, (f, &hi))| {
             let passes = trace.answer_mode() == AnswerMode::Relay || !answer.contains(&i);
-            if hi > 0.0 && passes {
-                f.widen() / hi
-            } else {
-                0.0
-            }
+            if hi > 0.0 && passes { f.widen() } else { 0.0 }
         })
         .collect();
-    (h, u)
+    (h, f)
 }
 
 /// Orders edges by flow descending, then `(from, to)` ascending.
@@ -178,7 +175,7 @@ pub fn backbone<F: FlowFloat>(
             reason: "must be finite",
         });
     }
-    let (h, u) = h_and_u(trace);
+    let (h, fp) = h_and_passing_flow(trace);
     let threshold = trace.edge_threshold().widen();
     let w = |k: usize, i: usize| {
         let x = attention[k * n + i].widen();
@@ -188,8 +185,8 @@ pub fn backbone<F: FlowFloat>(
             x
         }
     };
-    let (path, path_probability) = best_path(trace, &h, &u, &w);
-    let (edges, total_edge_flow) = covering_edges(n, &h, &u, &w, config.coverage);
+    let (path, path_probability) = best_path(trace, &h, &fp, &w);
+    let (edges, total_edge_flow) = covering_edges(n, &h, &fp, &w, config.coverage);
     let hubs = select_tokens(trace.throughput(), response, config.rho, Select::Top);
     let checkpoints = (0..n)
         .filter(|&k| trace.flow()[k].widen() >= config.checkpoint_threshold)
@@ -207,7 +204,7 @@ pub fn backbone<F: FlowFloat>(
 fn best_path<F: FlowFloat>(
     trace: &Trace<F>,
     h: &[f64],
-    u: &[f64],
+    fp: &[f64],
     w: &impl Fn(usize, usize) -> f64,
 ) -> (Vec<usize>, f64) {
     let n = trace.n();
@@ -223,8 +220,8 @@ fn best_path<F: FlowFloat>(
             best[k] = start;
         }
         for i in question.start..k {
-            // Only tokens that pass flow on (u > 0 marks them, given they carry flow).
-            if u[i] <= 0.0 || best[i] == f64::NEG_INFINITY {
+            // Only tokens that pass flow on and carry some.
+            if fp[i] <= 0.0 || best[i] == f64::NEG_INFINITY {
                 continue;
             }
             let wik = w(k, i);
@@ -262,11 +259,18 @@ fn best_path<F: FlowFloat>(
 fn covering_edges(
     n: usize,
     h: &[f64],
-    u: &[f64],
+    fp: &[f64],
     w: &impl Fn(usize, usize) -> f64,
     coverage: f64,
 ) -> (Vec<Edge>, f64) {
-    let phi = |i: usize, k: usize| u[i] * w(k, i) * h[k];
+    // phi = f(i) W'[i][k], with W' = (W h(k)) / h(i): no factor can overflow.
+    let phi = |i: usize, k: usize| {
+        if fp[i] > 0.0 {
+            fp[i] * ((w(k, i) * h[k]) / h[i])
+        } else {
+            0.0
+        }
+    };
     // Sum and max over all edges, row by row of Ā.
     let (mut total, mut max) = (0.0f64, 0.0f64);
     for k in 0..n {

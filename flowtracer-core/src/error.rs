@@ -141,6 +141,12 @@ pub enum Error {
     },
     /// No question token reaches the answer: there is no flow to trace.
     NoSourceMass,
+    /// A result overflowed f64 (reach or flow). Only possible when rows of `Ā` may sum to
+    /// far more than 1, i.e. with a `row_tolerance` far above its default.
+    Overflow {
+        /// The stage that overflowed (`"reach"` or `"flow"`).
+        stage: &'static str,
+    },
     /// A layer selection that names no layer, a layer out of range, or a repeated layer.
     InvalidLayerSelection {
         /// What is wrong with it.
@@ -213,6 +219,10 @@ impl fmt::Display for Error {
             } => write!(
                 f,
                 "attention row {row} sums to {mass}, more than 1 + {tolerance}"
+            ),
+            Error::Overflow { stage } => write!(
+                f,
+                "the {stage} overflowed f64: attention rows sum to far more than 1"
             ),
             Error::NoSourceMass => f.write_str(
                 "no question token reaches the answer (no source mass): nothing to trace",

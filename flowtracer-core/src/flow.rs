@@ -46,7 +46,9 @@ pub fn num_sources(h: &[f64], question: &Range<usize>, answer: &Range<usize>) ->
 ///
 /// # Errors
 ///
-/// [`Error::NoSourceMass`] if no question token is live (nothing reaches the answer).
+/// [`Error::NoSourceMass`] if no question token is live (nothing reaches the answer);
+/// [`Error::Overflow`] if the flow is not finite even on the overflow-free path (only
+/// possible with a `row_tolerance` far above 1).
 ///
 /// # Panics
 ///
@@ -92,7 +94,59 @@ pub fn flow_into<F: FlowFloat>(
             attention, n, question, answer, mode, threshold, sources, h, u, f,
         );
     }
+    if !f.iter().all(|x| x.is_finite()) {
+        // `u = f / h` overflowed: some live token has a reach below the smallest normal
+        // f64 (about 1e-308). Recompute edge by edge, where `W'` itself never overflows.
+        forward_per_edge(
+            attention, n, question, answer, mode, threshold, sources, h, u, f,
+        );
+        if !f.iter().all(|x| x.is_finite()) {
+            return Err(Error::Overflow { stage: "flow" });
+        }
+    }
     Ok(sources)
+}
+
+/// The slow, overflow-free forward pass: `f(k) = src + sum_i f(i) (Ā[k][i] h(k)) / h(i)`,
+/// where `Ā[k][i] h(k) <= h(i)` keeps every factor finite. O(N²) divisions; only taken when
+/// the fast pass overflowed. `u` receives `f / h` (infinite where `h` is subnormal).
+#[allow(clippy::too_many_arguments)]
+#[cold]
+fn forward_per_edge<F: FlowFloat>(
+    attention: &[F],
+    n: usize,
+    question: &Range<usize>,
+    answer: &Range<usize>,
+    mode: AnswerMode,
+    threshold: f64,
+    sources: usize,
+    h: &[f64],
+    u: &mut [f64],
+    f: &mut [f64],
+) {
+    u.fill(0.0);
+    f.fill(0.0);
+    let passes = |i: usize| h[i] > 0.0 && (mode == AnswerMode::Relay || !answer.contains(&i));
+    for k in question.start..answer.end {
+        if h[k] <= 0.0 {
+            continue;
+        }
+        let mut fk = if question.contains(&k) && !answer.contains(&k) {
+            1.0 / sources as f64
+        } else {
+            0.0
+        };
+        for i in question.start..k {
+            let w = attention[k * n + i].widen();
+            if passes(i) && !(threshold > 0.0 && w < threshold) {
+                fk += f[i] * ((w * h[k]) / h[i]);
+            }
+        }
+        f[k] = fk;
+        if passes(k) {
+            u[k] = fk / h[k];
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -234,6 +234,22 @@ pub struct GrpoOutput<F> {
     pub stats: GrpoStats,
 }
 
+/// The first non-finite value among the unmasked tokens (padding may hold anything).
+fn check_finite<F: FlowFloat>(batch: &TokenBatch<'_, F>) -> Result<(), Error> {
+    let seq_len = batch.seq_len.max(1);
+    for t in (0..batch.mask.len()).filter(|&t| batch.mask[t]) {
+        let finite = batch.logp[t].is_finite()
+            && batch.old_logp[t].is_finite()
+            && batch.advantages[t].is_finite()
+            && batch.ref_logp.is_none_or(|r| r[t].is_finite());
+        if !finite {
+            let position = crate::error::Position::matrix(t / seq_len, t % seq_len);
+            return Err(Error::NonFinite { position });
+        }
+    }
+    Ok(())
+}
+
 /// The aggregation weight `c_i` of each token of sequence `i`, so that
 /// `loss = -sum_t c_t l_t`.
 fn aggregation_weights<F>(
@@ -270,7 +286,8 @@ fn aggregation_weights<F>(
 ///
 /// [`Error::ShapeMismatch`] for a slice not of length `num_sequences * seq_len`;
 /// [`Error::InvalidConfig`] for negative or non-finite `epsilon`, `epsilon_high`, `beta`,
-/// or `beta != 0` without `ref_logp`.
+/// or `beta != 0` without `ref_logp`; [`Error::NonFinite`] for the first non-finite
+/// log-probability or advantage of an unmasked token (row = sequence, col = token).
 ///
 /// # Complexity
 ///
@@ -342,6 +359,7 @@ pub fn grpo_loss<F: FlowFloat>(
             reason: "beta != 0 needs ref_logp",
         });
     }
+    check_finite(batch)?;
     let total = batch.mask.iter().filter(|&&m| m).count();
     let weights = aggregation_weights(batch, config, total);
     let mut coef = vec![F::zero(); len];

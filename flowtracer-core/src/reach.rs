@@ -46,7 +46,9 @@ pub enum AnswerMode {
 /// # Errors
 ///
 /// The data checks of spec §13 ([`Error::NonFinite`], [`Error::Negative`],
-/// [`Error::RowMassExceeded`]), for the whole matrix, in that order.
+/// [`Error::RowMassExceeded`]), for the whole matrix, in that order; then
+/// [`Error::Overflow`] if `h` is not finite (only possible when rows may sum to far more
+/// than 1, i.e. with a huge `row_tolerance`).
 ///
 /// # Panics
 ///
@@ -136,5 +138,10 @@ fn backward<F: FlowFloat, const PRUNE: bool>(
         let (sum, min) = axpy_stats::<F, PRUNE>(row, hk, threshold, &mut h[..k]);
         check.observe_row(k, row, sum, min);
     }
-    check.finish()
+    check.finish()?;
+    if h.iter().all(|x| x.is_finite()) {
+        Ok(())
+    } else {
+        Err(Error::Overflow { stage: "reach" })
+    }
 }

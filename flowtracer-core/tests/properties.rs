@@ -116,11 +116,26 @@ proptest! {
         prop_assert!(close(b.path_probability, p, 1e-12, 1e-9), "{} vs {}", b.path_probability, p);
         prop_assert_eq!(b.path, path);
         let edges = reference::covering_edges(&naive, coverage);
-        prop_assert_eq!(b.edges.len(), edges.len());
-        for (e, r) in b.edges.iter().zip(&edges) {
-            prop_assert_eq!((e.from, e.to), (r.0, r.1));
-            prop_assert!(close(e.flow, r.2, F64_ABS, F64_REL));
+        // The flows agree position by position; the (i, k) labels may differ only among
+        // edges whose flows tie to rounding (e.g. two edges each carrying exactly 1/2), at
+        // most one tie group's worth at the cut.
+        let common = b.edges.len().min(edges.len());
+        for (e, r) in b.edges[..common].iter().zip(&edges[..common]) {
+            prop_assert!(close(e.flow, r.2, F64_ABS, F64_REL), "phi {} vs {}", e.flow, r.2);
         }
+        for e in &b.edges {
+            if !edges.iter().any(|r| (r.0, r.1) == (e.from, e.to)) {
+                prop_assert!(edges.iter().any(|r| close(r.2, e.flow, F64_ABS, F64_REL)), "edge {:?} only in fast", e);
+            }
+        }
+        for r in &edges {
+            if !b.edges.iter().any(|e| (r.0, r.1) == (e.from, e.to)) {
+                let near_cut = b.edges.last().is_some_and(|last| close(r.2, last.flow, F64_ABS, F64_REL));
+                let swapped = b.edges.iter().any(|e| close(r.2, e.flow, F64_ABS, F64_REL));
+                prop_assert!(near_cut || swapped, "edge {:?} only in reference", r);
+            }
+        }
+        prop_assert!(b.edges.len().abs_diff(edges.len()) <= 1);
         prop_assert_eq!(b.hubs, reference::select(t.throughput(), response, 0.4, false));
     }
 
