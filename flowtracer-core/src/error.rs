@@ -141,10 +141,11 @@ pub enum Error {
     },
     /// No question token reaches the answer: there is no flow to trace.
     NoSourceMass,
-    /// A result overflowed f64 (reach or flow). Only possible when rows of `Ā` may sum to
-    /// far more than 1, i.e. with a `row_tolerance` far above its default.
+    /// A result overflowed f64: the reach or flow (only possible when rows of `Ā` may sum
+    /// to far more than 1, i.e. with a `row_tolerance` far above its default), or the GRPO
+    /// loss (advantages or probability ratios near the f64 range).
     Overflow {
-        /// The stage that overflowed (`"reach"` or `"flow"`).
+        /// The stage that overflowed (`"reach"`, `"flow"` or `"grpo loss"`).
         stage: &'static str,
     },
     /// A layer selection that names no layer, a layer out of range, or a repeated layer.
@@ -222,7 +223,7 @@ impl fmt::Display for Error {
             ),
             Error::Overflow { stage } => write!(
                 f,
-                "the {stage} overflowed f64: attention rows sum to far more than 1"
+                "the {stage} overflowed f64 (inputs near the limits of f64)"
             ),
             Error::NoSourceMass => f.write_str(
                 "no question token reaches the answer (no source mass): nothing to trace",

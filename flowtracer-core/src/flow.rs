@@ -188,6 +188,9 @@ fn forward<F: FlowFloat, const PRUNE: bool>(
 /// Throughput `tau = inflow + outflow`, which conservation makes `2 f` for live tokens and
 /// 0 for the others (spec §7).
 ///
+/// Computed from the stored flow as `f + f` in `F`, so `tau == 2 f` holds exactly in the
+/// output's own precision (doubling is exact in binary floating point).
+///
 /// # Panics
 ///
 /// If the three slices differ in length.
@@ -195,13 +198,13 @@ fn forward<F: FlowFloat, const PRUNE: bool>(
 /// # Complexity
 ///
 /// O(N).
-pub fn throughput_into<F: FlowFloat>(f: &[f64], h: &[f64], tau: &mut [F]) {
+pub fn throughput_into<F: FlowFloat>(f: &[F], h: &[f64], tau: &mut [F]) {
     assert!(
         f.len() == tau.len() && h.len() == tau.len(),
         "f, h, tau must have one length"
     );
     for ((t, &fk), &hk) in tau.iter_mut().zip(f).zip(h) {
-        *t = F::from_f64_lossy(if hk > 0.0 { 2.0 * fk } else { 0.0 });
+        *t = if hk > 0.0 { fk + fk } else { F::zero() };
     }
 }
 

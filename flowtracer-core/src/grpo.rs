@@ -266,6 +266,10 @@ fn aggregation_weights<F>(
                 .count();
             match config.loss_type {
                 LossType::Grpo => 1.0 / (nseq * count.max(1) as f64),
+                // Mutant for the fuzz oracles (off in normal builds): the wrong denominator.
+                #[cfg(flowtracer_mutant = "bnpo_denominator")]
+                LossType::Bnpo => 1.0 / (count.max(1) as f64 * nseq),
+                #[cfg(not(flowtracer_mutant = "bnpo_denominator"))]
                 LossType::Bnpo => 1.0 / total.max(1) as f64,
                 LossType::DrGrpo => 1.0 / (nseq * config.max_completion_length.max(1) as f64),
                 LossType::Dapo => 1.0 / config.num_items_in_batch.unwrap_or(total).max(1) as f64,
@@ -287,7 +291,9 @@ fn aggregation_weights<F>(
 /// [`Error::ShapeMismatch`] for a slice not of length `num_sequences * seq_len`;
 /// [`Error::InvalidConfig`] for negative or non-finite `epsilon`, `epsilon_high`, `beta`,
 /// or `beta != 0` without `ref_logp`; [`Error::NonFinite`] for the first non-finite
-/// log-probability or advantage of an unmasked token (row = sequence, col = token).
+/// log-probability or advantage of an unmasked token (row = sequence, col = token);
+/// [`Error::Overflow`] if the loss overflows f64 (e.g. advantages near 1e300 times a large
+/// probability ratio).
 ///
 /// # Complexity
 ///
@@ -390,6 +396,9 @@ pub fn grpo_loss<F: FlowFloat>(
         kl_sum += kl;
         loss -= c * (surrogate - beta * kl);
         coef[t] = F::from_f64_lossy(-c * (grad - beta * kl_grad));
+    }
+    if !loss.is_finite() {
+        return Err(Error::Overflow { stage: "grpo loss" });
     }
     let denom = total.max(1) as f64;
     let stats = GrpoStats {

@@ -120,6 +120,9 @@ pub(crate) fn dot<F: FlowFloat, const PRUNE: bool>(row: &[F], v: &[f64], thresho
         }
     }
     let mut sum = combine(s);
+    // Mutant for the fuzz oracles (off in every normal build): drops the row's tail.
+    #[cfg(flowtracer_mutant = "dot_tail")]
+    let rest = &rest[..rest.len().saturating_sub(1)];
     for (&x, &b) in rest.iter().zip(v_rest) {
         sum += keep::<PRUNE>(x.widen(), threshold) * b;
     }

@@ -77,3 +77,8 @@ pub use trace::{
 
 #[cfg(feature = "parallel")]
 pub use trace::trace_batch_parallel;
+
+/// The README's example, compiled and run as a doctest.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -123,6 +123,8 @@ fn backward<F: FlowFloat, const PRUNE: bool>(
         let (sum, min) = row_stats(row);
         check.observe_row(k, row, sum, min);
     }
+    // Mutant for the fuzz oracles (off in every normal build): keeps stale scratch.
+    #[cfg(not(flowtracer_mutant = "stale_workspace"))]
     h.fill(0.0);
     for k in (0..answer.end).rev() {
         let hk = if answer.contains(&k) {

@@ -280,3 +280,61 @@ pub fn group_advantages(rewards: &[f64], g: usize, scale: u8, eps: f64) -> Vec<f
     }
     out
 }
+
+/// The GRPO loss straight from spec §10, per loss type (`loss_type`: 0 grpo, 1 bnpo,
+/// 2 dr_grpo, 3 dapo with `num_items`), token by token.
+#[allow(clippy::too_many_arguments)]
+pub fn grpo_loss(
+    seq_len: usize,
+    logp: &[f64],
+    old_logp: &[f64],
+    ref_logp: Option<&[f64]>,
+    advantages: &[f64],
+    mask: &[bool],
+    (beta, eps_low, eps_high): (f64, f64, f64),
+    loss_type: u8,
+    max_completion_length: usize,
+    num_items: usize,
+) -> f64 {
+    let per_token = |t: usize| {
+        let r = num_traits::Float::exp(logp[t] - old_logp[t]);
+        let a = advantages[t];
+        let clipped = if r < 1.0 - eps_low {
+            1.0 - eps_low
+        } else if r > 1.0 + eps_high {
+            1.0 + eps_high
+        } else {
+            r
+        };
+        let s = if r * a < clipped * a { r * a } else { clipped * a };
+        let kl = ref_logp.map_or(0.0, |rl| {
+            let d = rl[t] - logp[t];
+            num_traits::Float::exp(d) - d - 1.0
+        });
+        s - beta * kl
+    };
+    let seqs = mask.len().checked_div(seq_len).unwrap_or(0);
+    let mut total_sum = 0.0;
+    let mut total_count = 0usize;
+    let mut mean_of_means = 0.0;
+    for s in 0..seqs {
+        let mut sum = 0.0;
+        let mut count = 0usize;
+        for (t, &m) in mask.iter().enumerate().skip(s * seq_len).take(seq_len) {
+            if m {
+                sum += per_token(t);
+                count += 1;
+            }
+        }
+        total_sum += sum;
+        total_count += count;
+        mean_of_means += sum / count.max(1) as f64;
+    }
+    let aggregate = match loss_type {
+        0 => mean_of_means / seqs as f64,
+        1 => total_sum / total_count.max(1) as f64,
+        2 => total_sum / (seqs * max_completion_length.max(1)) as f64,
+        _ => total_sum / num_items.max(1) as f64,
+    };
+    -aggregate
+}

@@ -47,7 +47,8 @@ pub struct ShapingConfig {
     pub gamma_flow: f64,
     /// Which responses are shaped (default [`ApplyTo::Both`]).
     pub apply_to: ApplyTo,
-    /// **\[ours\]** `w = 1 + mix (gamma - 1)`; 0 is exactly plain GRPO (default 1).
+    /// **\[ours\]** `w = 1 + mix (gamma - 1)`, `mix` in `[0, 1]`; 0 is exactly plain GRPO
+    /// (default 1).
     pub mix: f64,
     /// **\[ours\]** Rescale weights to mean 1 over the response (default false).
     pub normalize_mean: bool,
@@ -105,7 +106,8 @@ impl ShapingConfig {
     /// # Errors
     ///
     /// [`Error::InvalidConfig`] naming the first bad field: `rho` outside `[0, 1]`,
-    /// `gamma_flow` or `mix` not finite, `gamma_flow` negative.
+    /// `gamma_flow` negative or not finite, `mix` outside `[0, 1]` (so weights are never
+/// negative).
     pub fn validate(&self) -> Result<(), Error> {
         if !(0.0..=1.0).contains(&self.rho) {
             return Err(Error::InvalidConfig {
@@ -119,10 +121,10 @@ impl ShapingConfig {
                 reason: "must be finite and >= 0",
             });
         }
-        if !self.mix.is_finite() {
+        if !(0.0..=1.0).contains(&self.mix) {
             return Err(Error::InvalidConfig {
                 field: "mix",
-                reason: "must be finite",
+                reason: "must lie in [0, 1]",
             });
         }
         Ok(())

@@ -51,7 +51,13 @@ impl<F: FlowFloat> TraceConfig<F> {
         self
     }
 
-    fn validate(&self) -> Result<(), Error> {
+    /// Checks every field's domain.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for a negative or non-finite `edge_threshold` or
+    /// `row_tolerance`.
+    pub fn validate(&self) -> Result<(), Error> {
         let t = self.edge_threshold.widen();
         if !(t >= 0.0 && t.is_finite()) {
             return Err(Error::InvalidConfig {
@@ -326,7 +332,7 @@ pub fn trace_with_workspace<F: FlowFloat>(
     out.flow.clear();
     out.flow.extend(f.iter().map(|&x| F::from_f64_lossy(x)));
     resize(&mut out.throughput, n);
-    throughput_into(f, h, &mut out.throughput);
+    throughput_into(&out.flow, h, &mut out.throughput);
     Ok(())
 }
 

@@ -7,5 +7,6 @@ mod grpo;
 #[cfg(feature = "io")]
 mod io;
 mod properties;
+mod regressions;
 mod stages;
 mod worked_example;

@@ -1,0 +1,62 @@
+//! Inputs the fuzzers found (fuzz/regressions/README.md), as unit tests.
+
+use flowtracer_core::shaping::{ShapingConfig, token_weights};
+use flowtracer_core::{AnswerMode, Error, TraceConfig, trace};
+
+/// fuzz/regressions/trace/tau-subnormal-f32: token 1 has a subnormal f32 flow; `tau` was
+/// rounded from the f64 `2 f` and differed from twice the rounded `f`.
+#[test]
+fn tau_is_exactly_twice_the_flow_in_f32() {
+    let a: Vec<f32> = vec![
+        f32::from_bits(0x3f800000),
+        f32::NAN,
+        f32::NAN,
+        f32::from_bits(0xb9b9),
+        f32::from_bits(0x3f1dcb09),
+        f32::NAN,
+        f32::from_bits(0x3e8df4d6),
+        f32::from_bits(0x3e8df4d6),
+        f32::from_bits(0x3ee41655),
+    ];
+    let cfg = TraceConfig::<f32>::default().with_answer_mode(AnswerMode::Relay);
+    let t = trace(&a, 3, 0..1, 1..3, &cfg).unwrap();
+    assert!(t.flow()[1] > 0.0 && t.flow()[1] < f32::MIN_POSITIVE, "the flow of token 1 is subnormal");
+    for k in 0..3 {
+        assert_eq!(t.throughput()[k], 2.0 * t.flow()[k], "tau[{k}]");
+    }
+}
+
+/// fuzz/regressions/shaping_grpo/negative-weights-mix: `mix = 1.64`, `gamma_flow = 0.77`
+/// gave every selected token the weight -0.26, flipping its advantage.
+#[test]
+fn mix_outside_unit_interval_is_rejected() {
+    let scores = [1.0, 2.0, 3.0];
+    let cfg = ShapingConfig::default().with_mix(1.640625).with_gamma_flow(0.765625);
+    assert!(matches!(
+        token_weights(Some(&scores[..]), 3, 0..3, &cfg),
+        Err(Error::InvalidConfig { field: "mix", .. })
+    ));
+    let w = token_weights(Some(&scores[..]), 3, 0..3, &cfg.with_mix(1.0)).unwrap();
+    assert!(w.iter().all(|&x| x >= 0.0));
+}
+
+/// fuzz/regressions/shaping_grpo/loss-overflow: an advantage near 1e300 times a ratio of
+/// e^30 overflowed to an infinite loss; a trainer now gets a typed error instead.
+#[test]
+fn grpo_loss_overflow_is_an_error() {
+    use flowtracer_core::grpo::{GrpoConfig, TokenBatch, grpo_loss};
+    let batch = TokenBatch {
+        num_sequences: 1,
+        seq_len: 2,
+        logp: &[-0.125, -0.5],
+        old_logp: &[-30.875, -0.5],
+        ref_logp: None,
+        advantages: &[7.5e299, 1.0],
+        mask: &[true, true],
+    };
+    let cfg = GrpoConfig::default().with_epsilon(0.0).with_epsilon_high(0.0);
+    // Clipped at ratio 1 in this direction: no overflow, the loss is finite.
+    assert!(grpo_loss(&batch, &cfg).is_ok());
+    let batch = TokenBatch { advantages: &[-7.5e299, 1.0], ..batch };
+    assert_eq!(grpo_loss(&batch, &cfg), Err(Error::Overflow { stage: "grpo loss" }));
+}

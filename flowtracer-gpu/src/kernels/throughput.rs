@@ -1,0 +1,42 @@
+//! Throughput (spec §7): `tau(k) = 2 f(k)` where `h(k) > 0`, else 0.
+//!
+//! Element-wise over the whole ragged batch: one unit per token.
+
+use cubecl::prelude::*;
+
+use crate::buffer::DeviceBuffer;
+use crate::plan::Launch;
+
+#[cube(launch_unchecked)]
+fn throughput_kernel(h: &[f32], f: &[f32], tau: &mut [f32]) {
+    if ABSOLUTE_POS >= tau.len() {
+        terminate!();
+    }
+    let mut t = 0.0f32;
+    if h[ABSOLUTE_POS] > 0.0f32 {
+        t = 2.0f32 * f[ABSOLUTE_POS];
+    }
+    tau[ABSOLUTE_POS] = t;
+}
+
+/// Launches `throughput` over every token of the batch.
+pub(crate) fn launch(
+    client: &Client,
+    launch: &Launch,
+    h: &DeviceBuffer,
+    f: &DeviceBuffer,
+    tau: &DeviceBuffer,
+) {
+    // SAFETY: the three buffers are declared with their true lengths, which are equal (one
+    // f32 per token of the batch); the kernel guards `ABSOLUTE_POS < tau.len()`.
+    unsafe {
+        throughput_kernel::launch_unchecked(
+            client,
+            launch.cube_count(),
+            launch.cube_dim(),
+            h.arg(),
+            f.arg(),
+            tau.arg(),
+        );
+    }
+}

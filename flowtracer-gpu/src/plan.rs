@@ -1,0 +1,212 @@
+//! Launch geometry: what every pass launches, as a value tests can inspect.
+//!
+//! Every entry point first builds its [`LaunchPlan`] on the host from the sequence lengths
+//! and the [`GpuOptions`], then launches exactly the kernels the plan lists, with the plan's
+//! geometry. So the plan a test inspects is the plan that runs.
+
+use alloc::vec::Vec;
+
+use cubecl::prelude::*;
+
+/// Number of `u32` fields per sequence in the metadata buffer of the trace kernels.
+pub(crate) const META_LEN: usize = 9;
+
+/// Field indices of one sequence's metadata record.
+pub(crate) mod meta {
+    /// Sequence length `n`.
+    pub(crate) const N: usize = 0;
+    /// Element offset of `Ā[0][0]` in the attention buffer.
+    pub(crate) const OFFSET: usize = 1;
+    /// Elements between `Ā[k][0]` and `Ā[k + 1][0]`.
+    pub(crate) const ROW_STRIDE: usize = 2;
+    /// Element offset of token 0 in the per-token output buffers.
+    pub(crate) const VEC_OFFSET: usize = 3;
+    /// Question span start.
+    pub(crate) const Q_START: usize = 4;
+    /// Question span end.
+    pub(crate) const Q_END: usize = 5;
+    /// Answer span start.
+    pub(crate) const A_START: usize = 6;
+    /// Answer span end.
+    pub(crate) const A_END: usize = 7;
+    /// `1` when the sequence passed host validation and is traced, `0` when it is skipped.
+    pub(crate) const ACTIVE: usize = 8;
+}
+
+/// Tuning knobs of the kernels.
+///
+/// `block` is the side of the triangular block solved inside one cube (one unit per row);
+/// the reach and flow passes take `2 * ceil(N / block)` launches each. `units` is the
+/// number of units per cube of the element-wise and matrix-vector kernels. Both must be
+/// powers of two; [`GpuOptions::fit`] clamps them to what a device supports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GpuOptions {
+    /// Rows per triangular block (default 64).
+    pub block: u32,
+    /// Units per cube of the row-parallel kernels (default 256).
+    pub units: u32,
+}
+
+impl Default for GpuOptions {
+    fn default() -> Self {
+        Self {
+            block: 64,
+            units: 256,
+        }
+    }
+}
+
+impl GpuOptions {
+    /// Sets the block size (rounded down to a power of two, at least 1).
+    #[must_use]
+    pub fn with_block(mut self, block: u32) -> Self {
+        self.block = pow2_floor(block.max(1));
+        self
+    }
+
+    /// Sets the units per cube (rounded down to a power of two, at least 1).
+    #[must_use]
+    pub fn with_units(mut self, units: u32) -> Self {
+        self.units = pow2_floor(units.max(1));
+        self
+    }
+
+    /// Clamps both knobs to the limits of the device behind `client`: units per cube, and
+    /// shared memory (the flow block keeps a `block x block` f32 tile plus `block` values).
+    #[must_use]
+    pub fn fit(self, client: &Client) -> Self {
+        let hw = &client.properties().hardware;
+        let max_units = hw.max_units_per_cube.min(hw.max_cube_dim.0).max(1);
+        let mut block = pow2_floor(self.block.clamp(1, max_units));
+        while block > 1 && shared_bytes(block) > hw.max_shared_memory_size {
+            block /= 2;
+        }
+        let units = pow2_floor(self.units.clamp(1, max_units));
+        Self { block, units }
+    }
+}
+
+/// Shared memory used by the flow block kernel (the largest user).
+pub(crate) fn shared_bytes(block: u32) -> usize {
+    let b = block as usize;
+    (b * b + b) * core::mem::size_of::<f32>()
+}
+
+fn pow2_floor(x: u32) -> u32 {
+    if x == 0 {
+        1
+    } else {
+        1 << (31 - x.leading_zeros())
+    }
+}
+
+/// One kernel launch: which kernel, how many cubes, how many units per cube.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Launch {
+    /// Kernel name (e.g. `"reach_block"`).
+    pub kernel: &'static str,
+    /// Cubes along x, y, z.
+    pub cubes: (u32, u32, u32),
+    /// Units per cube along x, y, z.
+    pub cube_dim: (u32, u32, u32),
+    /// Which step of a blocked sweep this launch belongs to (0 for other kernels).
+    pub step: u32,
+}
+
+impl Launch {
+    /// A launch of `cubes` cubes of `cube_dim` units.
+    pub(crate) fn new(
+        kernel: &'static str,
+        cubes: (u32, u32, u32),
+        cube_dim: (u32, u32, u32),
+    ) -> Self {
+        Self {
+            kernel,
+            cubes,
+            cube_dim,
+            step: 0,
+        }
+    }
+
+    /// The same launch, tagged as step `step` of a blocked sweep.
+    pub(crate) fn at_step(mut self, step: usize) -> Self {
+        self.step = to_u32(step);
+        self
+    }
+
+    /// An element-wise launch covering `len` items with `units` units per cube (at least
+    /// one cube, so the launch is never empty).
+    pub(crate) fn elementwise(kernel: &'static str, len: usize, units: u32) -> Self {
+        let cubes = len.div_ceil(units as usize).max(1);
+        Self::new(kernel, (to_u32(cubes), 1, 1), (units, 1, 1))
+    }
+
+    /// Total units launched (`cubes * cube_dim`, all three axes).
+    pub fn units(&self) -> u64 {
+        let (a, b, c) = self.cubes;
+        let (x, y, z) = self.cube_dim;
+        u64::from(a) * u64::from(b) * u64::from(c) * u64::from(x) * u64::from(y) * u64::from(z)
+    }
+
+    /// Units per cube.
+    pub fn units_per_cube(&self) -> u32 {
+        self.cube_dim.0 * self.cube_dim.1 * self.cube_dim.2
+    }
+
+    pub(crate) fn cube_count(&self) -> CubeCount {
+        CubeCount::Static(self.cubes.0, self.cubes.1, self.cubes.2)
+    }
+
+    pub(crate) fn cube_dim(&self) -> CubeDim {
+        CubeDim::new_3d(self.cube_dim.0, self.cube_dim.1, self.cube_dim.2)
+    }
+}
+
+/// The ordered list of launches of one call.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LaunchPlan {
+    /// The launches, in submission order.
+    pub launches: Vec<Launch>,
+}
+
+impl LaunchPlan {
+    /// Number of launches.
+    pub fn len(&self) -> usize {
+        self.launches.len()
+    }
+
+    /// Whether the plan launches nothing.
+    pub fn is_empty(&self) -> bool {
+        self.launches.is_empty()
+    }
+
+    /// Number of launches of `kernel`.
+    pub fn count(&self, kernel: &str) -> usize {
+        self.launches.iter().filter(|l| l.kernel == kernel).count()
+    }
+
+    /// The launches of `kernel`, in order.
+    pub fn of<'a>(&'a self, kernel: &'a str) -> impl Iterator<Item = &'a Launch> + 'a {
+        self.launches.iter().filter(move |l| l.kernel == kernel)
+    }
+
+    /// The smallest number of units of any launch (0 for an empty plan).
+    pub fn min_units(&self) -> u64 {
+        self.launches.iter().map(Launch::units).min().unwrap_or(0)
+    }
+
+    pub(crate) fn push(&mut self, launch: Launch) -> Launch {
+        self.launches.push(launch);
+        launch
+    }
+}
+
+/// Converts a geometry count to `u32`.
+///
+/// # Panics
+///
+/// If it does not fit (a grid that large cannot be launched anyway).
+pub(crate) fn to_u32(x: usize) -> u32 {
+    u32::try_from(x).expect("launch geometry exceeds u32")
+}

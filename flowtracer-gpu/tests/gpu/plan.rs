@@ -1,0 +1,44 @@
+//! The launch plan's shape: launches grow as N / block, each launch covers many units.
+
+use flowtracer_gpu::{GpuOptions, trace_plan};
+
+#[test]
+fn launches_scale_with_n_over_block() {
+    let options = GpuOptions::default().with_block(64).with_units(256);
+    for n in [1usize, 64, 65, 1000, 8192, 32768] {
+        let plan = trace_plan(&[n], n, &options);
+        let steps = n.div_ceil(64);
+        assert_eq!(plan.count("reach_block"), steps, "n = {n}");
+        assert_eq!(plan.count("flow_block"), steps, "n = {n}");
+        assert_eq!(plan.count("reach_update"), steps - 1, "n = {n}");
+        assert_eq!(plan.count("flow_update"), steps - 1, "n = {n}");
+        assert_eq!(plan.len(), 4 * steps + 2, "n = {n}");
+        // No single-unit kernels: every launch has at least a block's worth of units.
+        assert!(plan.min_units() >= 64, "n = {n}: {:?}", plan.launches);
+        for l in plan.of("reach_block").chain(plan.of("flow_block")) {
+            assert_eq!(l.units_per_cube(), 64);
+        }
+    }
+    // Doubling the block halves the launches (up to the constant).
+    let small = trace_plan(&[8192], 8192, &GpuOptions::default().with_block(32));
+    let large = trace_plan(&[8192], 8192, &GpuOptions::default().with_block(64));
+    assert_eq!(small.len() - 2, 2 * (large.len() - 2));
+}
+
+#[test]
+fn batch_size_does_not_add_launches() {
+    let options = GpuOptions::default();
+    let one = trace_plan(&[500], 500, &options);
+    let many = trace_plan(&[500, 20, 499, 1, 300], 1320, &options);
+    assert_eq!(one.len(), many.len());
+    // The update of step s covers every remaining row of every sequence.
+    let first_update = many.of("reach_update").next().unwrap();
+    assert_eq!(first_update.cubes.1, 5);
+    assert!(first_update.units() >= 500 - 64);
+}
+
+#[test]
+fn empty_batch_launches_nothing() {
+    assert!(trace_plan(&[], 0, &GpuOptions::default()).is_empty());
+    assert!(trace_plan(&[0, 0], 0, &GpuOptions::default()).is_empty());
+}

@@ -1,0 +1,351 @@
+//! Structured inputs and oracles shared by the fuzz targets.
+//!
+//! Every input type has a `Debug` that prints a ready-to-paste Rust reproduction: the
+//! literal values handed to flowtracer, not the fuzzer's bytes.
+
+use core::fmt;
+use core::ops::Range;
+
+use arbitrary::Arbitrary;
+use flowtracer_core::{AnswerMode, Error, Position, Span, TraceConfig};
+
+/// Largest sequence the trace targets build (keeps the naive oracle fast).
+pub const MAX_N: usize = 24;
+/// The default row tolerance the oracles assume.
+pub const ROW_TOLERANCE: f64 = 1e-3;
+
+/// A value planted into otherwise valid attention.
+#[derive(Debug, Clone, Copy, Arbitrary)]
+pub enum Special {
+    /// NaN.
+    Nan,
+    /// +inf.
+    Inf,
+    /// -inf.
+    NegInf,
+    /// A negative value `-x/255`.
+    Negative(u8),
+    /// The smallest positive subnormal f64 (or f32).
+    Subnormal,
+    /// `10^-e` for `e` up to 255 (down to f64's subnormals).
+    Tiny(u8),
+    /// A huge finite value.
+    Huge,
+    /// Negative zero.
+    NegZero,
+    /// Any bit pattern.
+    Bits(u64),
+}
+
+impl Special {
+    /// The value, rounded through f32 where `f32_mode` asks for it.
+    pub fn value(self, f32_mode: bool) -> f64 {
+        match self {
+            Special::Nan => f64::NAN,
+            Special::Inf => f64::INFINITY,
+            Special::NegInf => f64::NEG_INFINITY,
+            Special::Negative(x) => -(f64::from(x) + 1.0) / 256.0,
+            Special::Subnormal if f32_mode => f64::from(f32::from_bits(1)),
+            Special::Subnormal => f64::from_bits(1),
+            Special::Tiny(e) => 10f64.powi(-i32::from(e)),
+            Special::Huge => 1e300,
+            Special::NegZero => -0.0,
+            Special::Bits(b) if f32_mode => f64::from(f32::from_bits(b as u32)),
+            Special::Bits(b) => f64::from_bits(b),
+        }
+    }
+}
+
+/// One tracing problem: mostly valid attention with planted defects and arbitrary spans.
+#[derive(Clone, Arbitrary)]
+pub struct TraceCase {
+    n: u8,
+    weights: Vec<u8>,
+    masses: Vec<u8>,
+    defects: Vec<(u16, Special)>,
+    question: (u8, u8),
+    answer: (u8, u8),
+    relay: bool,
+    single: bool,
+    threshold: u8,
+}
+
+/// A [`TraceCase`] resolved into the values flowtracer sees.
+#[derive(Clone, PartialEq)]
+pub struct Problem {
+    /// Sequence length.
+    pub n: usize,
+    /// Dense `n x n` attention (f64; in single mode every value is an f32 widened).
+    pub attention: Vec<f64>,
+    /// Question span.
+    pub question: Range<usize>,
+    /// Answer span.
+    pub answer: Range<usize>,
+    /// Answer mode.
+    pub mode: AnswerMode,
+    /// Run in f32.
+    pub single: bool,
+    /// Edge threshold.
+    pub threshold: f64,
+}
+
+impl TraceCase {
+    /// The problem this case describes.
+    pub fn problem(&self) -> Problem {
+        let n = usize::from(self.n) % (MAX_N + 1);
+        let mut a = vec![0.0f64; n * n];
+        for k in 0..n {
+            let w = |i: usize| {
+                let j = k * n + i;
+                if self.weights.is_empty() { 1.0 } else { f64::from(self.weights[j % self.weights.len()]) }
+            };
+            let total: f64 = (0..=k).map(w).sum();
+            let m = self.masses.get(k).copied().unwrap_or(255);
+            // Mostly 1; sometimes lighter; bytes above 250 make the row a little heavier
+            // than 1, straddling the 1e-3 tolerance.
+            let mass = if m > 250 { 1.0 + f64::from(m - 250) * 4e-4 } else if m > 127 { 1.0 } else { 0.5 + f64::from(m) / 256.0 };
+            for i in 0..=k {
+                a[k * n + i] = if total > 0.0 { w(i) / total * mass } else { 0.0 };
+            }
+            // Garbage above the diagonal must be ignored.
+            for i in k + 1..n {
+                a[k * n + i] = f64::NAN;
+            }
+        }
+        if n > 0 {
+            for &(at, special) in &self.defects {
+                a[usize::from(at) % (n * n)] = special.value(self.single);
+            }
+        }
+        if self.single {
+            for x in &mut a {
+                *x = f64::from(*x as f32);
+            }
+        }
+        let span = |(s, e): (u8, u8)| usize::from(s) % (MAX_N + 2)..usize::from(e) % (MAX_N + 2);
+        Problem {
+            n,
+            attention: a,
+            question: span(self.question),
+            answer: span(self.answer),
+            mode: if self.relay { AnswerMode::Relay } else { AnswerMode::Absorbing },
+            single: self.single,
+            // Representable in f32, so both precisions prune the same edges.
+            threshold: if self.threshold < 200 { 0.0 } else { f64::from((f64::from(self.threshold - 200) / 400.0) as f32) },
+        }
+    }
+}
+
+impl fmt::Debug for TraceCase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.problem(), f)
+    }
+}
+
+impl fmt::Debug for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ty = if self.single { "f32" } else { "f64" };
+        writeln!(f, "// Reproduction (paste into a test of flowtracer-core):")?;
+        write!(f, "let a: Vec<{ty}> = vec![")?;
+        for (j, x) in self.attention.iter().enumerate() {
+            if j % self.n.max(1) == 0 {
+                write!(f, "\n    ")?;
+            }
+            write!(f, "{}, ", literal(*x, ty))?;
+        }
+        writeln!(f, "\n];")?;
+        writeln!(
+            f,
+            "let cfg = flowtracer_core::TraceConfig::<{ty}>::default().with_answer_mode(flowtracer_core::AnswerMode::{:?}).with_edge_threshold({:?});",
+            self.mode, self.threshold
+        )?;
+        write!(
+            f,
+            "let result = flowtracer_core::trace(&a, {}, {:?}, {:?}, &cfg);",
+            self.n, self.question, self.answer
+        )
+    }
+}
+
+/// A Rust literal for `x` as type `ty` (NaN and infinities spelled out).
+pub fn literal(x: f64, ty: &str) -> String {
+    if x.is_nan() {
+        format!("{ty}::NAN")
+    } else if x == f64::INFINITY {
+        format!("{ty}::INFINITY")
+    } else if x == f64::NEG_INFINITY {
+        format!("{ty}::NEG_INFINITY")
+    } else if ty == "f32" {
+        format!("f32::from_bits({:#x})", (x as f32).to_bits())
+    } else {
+        format!("{x:?}")
+    }
+}
+
+/// `|x - y| <= abs + rel |y|`.
+pub fn close(x: f64, y: f64, abs: f64, rel: f64) -> bool {
+    (x - y).abs() <= abs + rel * y.abs()
+}
+
+/// What the spec says the first failing check is, computed naively; `None` if the shape,
+/// spans and data are valid. `Ok(Some(row))` marks a row mass within rounding of the
+/// limit, where either answer is right.
+pub fn expected_error(p: &Problem) -> Result<Option<Error>, usize> {
+    let (n, q, a) = (p.n, &p.question, &p.answer);
+    if n == 0 {
+        return Ok(Some(Error::EmptySequence));
+    }
+    if q.start >= q.end {
+        return Ok(Some(Error::EmptySpan { span: Span::Question }));
+    }
+    if a.start >= a.end {
+        return Ok(Some(Error::EmptySpan { span: Span::Answer }));
+    }
+    if q.end > n {
+        return Ok(Some(Error::SpanOutOfRange { span: Span::Question, range: q.clone(), n }));
+    }
+    if a.end > n {
+        return Ok(Some(Error::SpanOutOfRange { span: Span::Answer, range: a.clone(), n }));
+    }
+    if a.start < q.end {
+        return Ok(Some(Error::AnswerNotAfterQuestion { question: q.clone(), answer: a.clone() }));
+    }
+    let lower = || (0..n).flat_map(move |k| (0..=k).map(move |i| (k, i)));
+    if let Some((k, i)) = lower().find(|&(k, i)| !p.attention[k * n + i].is_finite()) {
+        return Ok(Some(Error::NonFinite { position: Position::matrix(k, i) }));
+    }
+    if let Some((k, i)) = lower().find(|&(k, i)| p.attention[k * n + i] < 0.0) {
+        let value = p.attention[k * n + i];
+        return Ok(Some(Error::Negative { position: Position::matrix(k, i), value }));
+    }
+    for k in 0..n {
+        let mass: f64 = p.attention[k * n..=k * n + k].iter().sum();
+        let limit = 1.0 + ROW_TOLERANCE;
+        if close(mass, limit, 0.0, 1e-12) {
+            return Err(k);
+        }
+        if mass > limit {
+            return Ok(Some(Error::RowMassExceeded { row: k, mass, tolerance: ROW_TOLERANCE }));
+        }
+    }
+    Ok(None)
+}
+
+/// Runs flowtracer on a problem in its own precision, returning `(h, f, tau, answer mass)`
+/// widened to f64.
+pub fn run(p: &Problem) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>, f64), Error> {
+    fn go<F: flowtracer_core::FlowFloat>(p: &Problem, a: &[F]) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>, f64), Error> {
+        let cfg = TraceConfig::<F>::default()
+            .with_answer_mode(p.mode)
+            .with_edge_threshold(F::from_f64_lossy(p.threshold));
+        let t = flowtracer_core::trace(a, p.n, p.question.clone(), p.answer.clone(), &cfg)?;
+        let w = |x: &[F]| x.iter().map(|v| v.widen()).collect::<Vec<f64>>();
+        Ok((w(t.reach()), w(t.flow()), w(t.throughput()), t.answer_mass()))
+    }
+    if p.single {
+        let a: Vec<f32> = p.attention.iter().map(|&x| x as f32).collect();
+        go(p, &a)
+    } else {
+        go(p, &p.attention)
+    }
+}
+
+/// The oracle of the `trace` target: errors match the defect present; results satisfy the
+/// invariants of spec §6–7 and equal `reference` within tolerance. Panics on a violation.
+pub fn check_trace(p: &Problem) {
+    let got = run(p);
+    let expected = match expected_error(p) {
+        Err(_) => return, // a row mass within rounding of the limit: either answer is right
+        Ok(e) => e,
+    };
+    if let Some(e) = expected {
+        match (&got, &e) {
+            (Err(Error::RowMassExceeded { row, mass, .. }), Error::RowMassExceeded { row: r, mass: m, .. }) => {
+                assert_eq!(row, r, "row mass error on the wrong row");
+                assert!(close(*mass, *m, 0.0, 1e-12), "mass {mass} vs {m}");
+            }
+            (Err(Error::Negative { position, value }), Error::Negative { position: p2, value: v2 }) => {
+                assert_eq!(position, p2);
+                assert_eq!(value.to_bits(), v2.to_bits());
+            }
+            _ => assert_eq!(got.as_ref().err(), Some(&e), "wrong result for bad input"),
+        }
+        return;
+    }
+    let naive = flowtracer_core::reference::trace(&p.attention, p.n, p.question.clone(), p.answer.clone(), p.mode, p.threshold);
+    let (h, f, tau, mass) = match got {
+        Err(Error::NoSourceMass) => {
+            assert_eq!(naive.sources, 0, "NoSourceMass but the reference has sources");
+            return;
+        }
+        Err(e) => panic!("valid input rejected: {e}"),
+        Ok(x) => x,
+    };
+    assert_eq!(h.iter().filter(|&&x| x > 0.0).count(), naive.h.iter().filter(|&&x| x > 0.0).count(), "live sets differ");
+    let rel = if p.single { 1e-6 } else { 1e-9 };
+    let normal = naive.h.iter().all(|&x| x == 0.0 || x >= 1e-290);
+    for k in 0..p.n {
+        assert!(h[k].is_finite() && f[k].is_finite() && tau[k].is_finite(), "non-finite result at {k}");
+        assert!(close(h[k], naive.h[k], 1e-300, rel), "h[{k}] {} vs reference {}", h[k], naive.h[k]);
+        assert_eq!(tau[k], if h[k] > 0.0 { 2.0 * f[k] } else { 0.0 }, "tau != 2f at {k}");
+        if p.mode == AnswerMode::Absorbing {
+            assert!(f[k] >= 0.0 && f[k] <= 1.0 + 1e-9, "f[{k}] = {} outside [0, 1]", f[k]);
+        }
+        if normal {
+            assert!(close(f[k], naive.f[k], 1e-9, rel), "f[{k}] {} vs reference {}", f[k], naive.f[k]);
+        }
+    }
+    if normal {
+        // f32 results are f64 results rounded once: the sum of |A| of them is off by ~|A| ulp.
+        let tol = if p.single { 1e-6 * p.answer.len() as f64 } else { 1e-9 };
+        assert!(close(mass, 1.0, tol, 0.0), "answer mass {mass} != 1");
+    }
+}
+
+/// A counting global allocator for the reader targets: peak live bytes during a call.
+pub mod alloc_guard {
+    use core::alloc::{GlobalAlloc, Layout};
+    use core::sync::atomic::{AtomicUsize, Ordering};
+    use std::alloc::System;
+
+    static LIVE: AtomicUsize = AtomicUsize::new(0);
+    static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+    /// Forwards to the system allocator and counts live bytes.
+    #[derive(Debug)]
+    pub struct Counting;
+
+    // SAFETY: forwards every call to the system allocator unchanged; only counts sizes.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+            PEAK.fetch_max(live, Ordering::Relaxed);
+            // SAFETY: the caller's contract is System's.
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+            // SAFETY: the caller's contract is System's.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            if new_size >= layout.size() {
+                let live = LIVE.fetch_add(new_size - layout.size(), Ordering::Relaxed) + new_size - layout.size();
+                PEAK.fetch_max(live, Ordering::Relaxed);
+            } else {
+                LIVE.fetch_sub(layout.size() - new_size, Ordering::Relaxed);
+            }
+            // SAFETY: the caller's contract is System's.
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    /// Runs `f` and returns its result with the peak bytes allocated beyond what was live
+    /// before it (meaningful only when this allocator is the global one).
+    pub fn peak_during<T>(f: impl FnOnce() -> T) -> (T, usize) {
+        let before = LIVE.load(Ordering::Relaxed);
+        PEAK.store(before, Ordering::Relaxed);
+        let out = f();
+        (out, PEAK.load(Ordering::Relaxed).saturating_sub(before))
+    }
+}

@@ -1,0 +1,107 @@
+//! Core f64 vs core f32 vs GPU kernels on the same inputs (feature `gpu`).
+//!
+//! Tolerance, stated once: `|x - reference| <= 1e-5 + 1e-4 * |reference|` against the
+//! core's f64 result, for both the core's f32 path and the GPU.
+#![cfg(feature = "gpu")]
+
+use flowtracer_core::{AnswerMode, TraceConfig};
+use flowtracer_gpu::{DeviceBuffer, GpuOptions, TraceInput, trace_batch};
+
+/// The one tolerance: see the module docs.
+fn close(x: f64, reference: f64) -> bool {
+    (x - reference).abs() <= 1e-5 + 1e-4 * reference.abs()
+}
+
+/// A causal row-stochastic matrix from a small deterministic pattern.
+fn matrix(n: usize, seed: usize) -> Vec<f32> {
+    let mut a = vec![0.0f32; n * n];
+    for k in 0..n {
+        let row: Vec<f64> = (0..=k)
+            .map(|i| ((i * 31 + k * 17 + seed) % 7) as f64)
+            .collect();
+        let sum: f64 = row.iter().sum();
+        for (i, w) in row.iter().enumerate() {
+            a[k * n + i] = if sum == 0.0 {
+                f32::from(u8::from(i == k))
+            } else {
+                (w / sum) as f32
+            };
+        }
+    }
+    a
+}
+
+#[test]
+fn core_f64_core_f32_and_gpu_agree() {
+    let client = std::panic::catch_unwind(|| {
+        let c = flowtracer_gpu::cubecl::Device::Wgpu(Default::default()).client();
+        let _ = c.properties().hardware.max_units_per_cube;
+        c
+    })
+    .unwrap_or_else(|_| {
+        panic!(
+            "no wgpu adapter: install mesa-vulkan-drivers libvulkan1 (lavapipe) and set \
+             XDG_RUNTIME_DIR=/tmp"
+        )
+    });
+    let specs = [
+        (5usize, 0..2, 4..5),
+        (64, 0..8, 60..64),
+        (130, 0..20, 100..110),
+        (257, 0..30, 250..257),
+    ];
+    for mode in [AnswerMode::Absorbing, AnswerMode::Relay] {
+        let mats: Vec<Vec<f32>> = specs
+            .iter()
+            .enumerate()
+            .map(|(s, (n, _, _))| matrix(*n, s))
+            .collect();
+        let data: Vec<f32> = mats.concat();
+        let inputs = TraceInput::ragged(specs.iter().cloned());
+        let gpu_config = TraceConfig::<f32>::default().with_answer_mode(mode);
+        let buf = DeviceBuffer::from_f32(&client, &data);
+        let gpu = trace_batch(
+            &client,
+            &buf,
+            &inputs,
+            &gpu_config,
+            &GpuOptions::default().with_block(32),
+        )
+        .unwrap()
+        .read_all(&client);
+        for (b, ((n, q, a), m)) in specs.iter().zip(&mats).enumerate() {
+            let wide: Vec<f64> = m.iter().map(|&x| f64::from(x)).collect();
+            let c64 = flowtracer_core::trace(
+                &wide,
+                *n,
+                q.clone(),
+                a.clone(),
+                &TraceConfig::default().with_answer_mode(mode),
+            )
+            .unwrap();
+            let c32 = flowtracer_core::trace(m, *n, q.clone(), a.clone(), &gpu_config).unwrap();
+            let g = gpu[b].as_ref().unwrap();
+            for k in 0..*n {
+                for (what, r, x32, xg) in [
+                    ("h", c64.reach()[k], c32.reach()[k], g.reach[k]),
+                    ("f", c64.flow()[k], c32.flow()[k], g.flow[k]),
+                    (
+                        "tau",
+                        c64.throughput()[k],
+                        c32.throughput()[k],
+                        g.throughput[k],
+                    ),
+                ] {
+                    assert!(
+                        close(f64::from(x32), r),
+                        "{mode:?} seq {b} {what}[{k}]: core f32 {x32} vs f64 {r}"
+                    );
+                    assert!(
+                        close(f64::from(xg), r),
+                        "{mode:?} seq {b} {what}[{k}]: gpu {xg} vs f64 {r}"
+                    );
+                }
+            }
+        }
+    }
+}
