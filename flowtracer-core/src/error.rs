@@ -143,9 +143,11 @@ pub enum Error {
     NoSourceMass,
     /// A result overflowed f64: the reach or flow (only possible when rows of `Ā` may sum
     /// to far more than 1, i.e. with a `row_tolerance` far above its default), or the GRPO
-    /// loss (advantages or probability ratios near the f64 range).
+    /// loss or group advantages (rewards, advantages or probability ratios near the f64
+    /// range).
     Overflow {
-        /// The stage that overflowed (`"reach"`, `"flow"` or `"grpo loss"`).
+        /// The stage that overflowed (`"reach"`, `"flow"`, `"group advantages"` or
+        /// `"grpo loss"`).
         stage: &'static str,
     },
     /// A layer selection that names no layer, a layer out of range, or a repeated layer.

@@ -63,7 +63,8 @@ fn mean_std<F: FlowFloat>(x: &[F]) -> (f64, f64) {
 ///
 /// [`Error::GroupTooSmall`] if `num_generations < 2`; [`Error::GroupSizeMismatch`] if it
 /// does not divide `rewards.len()`; [`Error::InvalidConfig`] for a negative or non-finite
-/// `eps`; [`Error::NonFinite`] (row = response index, col 0) for a non-finite reward.
+/// `eps`; [`Error::NonFinite`] (row = response index, col 0) for a non-finite reward;
+/// [`Error::Overflow`] if rewards near the f64 range make an advantage overflow.
 ///
 /// # Complexity
 ///
@@ -117,6 +118,11 @@ pub fn group_advantages<F: FlowFloat>(
             // A constant group has advantage exactly 0, even with eps = 0.
             F::from_f64_lossy(if centred == 0.0 { 0.0 } else { centred / denom })
         }));
+    }
+    if out.iter().any(|a| !a.is_finite()) {
+        return Err(Error::Overflow {
+            stage: "group advantages",
+        });
     }
     Ok(out)
 }

@@ -306,7 +306,11 @@ pub fn grpo_loss(
         } else {
             r
         };
-        let s = if r * a < clipped * a { r * a } else { clipped * a };
+        let s = if r * a < clipped * a {
+            r * a
+        } else {
+            clipped * a
+        };
         let kl = ref_logp.map_or(0.0, |rl| {
             let d = rl[t] - logp[t];
             num_traits::Float::exp(d) - d - 1.0

@@ -107,7 +107,7 @@ impl ShapingConfig {
     ///
     /// [`Error::InvalidConfig`] naming the first bad field: `rho` outside `[0, 1]`,
     /// `gamma_flow` negative or not finite, `mix` outside `[0, 1]` (so weights are never
-/// negative).
+    /// negative).
     pub fn validate(&self) -> Result<(), Error> {
         if !(0.0..=1.0).contains(&self.rho) {
             return Err(Error::InvalidConfig {

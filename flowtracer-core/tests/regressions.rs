@@ -20,7 +20,10 @@ fn tau_is_exactly_twice_the_flow_in_f32() {
     ];
     let cfg = TraceConfig::<f32>::default().with_answer_mode(AnswerMode::Relay);
     let t = trace(&a, 3, 0..1, 1..3, &cfg).unwrap();
-    assert!(t.flow()[1] > 0.0 && t.flow()[1] < f32::MIN_POSITIVE, "the flow of token 1 is subnormal");
+    assert!(
+        t.flow()[1] > 0.0 && t.flow()[1] < f32::MIN_POSITIVE,
+        "the flow of token 1 is subnormal"
+    );
     for k in 0..3 {
         assert_eq!(t.throughput()[k], 2.0 * t.flow()[k], "tau[{k}]");
     }
@@ -31,7 +34,9 @@ fn tau_is_exactly_twice_the_flow_in_f32() {
 #[test]
 fn mix_outside_unit_interval_is_rejected() {
     let scores = [1.0, 2.0, 3.0];
-    let cfg = ShapingConfig::default().with_mix(1.640625).with_gamma_flow(0.765625);
+    let cfg = ShapingConfig::default()
+        .with_mix(1.640625)
+        .with_gamma_flow(0.765625);
     assert!(matches!(
         token_weights(Some(&scores[..]), 3, 0..3, &cfg),
         Err(Error::InvalidConfig { field: "mix", .. })
@@ -54,9 +59,32 @@ fn grpo_loss_overflow_is_an_error() {
         advantages: &[7.5e299, 1.0],
         mask: &[true, true],
     };
-    let cfg = GrpoConfig::default().with_epsilon(0.0).with_epsilon_high(0.0);
+    let cfg = GrpoConfig::default()
+        .with_epsilon(0.0)
+        .with_epsilon_high(0.0);
     // Clipped at ratio 1 in this direction: no overflow, the loss is finite.
     assert!(grpo_loss(&batch, &cfg).is_ok());
-    let batch = TokenBatch { advantages: &[-7.5e299, 1.0], ..batch };
-    assert_eq!(grpo_loss(&batch, &cfg), Err(Error::Overflow { stage: "grpo loss" }));
+    let batch = TokenBatch {
+        advantages: &[-7.5e299, 1.0],
+        ..batch
+    };
+    assert_eq!(
+        grpo_loss(&batch, &cfg),
+        Err(Error::Overflow { stage: "grpo loss" })
+    );
+}
+
+/// fuzz/regressions/shaping_grpo/advantage-overflow: rewards near the f64 limit made the
+/// group mean overflow and every advantage infinite.
+#[test]
+fn group_advantage_overflow_is_an_error() {
+    use flowtracer_core::grpo::{ScaleRewards, group_advantages};
+    let r = [1.5e308, 1.6e308, -1.7e308, 1.0];
+    assert_eq!(
+        group_advantages(&r, 2, ScaleRewards::None, 1e-4),
+        Err(Error::Overflow {
+            stage: "group advantages"
+        })
+    );
+    assert!(group_advantages(&[1e300, -1e300], 2, ScaleRewards::Group, 1e-4).is_ok());
 }
