@@ -1,9 +1,10 @@
 //! The three inner loops every stage streams rows through, written once.
 //!
-//! Each works on one row of `Ā` at a time, in fixed chunks of eight with eight independent
-//! f64 accumulators, so the compiler vectorises it without bounds checks, and every caller
-//! (validation, reach, flow) sums a row in exactly the same order: chunks of eight over the
-//! strictly-lower part, lanes combined pairwise, then the remainder, then the diagonal.
+//! Each works on one row of `Ā` (or two, in the backward pass) at a time, in fixed chunks of
+//! eight with eight independent f64 accumulators, so the compiler vectorises it without
+//! bounds checks. Row masses are summed in f64 as a by-product; the order of that sum
+//! depends on how the pass pairs rows, so two code paths may differ in the last bits of a
+//! mass (never in a non-finite or negative position, which are found exactly).
 
 use crate::float::FlowFloat;
 
@@ -27,7 +28,7 @@ fn min_of<F: FlowFloat>(m: [F; LANES]) -> F {
 
 /// Keeps an edge weight unless pruning is on and it is below the threshold.
 #[inline(always)]
-fn keep<const PRUNE: bool>(w: f64, threshold: f64) -> f64 {
+pub(crate) fn keep<const PRUNE: bool>(w: f64, threshold: f64) -> f64 {
     if PRUNE && w < threshold { 0.0 } else { w }
 }
 
@@ -65,42 +66,102 @@ fn finish_stats<F: FlowFloat>(s: [f64; LANES], m: [F; LANES], rest: &[F], diag: 
     (sum, min)
 }
 
-/// `acc[i] += keep(row[i]) * h` for the strictly-lower part of `row` (the diagonal is the
-/// last entry), returning the row's [`row_stats`] as a by-product.
+/// Cheap per-row summary from the streaming passes: the sum and the minimum in `F`. A row is
+/// then judged exactly ([`DataCheck`] rescans it in f64) only when it looks suspicious: a
+/// non-finite or near-limit sum, or a negative minimum.
 ///
-/// # Panics
-///
-/// If `acc` is shorter than `row.len() - 1`.
-#[inline]
-pub(crate) fn axpy_stats<F: FlowFloat, const PRUNE: bool>(
-    row: &[F],
-    h: f64,
-    threshold: f64,
-    acc: &mut [f64],
-) -> (f64, F) {
-    let Some((&diag, lower)) = row.split_last() else {
-        return (0.0, F::zero());
-    };
-    let acc = &mut acc[..lower.len()];
-    let mut s = [0.0f64; LANES];
-    let mut m = [F::zero(); LANES];
-    let (chunks, rest) = lower.as_chunks::<LANES>();
-    let (acc_chunks, acc_rest) = acc.as_chunks_mut::<LANES>();
-    for (c, a) in chunks.iter().zip(acc_chunks) {
-        for j in 0..LANES {
-            let x = c[j];
-            let w = x.widen();
-            a[j] += keep::<PRUNE>(w, threshold) * h;
-            s[j] += w;
-            if x < m[j] {
-                m[j] = x;
+/// [`DataCheck`]: crate::validate::DataCheck
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RowSummary<F> {
+    /// Sum of the row in `F`, lanes combined pairwise.
+    pub(crate) sum: F,
+    /// Minimum of the row, clamped above at 0 (a NaN is caught by the sum instead).
+    pub(crate) min: F,
+}
+
+impl<F: FlowFloat> RowSummary<F> {
+    /// Adds one more entry.
+    #[inline(always)]
+    pub(crate) fn push(self, x: F) -> Self {
+        Self {
+            sum: self.sum + x,
+            min: if x < self.min { x } else { self.min },
+        }
+    }
+}
+
+/// Entries per block of [`axpy2_summary`]: the block is summarised while it is still in L1.
+const BLOCK: usize = 512;
+
+/// [`RowSummary`] of a block, in lanes of eight (a separate loop from the axpy, so each loop
+/// vectorises cleanly).
+#[inline(always)]
+fn summarize<F: FlowFloat>(x: &[F], into: RowSummary<F>) -> RowSummary<F> {
+    const WIDE: usize = 16;
+    let mut s = [F::zero(); WIDE];
+    let mut m = [F::zero(); WIDE];
+    let (chunks, rest) = x.as_chunks::<WIDE>();
+    for c in chunks {
+        for j in 0..WIDE {
+            s[j] = s[j] + c[j];
+            if c[j] < m[j] {
+                m[j] = c[j];
             }
         }
     }
-    for (&x, a) in rest.iter().zip(acc_rest) {
-        *a += keep::<PRUNE>(x.widen(), threshold) * h;
+    let mut sum = F::zero();
+    let mut min = F::zero();
+    for j in 0..WIDE {
+        sum = sum + s[j];
+        if m[j] < min {
+            min = m[j];
+        }
     }
-    finish_stats(s, m, rest, diag)
+    let mut r = RowSummary {
+        sum: into.sum + sum,
+        min: if min < into.min { min } else { into.min },
+    };
+    for &v in rest {
+        r = r.push(v);
+    }
+    r
+}
+
+/// The backward pass two rows at a time: `acc[i] += keep(a[i]) h_a + keep(b[i]) h_b`, one
+/// read and write of `acc` for two rows of `Ā`. Returns the [`RowSummary`] of `a` and `b`.
+///
+/// # Panics
+///
+/// If `b` or `acc` is shorter than `a`.
+#[inline]
+pub(crate) fn axpy2_summary<F: FlowFloat, const PRUNE: bool>(
+    a: &[F],
+    h_a: f64,
+    b: &[F],
+    h_b: f64,
+    threshold: f64,
+    acc: &mut [f64],
+) -> (RowSummary<F>, RowSummary<F>) {
+    let len = a.len();
+    let (b, acc) = (&b[..len], &mut acc[..len]);
+    let empty = RowSummary {
+        sum: F::zero(),
+        min: F::zero(),
+    };
+    let (mut ra, mut rb) = (empty, empty);
+    for ((ba, bb), bx) in a
+        .chunks(BLOCK)
+        .zip(b.chunks(BLOCK))
+        .zip(acc.chunks_mut(BLOCK))
+    {
+        for ((&va, &vb), x) in ba.iter().zip(bb).zip(bx.iter_mut()) {
+            *x += keep::<PRUNE>(va.widen(), threshold) * h_a
+                + keep::<PRUNE>(vb.widen(), threshold) * h_b;
+        }
+        ra = summarize(ba, ra);
+        rb = summarize(bb, rb);
+    }
+    (ra, rb)
 }
 
 /// `sum_i keep(row[i]) * v[i]` in f64.

@@ -20,7 +20,7 @@ use core::ops::Range;
 
 use crate::error::Error;
 use crate::float::FlowFloat;
-use crate::kernels::{axpy_stats, row_stats};
+use crate::kernels::{axpy2_summary, keep, row_stats};
 use crate::validate::DataCheck;
 
 /// How answer tokens treat incoming flow (spec §4, §6).
@@ -126,19 +126,40 @@ fn backward<F: FlowFloat, const PRUNE: bool>(
     // Mutant for the fuzz oracles (off in every normal build): keeps stale scratch.
     #[cfg(not(flowtracer_mutant = "stale_workspace"))]
     h.fill(0.0);
-    for k in (0..answer.end).rev() {
-        let hk = if answer.contains(&k) {
-            match mode {
-                AnswerMode::Absorbing => 1.0,
-                AnswerMode::Relay => 1.0 + h[k],
-            }
-        } else {
-            h[k]
-        };
-        h[k] = hk;
-        let row = &attention[k * n..=k * n + k];
-        let (sum, min) = axpy_stats::<F, PRUNE>(row, hk, threshold, &mut h[..k]);
-        check.observe_row(k, row, sum, min);
+    let answer_reach = |k: usize, acc: f64| match (answer.contains(&k), mode) {
+        (false, _) => acc,
+        (true, AnswerMode::Absorbing) => 1.0,
+        (true, AnswerMode::Relay) => 1.0 + acc,
+    };
+    // Rows two at a time, k and k - 1: one sweep over the accumulator serves both.
+    let mut k = answer.end;
+    while k >= 2 {
+        let (hi, lo) = (k - 1, k - 2);
+        let row_hi = &attention[hi * n..=hi * n + hi];
+        let row_lo = &attention[lo * n..=lo * n + lo];
+        let h_hi = answer_reach(hi, h[hi]);
+        h[hi] = h_hi;
+        // Row `hi` reaches `lo` first; then `h(lo)` is final.
+        h[lo] += keep::<PRUNE>(row_hi[lo].widen(), threshold) * h_hi;
+        let h_lo = answer_reach(lo, h[lo]);
+        h[lo] = h_lo;
+        let (s_hi, s_lo) = axpy2_summary::<F, PRUNE>(
+            &row_hi[..lo],
+            h_hi,
+            &row_lo[..lo],
+            h_lo,
+            threshold,
+            &mut h[..lo],
+        );
+        check.observe_summary(hi, row_hi, s_hi.push(row_hi[lo]).push(row_hi[hi]));
+        check.observe_summary(lo, row_lo, s_lo.push(row_lo[lo]));
+        k -= 2;
+    }
+    if k == 1 {
+        // Row 0 alone: no earlier token to reach.
+        h[0] = answer_reach(0, h[0]);
+        let (sum, min) = row_stats(&attention[..1]);
+        check.observe_row(0, &attention[..1], sum, min);
     }
     check.finish()?;
     if h.iter().all(|x| x.is_finite()) {

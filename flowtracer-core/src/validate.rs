@@ -19,7 +19,7 @@ use core::ops::Range;
 
 use crate::error::{Error, Position, Span};
 use crate::float::FlowFloat;
-use crate::kernels::row_stats;
+use crate::kernels::{RowSummary, row_stats};
 
 /// Checks that `attention` holds exactly `n * n` values and that `n > 0`.
 ///
@@ -182,6 +182,27 @@ impl DataCheck {
         // A NaN sum counts as too heavy (its non-finite entry is reported first anyway).
         if (sum.is_nan() || sum > self.limit) && self.heavy.is_none_or(|(r, _)| k < r) {
             self.heavy = Some((k, sum));
+        }
+    }
+
+    /// Records row `k` from the streaming passes' cheap [`RowSummary`]; the row is summed
+    /// again exactly (f64, [`row_stats`]) and scanned only when the summary is suspicious:
+    /// a negative minimum, a non-finite sum, or a sum within its rounding error of the limit
+    /// or above.
+    #[inline]
+    pub(crate) fn observe_summary<F: FlowFloat>(
+        &mut self,
+        k: usize,
+        row: &[F],
+        summary: RowSummary<F>,
+    ) {
+        let sum = summary.sum.widen();
+        // Bound on the relative error of the summary's sum of non-negative entries (16 lanes,
+        // blocks of 512): comfortably above (len / 16 + len / 512 + 16) ulp.
+        let margin = (row.len() as f64 / 8.0 + 64.0) * F::epsilon().widen();
+        if summary.min < F::zero() || !sum.is_finite() || sum > self.limit * (1.0 - margin) {
+            let (sum, min) = row_stats(row);
+            self.observe_row(k, row, sum, min);
         }
     }
 
