@@ -82,3 +82,8 @@ pub use trace::trace_batch_parallel;
 #[doc = include_str!("../../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
+
+/// The book's Rust chapter, compiled and run as doctests.
+#[doc = include_str!("../../docs/core.md")]
+#[cfg(doctest)]
+pub struct BookCoreDoctests;

@@ -198,8 +198,10 @@ impl Workspace {
     }
 }
 
+/// Sets the length to `n` without clearing: the passes zero what they accumulate into and
+/// overwrite every output, so stale values never survive (the `workspace_reuse` fuzz
+/// target checks exactly this).
 fn resize<T: Copy + Default>(v: &mut Vec<T>, n: usize) {
-    v.clear();
     v.resize(n, T::default());
 }
 
