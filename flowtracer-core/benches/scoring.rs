@@ -1,7 +1,8 @@
 //! Scoring benchmarks (`cargo bench -p flowtracer-core --features parallel`).
 //!
 //! - `trace_f32/N`: reach + flow + throughput from a dense f32 `Ā` (two streaming passes);
-//! - `floor_two_passes/N`: two plain sums over the same rows, the memory-bandwidth floor;
+//! - `floor_two_passes_dense/N`, `floor_two_passes_packed/N`: two vectorised f32 sums
+//!   over the same dense rows, and over the packed triangle (compare.py's floor);
 //! - `aggregate/N`: `[layers][heads][N][N]` f32 into `Ā`;
 //! - `batch16_sequential` / `batch16_parallel`: 16 responses of N = 2048.
 //!
@@ -62,15 +63,45 @@ fn trace_f32(bencher: Bencher<'_, '_>, n: usize) {
     });
 }
 
+/// Sum of a slice in sixteen f32 lanes (vectorised, not latency-bound).
+fn lanes(x: &[f32]) -> f32 {
+    let mut s = [0.0f32; 16];
+    let (chunks, rest) = x.as_chunks::<16>();
+    for c in chunks {
+        for j in 0..16 {
+            s[j] += c[j];
+        }
+    }
+    s.iter().sum::<f32>() + rest.iter().sum::<f32>()
+}
+
+/// The floor on the same dense rows the passes read: two vectorised f32 sums of each row.
 #[divan::bench(args = SIZES, sample_count = 20)]
-fn floor_two_passes(bencher: Bencher<'_, '_>, n: usize) {
+fn floor_two_passes_dense(bencher: Bencher<'_, '_>, n: usize) {
     let a = attention(n, 1);
     bencher.bench_local(|| {
         let mut total = 0.0f32;
         for _ in 0..2 {
             for k in 0..n {
-                total += black_box(&a[k * n..=k * n + k]).iter().sum::<f32>();
+                total += lanes(black_box(&a[k * n..=k * n + k]));
             }
+        }
+        total
+    });
+}
+
+/// The floor of compare.py: two vectorised sums over the packed triangle.
+#[divan::bench(args = SIZES, sample_count = 20)]
+fn floor_two_passes_packed(bencher: Bencher<'_, '_>, n: usize) {
+    let a = attention(n, 1);
+    let mut packed = Vec::with_capacity(n * (n + 1) / 2);
+    for k in 0..n {
+        packed.extend_from_slice(&a[k * n..=k * n + k]);
+    }
+    bencher.bench_local(|| {
+        let mut total = 0.0f32;
+        for _ in 0..2 {
+            total += lanes(black_box(&packed));
         }
         total
     });
