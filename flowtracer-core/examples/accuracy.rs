@@ -24,11 +24,16 @@ fn attention(n: usize, seed: u64) -> Vec<f64> {
 
 /// Max over live tokens of `|x - y| / |y|`.
 fn max_rel(x: impl Iterator<Item = f64>, y: &[f64]) -> f64 {
-    x.zip(y).filter(|&(_, &y)| y > 0.0).map(|(x, &y)| (x - y).abs() / y).fold(0.0, f64::max)
+    x.zip(y)
+        .filter(|&(_, &y)| y > 0.0)
+        .map(|(x, &y)| (x - y).abs() / y)
+        .fold(0.0, f64::max)
 }
 
 fn main() {
-    println!("| N | f64 fast vs reference: h | f | f32 vs f64: h | f | answer mass - 1 (f64) | (f32) |");
+    println!(
+        "| N | f64 fast vs reference: h | f | f32 vs f64: h | f | answer mass - 1 (f64) | (f32) |"
+    );
     println!("|---:|---:|---:|---:|---:|---:|---:|");
     for n in [256, 1024, 4096] {
         let a = attention(n, n as u64);

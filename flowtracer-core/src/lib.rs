@@ -7,7 +7,7 @@
 //!
 //! The pipeline, one module per stage:
 //! [`aggregate`] → [`reach`] → [`flow`] → [`backbone`] → [`shaping`] → [`grpo`], with
-//! [`baselines`] for the point-wise alternatives, [`reference`] for the naive oracles the
+//! [`baselines`] for the point-wise alternatives, [`reference`](mod@reference) for the naive oracles the
 //! tests check every fast path against, and [`trace()`] as the front door.
 //!
 //! # Example
