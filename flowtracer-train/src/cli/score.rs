@@ -1,0 +1,790 @@
+//! `flowtracer score`: FlowTracer scores of one attention dump, as JSON.
+//!
+//! ```text
+//! flowtracer score --attention FILE [--tensor NAME]... [--layers SPEC]
+//!                  --question A..B --answer C..D [--response E..F]
+//!                  [--config FILE] [--out FILE]
+//! ```
+//!
+//! # Input
+//!
+//! `--attention FILE` is attention probabilities `P[l][h][k][i]` (query `k`, key `i`; rows
+//! sum to 1; entries above the diagonal are ignored), as float16, float32 or float64:
+//!
+//! - a `.npy` file of shape `[N, N]` (already aggregated), `[H, N, N]` (one layer's heads) or
+//!   `[L, H, N, N]` (every layer of a model);
+//! - a `.safetensors` file with either one tensor of one of those shapes (chosen by
+//!   `--tensor NAME` when the file holds several), or one tensor per layer, each `[N, N]`,
+//!   `[H, N, N]` or `[1, H, N, N]` (a batch of one). Per-layer tensors are taken in the order
+//!   of repeated `--tensor` options, or, without `--tensor`, all tensors of the file ordered
+//!   by the last number in their names (`model.layers.7.attn` is layer 7).
+//!
+//! The format is recognised by the `.npy` magic bytes, else read as safetensors. Everything
+//! is computed in f64 (f32 input is widened exactly).
+//!
+//! `--layers` selects the layers that are averaged when the input has a layer axis:
+//! `middle` (the default: layers `floor(L/3)..floor(2L/3)`), `all`, a half-open range `a..b`,
+//! or a list `1,3,5`. Heads are always averaged.
+//!
+//! Spans are half-open token ranges `A..B`: `--question` (where flow is injected),
+//! `--answer` (where it is absorbed) and `--response` (the scored tokens, default
+//! `question.end..N`, which must contain the answer).
+//!
+//! `--config FILE` is a JSON object with any of these keys (default after the `=`):
+//! `rho = 0.4`, `gamma_flow = 1.5`, `apply_to = "both"` (or `"nonnegative_only"`),
+//! `mix = 1.0`, `normalize_mean = false`, `select = "top"` (or `"bottom"`),
+//! `answer_mode = "absorbing"` (or `"relay"`), `edge_threshold = 0`,
+//! `row_tolerance = 0.001`, `coverage = 0.8`, `checkpoint_threshold = 0.5`. Unknown keys are
+//! an error.
+//!
+//! # Output
+//!
+//! One JSON object, on stdout or written atomically to `--out` (a temporary file in the same
+//! directory, renamed into place; nothing is left behind on error):
+//!
+//! | field | meaning |
+//! |---|---|
+//! | `n` | number of tokens N |
+//! | `question`, `answer`, `response` | the spans used, as `[start, end]` |
+//! | `layers` | the layers averaged (input indices), or `null` if the input had no layer axis |
+//! | `reach` | `h` per token (length N): how much of a token's attention mass reaches the answer |
+//! | `flow` | `f` per token: the fraction of question-to-answer flow through the token |
+//! | `throughput` | `tau` per token (`2 f` for live tokens) |
+//! | `weights` | the advantage weight per token (`gamma_flow` for hubs, 1 elsewhere with the defaults) |
+//! | `backbone.path` | the most probable question-to-answer token path |
+//! | `backbone.path_probability` | its probability |
+//! | `backbone.edges` | the kept edges as `[i, k, phi]`, by flow descending, covering `coverage` of all edge flow |
+//! | `backbone.total_edge_flow` | the flow summed over all token-to-token edges |
+//! | `backbone.hubs` | the top-`rho` response tokens by throughput (the shaped tokens) |
+//! | `backbone.checkpoints` | tokens with `f >= checkpoint_threshold` |
+//! | `metrics` | `answer_mass` (flow absorbed by the answer, 1 in absorbing mode), `num_sources` (live question tokens), `num_live` (tokens with `h > 0`), `kept_edge_flow`, `kept_edge_share`, `response_flow_mean`, `response_weight_mean`, `num_hubs`, `num_checkpoints`, `max_row_mass` (of the averaged attention) |
+//!
+//! # Errors
+//!
+//! Every problem with the input (missing or unreadable file, truncated or corrupt
+//! `.npy`/`.safetensors`, a non-float dtype, a wrong rank, non-square matrices, spans out of
+//! bounds, NaN or negative attention, rows summing to more than 1, no question token
+//! reaching the answer, a bad config) is a [`CliError`] with a one-line message; the binary
+//! prints it and exits with code 2.
+
+use core::fmt;
+use core::ops::Range;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use flowtracer_core::aggregate::{
+    LayerAccumulator, LayerSelection, Layout, aggregate, select_layers,
+};
+use flowtracer_core::backbone::{Backbone, BackboneConfig, backbone};
+use flowtracer_core::io::{Array, SafeTensors, read_npy};
+use flowtracer_core::shaping::{ApplyTo, Select, ShapingConfig, token_weights};
+use flowtracer_core::validate::{check_response, check_spans};
+use flowtracer_core::{AnswerMode, Trace, TraceConfig, trace};
+use serde::{Deserialize, Serialize};
+
+/// Arguments of `flowtracer score`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// The attention file and spans.
+    #[command(flatten)]
+    pub input: Input,
+    /// Write the JSON to this file (atomically) instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+}
+
+/// The inputs shared by `flowtracer score` and `flowtracer explain`.
+///
+/// Spans and the layer selection are kept as text and parsed by [`score`], so that a bad
+/// value is reported like every other bad input: one line, exit code 2.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Input {
+    /// Attention probabilities: .npy (N x N, H x N x N or L x H x N x N) or .safetensors.
+    #[arg(long, value_name = "FILE")]
+    pub attention: PathBuf,
+    /// Safetensors tensor to read; repeat to list per-layer tensors in layer order.
+    #[arg(long, value_name = "NAME")]
+    pub tensor: Vec<String>,
+    /// Layers to average: `middle` (default), `all`, a range `a..b`, or a list `1,3,5`.
+    #[arg(long, value_name = "SPEC", allow_hyphen_values = true)]
+    pub layers: Option<String>,
+    /// Question tokens, a half-open range `A..B` (where flow is injected).
+    #[arg(long, value_name = "A..B", allow_hyphen_values = true)]
+    pub question: String,
+    /// Answer tokens, a half-open range `C..D` (where flow is absorbed).
+    #[arg(long, value_name = "C..D", allow_hyphen_values = true)]
+    pub answer: String,
+    /// Scored response tokens `E..F` (default: from the end of the question to N).
+    #[arg(long, value_name = "E..F", allow_hyphen_values = true)]
+    pub response: Option<String>,
+    /// A JSON file of scoring options (rho, gamma_flow, answer_mode, coverage, ...).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// A bad input or a failed write, with a one-line message for the user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CliError {
+    message: String,
+}
+
+impl CliError {
+    /// An error with this message (one line).
+    #[must_use]
+    pub fn new(message: impl Into<String>) -> Self {
+        let message: String = message.into();
+        // Keep the promise of one line whatever a lower layer wrote.
+        let message = message.replace(['\n', '\r'], " ");
+        Self { message }
+    }
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl core::error::Error for CliError {}
+
+/// Runs `flowtracer score`.
+///
+/// # Errors
+///
+/// A [`CliError`] for any bad input (see the [module docs](self)) or a failed write; no
+/// output file exists after an error.
+pub fn run(args: Args) -> Result<(), CliError> {
+    let scored = score(&args.input)?;
+    let mut json = serde_json::to_string_pretty(&scored.report())
+        .map_err(|e| CliError::new(format!("cannot serialise the scores: {e}")))?;
+    json.push('\n');
+    match &args.out {
+        Some(path) => write_atomically(path, json.as_bytes()),
+        None => std::io::stdout()
+            .lock()
+            .write_all(json.as_bytes())
+            .map_err(|e| CliError::new(format!("cannot write to standard output: {e}"))),
+    }
+}
+
+/// Scoring options read from `--config` (every field optional).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Options {
+    /// Fraction of response tokens that are shaped (hubs).
+    pub rho: f64,
+    /// Weight of the shaped tokens.
+    pub gamma_flow: f64,
+    /// `"both"` or `"nonnegative_only"`: how a trainer applies the weights to negative
+    /// advantages. Accepted so one config file serves the trainer and the CLI; it does not
+    /// change the weights reported here.
+    pub apply_to: ApplyToOption,
+    /// Interpolation between plain GRPO (0) and full shaping (1).
+    pub mix: f64,
+    /// Rescale the weights to mean 1 over the response.
+    pub normalize_mean: bool,
+    /// `"top"` (default) or `"bottom"` (the paper's ablation).
+    pub select: SelectOption,
+    /// `"absorbing"` (default) or `"relay"`.
+    pub answer_mode: AnswerModeOption,
+    /// Edges with weight below this are dropped (default 0).
+    pub edge_threshold: f64,
+    /// Allowed excess of a row's mass over 1 (default 1e-3).
+    pub row_tolerance: f64,
+    /// Fraction of the edge flow the kept backbone edges must cover.
+    pub coverage: f64,
+    /// Flow at or above which a token is a checkpoint.
+    pub checkpoint_threshold: f64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        let shaping = ShapingConfig::default();
+        let trace = TraceConfig::<f64>::default();
+        let bb = BackboneConfig::default();
+        Self {
+            rho: shaping.rho,
+            gamma_flow: shaping.gamma_flow,
+            apply_to: ApplyToOption::Both,
+            mix: shaping.mix,
+            normalize_mean: shaping.normalize_mean,
+            select: SelectOption::Top,
+            answer_mode: AnswerModeOption::Absorbing,
+            edge_threshold: trace.edge_threshold,
+            row_tolerance: trace.row_tolerance,
+            coverage: bb.coverage,
+            checkpoint_threshold: bb.checkpoint_threshold,
+        }
+    }
+}
+
+/// `apply_to` in a config file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApplyToOption {
+    /// Shape every advantage.
+    Both,
+    /// Shape non-negative advantages only.
+    NonnegativeOnly,
+}
+
+/// `select` in a config file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SelectOption {
+    /// The highest-throughput tokens.
+    Top,
+    /// The lowest-throughput tokens.
+    Bottom,
+}
+
+/// `answer_mode` in a config file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnswerModeOption {
+    /// Answer tokens absorb flow.
+    Absorbing,
+    /// Answer tokens relay flow to later answer tokens too.
+    Relay,
+}
+
+impl Options {
+    fn shaping(&self) -> ShapingConfig {
+        ShapingConfig::default()
+            .with_rho(self.rho)
+            .with_gamma_flow(self.gamma_flow)
+            .with_apply_to(match self.apply_to {
+                ApplyToOption::Both => ApplyTo::Both,
+                ApplyToOption::NonnegativeOnly => ApplyTo::NonnegativeOnly,
+            })
+            .with_mix(self.mix)
+            .with_normalize_mean(self.normalize_mean)
+            .with_select(match self.select {
+                SelectOption::Top => Select::Top,
+                SelectOption::Bottom => Select::Bottom,
+            })
+    }
+
+    fn trace(&self) -> TraceConfig<f64> {
+        TraceConfig::default()
+            .with_answer_mode(match self.answer_mode {
+                AnswerModeOption::Absorbing => AnswerMode::Absorbing,
+                AnswerModeOption::Relay => AnswerMode::Relay,
+            })
+            .with_edge_threshold(self.edge_threshold)
+            .with_row_tolerance(self.row_tolerance)
+    }
+
+    fn backbone(&self) -> BackboneConfig {
+        BackboneConfig::default()
+            .with_coverage(self.coverage)
+            .with_checkpoint_threshold(self.checkpoint_threshold)
+            .with_rho(self.rho)
+    }
+}
+
+/// Everything computed for one attention dump.
+#[derive(Debug, Clone)]
+pub struct Scored {
+    /// Number of tokens.
+    pub n: usize,
+    /// Question span.
+    pub question: Range<usize>,
+    /// Answer span.
+    pub answer: Range<usize>,
+    /// Scored response span.
+    pub response: Range<usize>,
+    /// Layers averaged, or `None` if the input had no layer axis.
+    pub layers: Option<Vec<usize>>,
+    /// The averaged attention `Ā`, dense `N x N`.
+    pub attention: Vec<f64>,
+    /// Reach, flow and throughput.
+    pub trace: Trace<f64>,
+    /// Advantage weight per token.
+    pub weights: Vec<f64>,
+    /// Path, kept edges, hubs and checkpoints.
+    pub backbone: Backbone,
+    /// The options in force.
+    pub options: Options,
+}
+
+/// The JSON document of `flowtracer score` (field names are the documented interface).
+#[derive(Debug, Serialize)]
+pub struct Report<'a> {
+    n: usize,
+    question: [usize; 2],
+    answer: [usize; 2],
+    response: [usize; 2],
+    layers: Option<&'a [usize]>,
+    reach: &'a [f64],
+    flow: &'a [f64],
+    throughput: &'a [f64],
+    weights: &'a [f64],
+    backbone: BackboneReport<'a>,
+    metrics: Metrics,
+}
+
+#[derive(Debug, Serialize)]
+struct BackboneReport<'a> {
+    path: &'a [usize],
+    path_probability: f64,
+    edges: Vec<(usize, usize, f64)>,
+    total_edge_flow: f64,
+    hubs: &'a [usize],
+    checkpoints: &'a [usize],
+}
+
+/// Summary numbers of one scored sequence (the `metrics` object of the JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Metrics {
+    /// Flow absorbed by the answer (1 in absorbing mode).
+    pub answer_mass: f64,
+    /// Live question tokens `|Q+|`.
+    pub num_sources: usize,
+    /// Tokens with `h > 0`.
+    pub num_live: usize,
+    /// Flow on the kept backbone edges.
+    pub kept_edge_flow: f64,
+    /// `kept_edge_flow / total_edge_flow` (0 if there is no edge flow).
+    pub kept_edge_share: f64,
+    /// Mean flow over the response.
+    pub response_flow_mean: f64,
+    /// Mean advantage weight over the response.
+    pub response_weight_mean: f64,
+    /// Number of hubs.
+    pub num_hubs: usize,
+    /// Number of checkpoints.
+    pub num_checkpoints: usize,
+    /// Largest row mass of `Ā` (on and below the diagonal).
+    pub max_row_mass: f64,
+}
+
+impl Scored {
+    /// The summary metrics.
+    #[must_use]
+    pub fn metrics(&self) -> Metrics {
+        let n = self.n;
+        let kept_edge_flow: f64 = self.backbone.edges.iter().map(|e| e.flow).sum();
+        let total = self.backbone.total_edge_flow;
+        let len = self.response.len().max(1) as f64;
+        let max_row_mass = (0..n)
+            .map(|k| self.attention[k * n..=k * n + k].iter().sum::<f64>())
+            .fold(0.0, f64::max);
+        Metrics {
+            answer_mass: self.trace.answer_mass(),
+            num_sources: self.trace.num_sources(),
+            num_live: self.trace.reach().iter().filter(|&&h| h > 0.0).count(),
+            kept_edge_flow,
+            kept_edge_share: if total > 0.0 {
+                kept_edge_flow / total
+            } else {
+                0.0
+            },
+            response_flow_mean: self.trace.flow()[self.response.clone()].iter().sum::<f64>() / len,
+            response_weight_mean: self.weights[self.response.clone()].iter().sum::<f64>() / len,
+            num_hubs: self.backbone.hubs.len(),
+            num_checkpoints: self.backbone.checkpoints.len(),
+            max_row_mass,
+        }
+    }
+
+    /// The JSON document of `flowtracer score`.
+    #[must_use]
+    pub fn report(&self) -> Report<'_> {
+        let pair = |r: &Range<usize>| [r.start, r.end];
+        Report {
+            n: self.n,
+            question: pair(&self.question),
+            answer: pair(&self.answer),
+            response: pair(&self.response),
+            layers: self.layers.as_deref(),
+            reach: self.trace.reach(),
+            flow: self.trace.flow(),
+            throughput: self.trace.throughput(),
+            weights: &self.weights,
+            backbone: BackboneReport {
+                path: &self.backbone.path,
+                path_probability: self.backbone.path_probability,
+                edges: self
+                    .backbone
+                    .edges
+                    .iter()
+                    .map(|e| (e.from, e.to, e.flow))
+                    .collect(),
+                total_edge_flow: self.backbone.total_edge_flow,
+                hubs: &self.backbone.hubs,
+                checkpoints: &self.backbone.checkpoints,
+            },
+            metrics: self.metrics(),
+        }
+    }
+}
+
+/// Reads the attention, checks everything, and computes the trace, weights and backbone.
+///
+/// Checks run in the order of spec §13: file and shape, then spans, then the data.
+///
+/// # Errors
+///
+/// A [`CliError`] naming the first problem found (see the [module docs](self)).
+pub fn score(input: &Input) -> Result<Scored, CliError> {
+    let options = match &input.config {
+        Some(path) => read_options(path)?,
+        None => Options::default(),
+    };
+    let selection = input.layers.as_deref().map(parse_layers).transpose()?;
+    let question = parse_range("--question", &input.question)?;
+    let answer = parse_range("--answer", &input.answer)?;
+    let response = input
+        .response
+        .as_deref()
+        .map(|r| parse_range("--response", r))
+        .transpose()?;
+
+    let file = AttentionFile::open(&input.attention, &input.tensor)?;
+    let n = file.n;
+    check_spans(n, &question, &answer).map_err(|e| CliError::new(e.to_string()))?;
+    let response = response.unwrap_or(question.end..n);
+    check_response(n, Some(&answer), &response).map_err(|e| CliError::new(e.to_string()))?;
+    if file.layers.is_none() && selection.is_some() {
+        return Err(CliError::new(format!(
+            "--layers needs attention with a layer axis ([L,H,N,N] or per-layer tensors), but {} has shape {:?}",
+            input.attention.display(),
+            file.shape
+        )));
+    }
+    let (attention, layers) = file.aggregate(&selection.unwrap_or_default())?;
+
+    let core = |e: flowtracer_core::Error| CliError::new(e.to_string());
+    let trace = trace(
+        &attention,
+        n,
+        question.clone(),
+        answer.clone(),
+        &options.trace(),
+    )
+    .map_err(core)?;
+    let weights = token_weights(
+        Some(trace.throughput()),
+        n,
+        response.clone(),
+        &options.shaping(),
+    )
+    .map_err(core)?;
+    let backbone =
+        backbone(&attention, &trace, response.clone(), &options.backbone()).map_err(core)?;
+    Ok(Scored {
+        n,
+        question,
+        answer,
+        response,
+        layers,
+        attention,
+        trace,
+        weights,
+        backbone,
+        options,
+    })
+}
+
+fn read_options(path: &Path) -> Result<Options, CliError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CliError::new(format!("cannot read --config {}: {e}", path.display())))?;
+    serde_json::from_str(&text)
+        .map_err(|e| CliError::new(format!("bad --config {}: {e}", path.display())))
+}
+
+/// Parses a half-open range `A..B` given for `flag`.
+///
+/// # Errors
+///
+/// A [`CliError`] naming the flag if the text is not `A..B` with `A <= B`.
+pub fn parse_range(flag: &str, text: &str) -> Result<Range<usize>, CliError> {
+    let bad = |why: &str| CliError::new(format!("invalid {flag} {text:?}: {why}"));
+    let (a, b) = text
+        .split_once("..")
+        .ok_or_else(|| bad("expected a half-open range A..B such as 3..7"))?;
+    let parse = |s: &str| s.trim().parse::<usize>();
+    let (Ok(start), Ok(end)) = (parse(a), parse(b)) else {
+        return Err(bad(
+            "expected a half-open range A..B of non-negative integers",
+        ));
+    };
+    if start > end {
+        return Err(bad("the start is after the end"));
+    }
+    Ok(start..end)
+}
+
+/// Parses `--layers`: `middle`, `all`, `a..b` or `1,3,5`.
+///
+/// # Errors
+///
+/// A [`CliError`] if the text is none of these.
+pub fn parse_layers(text: &str) -> Result<LayerSelection, CliError> {
+    let t = text.trim();
+    match t {
+        "middle" => return Ok(LayerSelection::Middle),
+        "all" => return Ok(LayerSelection::All),
+        _ => {}
+    }
+    if t.contains("..") {
+        return parse_range("--layers", t).map(LayerSelection::Range);
+    }
+    t.split(',')
+        .map(|s| s.trim().parse::<usize>())
+        .collect::<Result<Vec<_>, _>>()
+        .map(LayerSelection::List)
+        .map_err(|_| {
+            CliError::new(format!(
+                "invalid --layers {text:?}: expected middle, all, a range a..b or a list such as 1,3,5"
+            ))
+        })
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so
+/// that `path` either keeps its old content or gets the whole new content.
+///
+/// # Errors
+///
+/// A [`CliError`] if the temporary file cannot be written or renamed; the temporary file is
+/// removed.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| CliError::new(format!("--out {} is not a file name", path.display())))?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    let tmp = dir.join(tmp_name);
+    let result = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    result.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        CliError::new(format!("cannot write --out {}: {e}", path.display()))
+    })
+}
+
+/// An attention file, opened and checked for shape, before its data is aggregated.
+struct AttentionFile {
+    /// Tokens.
+    n: usize,
+    /// Heads.
+    heads: usize,
+    /// Layers, if the input has a layer axis.
+    layers: Option<usize>,
+    /// The shape as found (for messages).
+    shape: Vec<usize>,
+    /// Where the data comes from.
+    source: Source,
+    /// The file, for messages.
+    path: PathBuf,
+}
+
+enum Source {
+    /// All of it in memory, `[layers or 1][heads][N][N]`.
+    Dense(Vec<f64>),
+    /// Per-layer safetensors: the file's bytes and the tensor names in layer order.
+    PerLayer { bytes: Vec<u8>, names: Vec<String> },
+}
+
+impl AttentionFile {
+    fn open(path: &Path, tensors: &[String]) -> Result<Self, CliError> {
+        let shown = path.display();
+        let bytes = std::fs::read(path)
+            .map_err(|e| CliError::new(format!("cannot read --attention {shown}: {e}")))?;
+        let io = |e: flowtracer_core::io::IoError| CliError::new(format!("{shown}: {e}"));
+        let is_npy = bytes.starts_with(b"\x93NUMPY")
+            || path
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("npy"));
+        if is_npy {
+            if !tensors.is_empty() {
+                return Err(CliError::new(format!(
+                    "--tensor applies to .safetensors files, but {shown} is a .npy file"
+                )));
+            }
+            let array = read_npy(&bytes).map_err(io)?;
+            return Self::from_array(path, array);
+        }
+        let file = SafeTensors::parse(&bytes).map_err(io)?;
+        let infos = file.tensors();
+        let names: Vec<String> = match tensors {
+            [] if infos.is_empty() => {
+                return Err(CliError::new(format!("{shown}: the file holds no tensors")));
+            }
+            [] if infos.len() == 1 => vec![infos[0].name.clone()],
+            [] => layer_order(infos.iter().map(|t| t.name.as_str()))
+                .map_err(|e| CliError::new(format!("{shown}: {e}")))?,
+            names => names.to_vec(),
+        };
+        if names.len() == 1 {
+            let array = file.read(&names[0]).map_err(io)?;
+            return Self::from_array(path, array);
+        }
+        // Per-layer tensors: check every shape (and dtype) before reading any data.
+        let mut layer_shape: Option<(usize, usize, Vec<usize>)> = None;
+        for name in &names {
+            let info = infos.iter().find(|t| &t.name == name).ok_or_else(|| {
+                io(flowtracer_core::io::IoError::TensorNotFound { name: name.clone() })
+            })?;
+            if !matches!(info.dtype.as_str(), "F64" | "F32" | "F16" | "BF16") {
+                return Err(io(flowtracer_core::io::IoError::UnsupportedDtype {
+                    dtype: info.dtype.clone(),
+                }));
+            }
+            let (heads, n) = match info.shape.as_slice() {
+                &[a, b] if a == b => (1, a),
+                &[h, a, b] | &[1, h, a, b] if a == b => (h, a),
+                s => {
+                    return Err(CliError::new(format!(
+                        "{shown}: per-layer tensor {name:?} has shape {s:?}; expected [N,N], [H,N,N] or [1,H,N,N] with square matrices"
+                    )));
+                }
+            };
+            match &layer_shape {
+                None => layer_shape = Some((heads, n, info.shape.clone())),
+                Some((h0, n0, s0)) if (*h0, *n0) != (heads, n) => {
+                    return Err(CliError::new(format!(
+                        "{shown}: per-layer tensor {name:?} has shape {:?}, but the first one has {s0:?}",
+                        info.shape
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
+        let (heads, n, first) = layer_shape.unwrap_or((1, 0, Vec::new()));
+        let mut shape = vec![names.len()];
+        shape.extend_from_slice(&first);
+        drop(file);
+        check_n(path, n, &shape)?;
+        Ok(Self {
+            n,
+            heads,
+            layers: Some(names.len()),
+            shape,
+            source: Source::PerLayer { bytes, names },
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn from_array(path: &Path, array: Array) -> Result<Self, CliError> {
+        let shape = array.shape.clone();
+        let (layers, heads, n) = match *shape.as_slice() {
+            [a, b] => (None, 1, (a, b)),
+            [h, a, b] => (None, h, (a, b)),
+            [l, h, a, b] => (Some(l), h, (a, b)),
+            _ => {
+                return Err(CliError::new(format!(
+                    "{}: attention has shape {shape:?} (rank {}); expected [N,N], [H,N,N] or [L,H,N,N]",
+                    path.display(),
+                    shape.len()
+                )));
+            }
+        };
+        if n.0 != n.1 {
+            return Err(CliError::new(format!(
+                "{}: attention matrices must be square, but the shape is {shape:?}",
+                path.display()
+            )));
+        }
+        check_n(path, n.0, &shape)?;
+        if heads == 0 || layers == Some(0) {
+            return Err(CliError::new(format!(
+                "{}: attention has shape {shape:?}, with no {}",
+                path.display(),
+                if heads == 0 { "heads" } else { "layers" }
+            )));
+        }
+        Ok(Self {
+            n: n.0,
+            heads,
+            layers,
+            shape,
+            source: Source::Dense(array.data.into_f64()),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Averages the selected layers and all heads into `Ā`.
+    fn aggregate(
+        self,
+        selection: &LayerSelection,
+    ) -> Result<(Vec<f64>, Option<Vec<usize>>), CliError> {
+        let core = |e: flowtracer_core::Error| CliError::new(e.to_string());
+        let n = self.n;
+        match self.source {
+            Source::Dense(data) => match self.layers {
+                None if self.heads == 1 => Ok((data, None)),
+                None => {
+                    let abar =
+                        aggregate(&data, 1, self.heads, n, Layout::Dense, &LayerSelection::All)
+                            .map_err(core)?;
+                    Ok((abar, None))
+                }
+                Some(layers) => {
+                    let selected = select_layers(layers, selection).map_err(core)?;
+                    let abar = aggregate(&data, layers, self.heads, n, Layout::Dense, selection)
+                        .map_err(core)?;
+                    Ok((abar, Some(selected)))
+                }
+            },
+            Source::PerLayer { bytes, names } => {
+                let selected = select_layers(names.len(), selection).map_err(core)?;
+                let file = SafeTensors::parse(&bytes)
+                    .map_err(|e| CliError::new(format!("{}: {e}", self.path.display())))?;
+                let mut acc = LayerAccumulator::new(self.heads, n, Layout::Dense).map_err(core)?;
+                for &l in &selected {
+                    let array = file
+                        .read(&names[l])
+                        .map_err(|e| CliError::new(format!("{}: {e}", self.path.display())))?;
+                    acc.add_layer(l, &array.data.into_f64()).map_err(core)?;
+                }
+                Ok((acc.finish().map_err(core)?, Some(selected)))
+            }
+        }
+    }
+}
+
+fn check_n(path: &Path, n: usize, shape: &[usize]) -> Result<(), CliError> {
+    if n == 0 {
+        return Err(CliError::new(format!(
+            "{}: attention has shape {shape:?}, with no tokens",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Orders per-layer tensor names by the last number in each name.
+fn layer_order<'a>(names: impl Iterator<Item = &'a str>) -> Result<Vec<String>, String> {
+    let mut keyed = Vec::new();
+    for name in names {
+        let digits: String = name
+            .rsplit(|c: char| !c.is_ascii_digit())
+            .find(|s| !s.is_empty())
+            .unwrap_or("")
+            .to_owned();
+        let layer: u64 = digits.parse().map_err(|_| {
+            format!(
+                "the file holds several tensors and {name:?} has no layer number; choose one with --tensor, or list the per-layer tensors with repeated --tensor"
+            )
+        })?;
+        if let Some((_, other)) = keyed.iter().find(|(l, _)| *l == layer) {
+            return Err(format!(
+                "tensors {other:?} and {name:?} have the same layer number {layer}; list the per-layer tensors with repeated --tensor"
+            ));
+        }
+        keyed.push((layer, name.to_owned()));
+    }
+    keyed.sort_by_key(|(l, _)| *l);
+    Ok(keyed.into_iter().map(|(_, name)| name).collect())
+}

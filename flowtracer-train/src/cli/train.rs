@@ -1,0 +1,228 @@
+//! `flowtracer train`: warm-up + GRPO with any credit method, checkpoints and `--resume`.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::Module;
+use serde::Serialize;
+
+use super::knobs::Knobs;
+use crate::checkpoint;
+use crate::grpo::{StepMetrics, Trainer};
+use crate::model::Transformer;
+use crate::run::{self, LoopOptions};
+use crate::task::Problem;
+
+/// Arguments of `flowtracer train`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Run knobs.
+    #[command(flatten)]
+    pub knobs: Knobs,
+    /// Output directory (metrics.jsonl, checkpoints, summary.json).
+    #[arg(long, default_value = "runs/train")]
+    pub out: PathBuf,
+    /// Checkpoint every this many GRPO steps (0: never).
+    #[arg(long, default_value_t = 10)]
+    pub checkpoint_every: usize,
+    /// Continue from the latest checkpoint in `--out` (exactly: same RNG state).
+    #[arg(long)]
+    pub resume: bool,
+    /// Skip the warm-up and start GRPO from this model (e.g. a `warmup.bpk` of another run).
+    #[arg(long, value_name = "FILE")]
+    pub init: Option<PathBuf>,
+}
+
+/// What one warm-up + GRPO session produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct Session {
+    /// Held-out (greedy, sampled) accuracy after the warm-up.
+    pub warmup_accuracy: Option<(f64, f64)>,
+    /// Held-out greedy accuracy at the end.
+    pub final_accuracy: f64,
+    /// Held-out sampled policy accuracy at the end.
+    pub final_sampled: f64,
+    /// Per-step metrics.
+    pub metrics: Vec<StepMetrics>,
+    /// Seconds of the GRPO phase (this process only).
+    pub grpo_secs: f64,
+}
+
+/// Warm-up (fresh model) and its held-out accuracy; saves `warmup.bpk` into `out`.
+///
+/// # Errors
+///
+/// A message on I/O failure.
+pub fn warmup(
+    knobs: &Knobs,
+    held: &std::collections::HashSet<Vec<u32>>,
+    eval: &[Problem],
+    out: &Path,
+) -> Result<(Transformer, (f64, f64), f64), String> {
+    let device = knobs.device();
+    let t0 = Instant::now();
+    let model = run::warmup(
+        &knobs.model(),
+        &knobs.task(),
+        &knobs.sft(),
+        held,
+        knobs.seed,
+        &device,
+        knobs.quiet,
+    );
+    let secs = t0.elapsed().as_secs_f64();
+    std::fs::create_dir_all(out).map_err(|e| format!("create {}: {e}", out.display()))?;
+    let tmp = out.join("warmup.bpk.tmp");
+    model
+        .clone()
+        .into_record()
+        .save(&tmp)
+        .map_err(|e| format!("save warm-up model: {e}"))?;
+    std::fs::rename(&tmp, out.join("warmup.bpk"))
+        .map_err(|e| format!("save warm-up model: {e}"))?;
+    let acc = run::eval_both(&model, &knobs.task(), eval, knobs.temperature, &device);
+    Ok((model, acc, secs))
+}
+
+/// Runs GRPO from `model` (or resumes from `out`) and evaluates at the end.
+///
+/// # Errors
+///
+/// The trainer's error message (a non-finite loss names its step).
+#[allow(clippy::too_many_arguments)]
+pub fn grpo_session(
+    knobs: &Knobs,
+    credit: crate::credit::Credit,
+    seed: u64,
+    model: Option<Transformer>,
+    held: std::collections::HashSet<Vec<u32>>,
+    eval: &[Problem],
+    out: &Path,
+    checkpoint_every: usize,
+    label: &str,
+) -> Result<Session, String> {
+    let device = knobs.device();
+    let model_config = knobs.model();
+    let mut trainer = match (model, checkpoint::latest(out)) {
+        (Some(m), _) => Trainer::new(
+            knobs.grpo(credit, seed),
+            knobs.task(),
+            m,
+            held,
+            device.clone(),
+        )
+        .map_err(|e| e.to_string())?,
+        (None, Some(path)) => {
+            if !knobs.quiet {
+                eprintln!("resuming from {}", path.display());
+            }
+            checkpoint::load(&path, held, device.clone())
+                .map_err(|e| e.to_string())?
+                .0
+        }
+        (None, None) => return Err(format!("no checkpoint to resume in {}", out.display())),
+    };
+    let opts = LoopOptions {
+        out_dir: out.to_path_buf(),
+        steps: knobs.steps,
+        checkpoint_every,
+        eval_every: knobs.eval_every,
+        eval_size: knobs.eval_curve_size,
+        quiet: knobs.quiet,
+        label: label.to_string(),
+    };
+    let t0 = Instant::now();
+    let metrics =
+        run::grpo_loop(&mut trainer, &model_config, eval, &opts).map_err(|e| e.to_string())?;
+    let grpo_secs = t0.elapsed().as_secs_f64();
+    let (final_accuracy, final_sampled) = run::eval_both(
+        &trainer.model,
+        &trainer.task,
+        eval,
+        trainer.config.temperature,
+        &device,
+    );
+    Ok(Session {
+        warmup_accuracy: None,
+        final_accuracy,
+        final_sampled,
+        metrics,
+        grpo_secs,
+    })
+}
+
+/// Runs `flowtracer train`.
+///
+/// # Errors
+///
+/// A one-line message (bad knobs, I/O, non-finite loss naming the step).
+pub fn run(args: Args) -> Result<(), String> {
+    let k = &args.knobs;
+    k.validate()?;
+    let (eval, held) = run::held_out(&k.task(), k.eval_size, k.seed);
+    let resuming = args.resume && checkpoint::latest(&args.out).is_some();
+    let (model, warm_acc) = if resuming {
+        (None, None)
+    } else {
+        if args.resume && !k.quiet {
+            eprintln!(
+                "no checkpoint in {}: starting a fresh run",
+                args.out.display()
+            );
+        }
+        let _ = std::fs::remove_file(args.out.join("metrics.jsonl"));
+        let (m, acc) = match &args.init {
+            Some(path) => {
+                let record = burn::store::ModuleRecord::load(path)
+                    .map_err(|e| format!("load {}: {e}", path.display()))?;
+                let m = k
+                    .model()
+                    .init(0, &k.device().autodiff())
+                    .try_load_record(record)
+                    .map_err(|e| format!("load {}: {e}", path.display()))?;
+                let acc = run::eval_both(&m, &k.task(), &eval, k.temperature, &k.device());
+                (m, acc)
+            }
+            None => {
+                let (m, acc, _) = warmup(k, &held, &eval, &args.out)?;
+                (m, acc)
+            }
+        };
+        println!(
+            "warm-up accuracy: greedy {:.1}%, sampled {:.1}% ({} held-out problems)",
+            100.0 * acc.0,
+            100.0 * acc.1,
+            eval.len()
+        );
+        (Some(m), Some(acc))
+    };
+    let mut s = grpo_session(
+        k,
+        k.credit,
+        k.seed,
+        model,
+        held,
+        &eval,
+        &args.out,
+        args.checkpoint_every,
+        k.credit.name(),
+    )?;
+    s.warmup_accuracy = warm_acc;
+    println!(
+        "final accuracy:   greedy {:.1}%, sampled {:.1}% ({} held-out problems)",
+        100.0 * s.final_accuracy,
+        100.0 * s.final_sampled,
+        eval.len()
+    );
+    let json = serde_json::to_vec_pretty(&serde_json::json!({
+        "warmup_accuracy": s.warmup_accuracy,
+        "final_accuracy": s.final_accuracy,
+        "final_sampled_accuracy": s.final_sampled,
+        "steps": s.metrics.len(),
+        "grpo_secs": s.grpo_secs,
+        "credit": k.credit.name(),
+    }))
+    .map_err(|e| e.to_string())?;
+    checkpoint::write_atomic(&args.out.join("summary.json"), &json).map_err(|e| e.to_string())?;
+    Ok(())
+}

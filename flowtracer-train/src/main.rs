@@ -1,0 +1,68 @@
+//! The `flowtracer` command-line tool.
+//!
+//! - `flowtracer demo`: warm-up + FlowTracer GRPO on the built-in task, writes `runs/demo/`.
+//! - `flowtracer train`: the same with every knob, checkpoints and `--resume`.
+//! - `flowtracer compare`: uniform vs FlowTracer vs baselines over several seeds.
+//! - `flowtracer score` / `flowtracer explain`: score an attention dump of another model.
+//!
+//! Exit codes: 0 success, 1 training failure (e.g. non-finite loss), 2 bad input.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use flowtracer_train::cli;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "flowtracer",
+    version,
+    about = "FlowTracer credit assignment for GRPO"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Warm-up + FlowTracer GRPO on the built-in task; writes runs/demo/.
+    Demo(cli::demo::Args),
+    /// Warm-up + GRPO with any credit method, checkpoints and --resume.
+    Train(cli::train::Args),
+    /// The same budget for several credit methods over several seeds.
+    Compare(cli::compare::Args),
+    /// FlowTracer scores of one attention dump, as JSON.
+    Score(cli::score::Args),
+    /// An HTML page explaining one attention dump.
+    Explain(cli::explain::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result: Result<(), (u8, String)> = match cli.command {
+        Command::Demo(a) => a
+            .knobs
+            .validate()
+            .map_err(|e| (2, e))
+            .and_then(|()| cli::demo::run(a).map_err(|e| (1, e))),
+        Command::Train(a) => a
+            .knobs
+            .validate()
+            .map_err(|e| (2, e))
+            .and_then(|()| cli::train::run(a).map_err(|e| (1, e))),
+        Command::Compare(a) => a
+            .knobs
+            .validate()
+            .map_err(|e| (2, e))
+            .and_then(|()| cli::compare::run(a).map_err(|e| (1, e))),
+        Command::Score(a) => cli::score::run(a).map_err(|e| (2, e.to_string())),
+        Command::Explain(a) => cli::explain::run(a).map_err(|e| (2, e.to_string())),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err((code, msg)) => {
+            eprintln!("error: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! Learning-curve SVGs with plotters' SVG backend (no system fonts needed).
+
+use std::path::Path;
+
+use plotters::prelude::*;
+
+/// One curve: a label, points, and an optional ± band (same x as `points`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    /// Legend label.
+    pub label: String,
+    /// `(x, y)` points.
+    pub points: Vec<(f64, f64)>,
+    /// Half-width of a shaded band around each point (e.g. the std over seeds).
+    pub band: Option<Vec<f64>>,
+}
+
+const COLORS: [RGBColor; 8] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(255, 127, 14),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+];
+
+/// Draws the series into an SVG file.
+///
+/// # Errors
+///
+/// A message when drawing or writing fails.
+pub fn line_chart(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+) -> Result<(), String> {
+    let err = |e: &dyn core::fmt::Display| format!("plot {}: {e}", path.display());
+    let (mut x_max, mut y_min, mut y_max) = (1.0f64, f64::INFINITY, f64::NEG_INFINITY);
+    for s in series {
+        for (i, &(x, y)) in s.points.iter().enumerate() {
+            let b = s.band.as_ref().map_or(0.0, |b| b[i]);
+            x_max = x_max.max(x);
+            y_min = y_min.min(y - b);
+            y_max = y_max.max(y + b);
+        }
+    }
+    if !y_min.is_finite() {
+        (y_min, y_max) = (0.0, 1.0);
+    }
+    let pad = ((y_max - y_min) * 0.05).max(0.01);
+    let root = SVGBackend::new(path, (800, 500)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(55)
+        .build_cartesian_2d(0.0..x_max, (y_min - pad)..(y_max + pad))
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .y_desc(y_label)
+        .draw()
+        .map_err(|e| err(&e))?;
+    for (i, s) in series.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        if let Some(b) = &s.band {
+            let mut poly: Vec<(f64, f64)> = s
+                .points
+                .iter()
+                .zip(b)
+                .map(|(&(x, y), &d)| (x, y + d))
+                .collect();
+            poly.extend(s.points.iter().zip(b).rev().map(|(&(x, y), &d)| (x, y - d)));
+            chart
+                .draw_series(core::iter::once(Polygon::new(
+                    poly,
+                    color.mix(0.15).filled(),
+                )))
+                .map_err(|e| err(&e))?;
+        }
+        chart
+            .draw_series(LineSeries::new(
+                s.points.iter().copied(),
+                color.stroke_width(2),
+            ))
+            .map_err(|e| err(&e))?
+            .label(s.label.clone())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}

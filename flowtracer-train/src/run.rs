@@ -1,0 +1,195 @@
+//! Run drivers shared by the subcommands: warm-up, GRPO loop with progress bar, metrics
+//! JSONL, periodic evaluation and checkpoints.
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::tensor::Device;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::checkpoint;
+use crate::grpo::{StepMetrics, TrainError, Trainer};
+use crate::model::{ModelConfig, Transformer};
+use crate::rng::Rng;
+use crate::sft::{self, SftConfig};
+use crate::task::{Problem, TaskConfig};
+
+/// How a GRPO loop is driven.
+#[derive(Debug, Clone)]
+pub struct LoopOptions {
+    /// Directory for `metrics.jsonl` and checkpoints.
+    pub out_dir: PathBuf,
+    /// Total GRPO steps (a resumed run continues up to this number).
+    pub steps: usize,
+    /// Checkpoint every this many steps (0: never).
+    pub checkpoint_every: usize,
+    /// Evaluate on the held-out set every this many steps (0: never).
+    pub eval_every: usize,
+    /// Number of held-out problems in periodic evaluations.
+    pub eval_size: usize,
+    /// No progress bar.
+    pub quiet: bool,
+    /// Progress bar prefix.
+    pub label: String,
+}
+
+/// A progress bar (hidden in quiet mode).
+pub fn progress(len: usize, quiet: bool, label: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len as u64);
+    if quiet {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    } else {
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{prefix:>12} [{bar:30}] {pos}/{len} {elapsed_precise} {msg}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+    }
+    bar.set_prefix(label.to_string());
+    bar
+}
+
+/// The held-out set and the prompts training must avoid.
+pub fn held_out(task: &TaskConfig, n: usize, seed: u64) -> (Vec<Problem>, HashSet<Vec<u32>>) {
+    let eval = crate::task::eval_set(task, n, seed);
+    let set = eval.iter().map(|p| p.prompt.clone()).collect();
+    (eval, set)
+}
+
+/// Builds a fresh model and runs the supervised warm-up with a progress bar.
+#[allow(clippy::too_many_arguments)]
+pub fn warmup(
+    model_config: &ModelConfig,
+    task: &TaskConfig,
+    sft_config: &SftConfig,
+    held: &HashSet<Vec<u32>>,
+    seed: u64,
+    device: &Device,
+    quiet: bool,
+) -> Transformer {
+    let ad = device.clone().autodiff();
+    let model = model_config.init(seed, &ad);
+    let mut rng = Rng::new(seed ^ 0x5F7_0000);
+    let bar = progress(sft_config.steps, quiet, "warm-up");
+    let model = sft::warmup(model, task, sft_config, held, &mut rng, &ad, |_, loss| {
+        bar.inc(1);
+        bar.set_message(format!("loss {loss:.3}"));
+    });
+    bar.finish_and_clear();
+    model
+}
+
+/// Greedy accuracy and sampled policy accuracy (4 samples per problem at `temperature`).
+pub fn eval_both(
+    model: &Transformer,
+    task: &TaskConfig,
+    problems: &[Problem],
+    temperature: f64,
+    device: &Device,
+) -> (f64, f64) {
+    let valid = model.valid();
+    let len = task.response_len() + 8;
+    (
+        sft::evaluate(&valid, problems, len, 256, device),
+        sft::evaluate_sampled(&valid, problems, len, temperature, 4, 1, device),
+    )
+}
+
+/// Greedy accuracy of the trainer's policy on `problems`.
+pub fn eval_accuracy(
+    model: &Transformer,
+    task: &TaskConfig,
+    problems: &[Problem],
+    device: &Device,
+) -> f64 {
+    sft::evaluate(
+        &model.valid(),
+        problems,
+        task.response_len() + 8,
+        256,
+        device,
+    )
+}
+
+/// Keeps the lines of `metrics.jsonl` up to `step` (used when resuming).
+fn truncate_metrics(path: &Path, step: usize) -> std::io::Result<Vec<StepMetrics>> {
+    let mut kept = Vec::new();
+    if let Ok(f) = File::open(path) {
+        for line in BufReader::new(f).lines() {
+            let line = line?;
+            if let Ok(m) = serde_json::from_str::<StepMetrics>(&line)
+                && m.step <= step
+            {
+                kept.push(m);
+            }
+        }
+    }
+    let mut out = String::new();
+    for m in &kept {
+        out.push_str(&serde_json::to_string(m).expect("serialisable"));
+        out.push('\n');
+    }
+    checkpoint::write_atomic(path, out.as_bytes())?;
+    Ok(kept)
+}
+
+/// Runs GRPO steps until `opts.steps`, appending to `metrics.jsonl`, evaluating and
+/// checkpointing. Returns every step's metrics (including earlier ones of a resumed run).
+///
+/// # Errors
+///
+/// [`TrainError`] from a step (e.g. a non-finite loss, which names the step) or from I/O.
+pub fn grpo_loop(
+    trainer: &mut Trainer,
+    model_config: &ModelConfig,
+    eval: &[Problem],
+    opts: &LoopOptions,
+) -> Result<Vec<StepMetrics>, TrainError> {
+    let ioe = |e: std::io::Error| TrainError::Io(e.to_string());
+    fs::create_dir_all(&opts.out_dir).map_err(ioe)?;
+    let path = opts.out_dir.join("metrics.jsonl");
+    let mut all = truncate_metrics(&path, trainer.step).map_err(ioe)?;
+    let mut file = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&path)
+        .map_err(ioe)?;
+    let bar = progress(opts.steps, opts.quiet, &opts.label);
+    bar.set_position(trainer.step as u64);
+    let eval_subset = &eval[..opts.eval_size.min(eval.len())];
+    while trainer.step < opts.steps {
+        let mut m = trainer.train_step()?;
+        if opts.eval_every > 0 && (m.step % opts.eval_every == 0 || m.step == opts.steps) {
+            let (g, s) = eval_both(
+                &trainer.model,
+                &trainer.task,
+                eval_subset,
+                trainer.config.temperature,
+                &trainer.device,
+            );
+            m.eval_accuracy = Some(g);
+            m.eval_sampled_accuracy = Some(s);
+        }
+        writeln!(file, "{}", serde_json::to_string(&m).expect("serialisable")).map_err(ioe)?;
+        file.flush().map_err(ioe)?;
+        bar.inc(1);
+        bar.set_message(format!(
+            "reward {:.2} acc {:.2}{}",
+            m.reward_mean,
+            m.accuracy,
+            m.eval_sampled_accuracy
+                .map_or(String::new(), |a| format!(" held-out {a:.3}"))
+        ));
+        all.push(m);
+        if opts.checkpoint_every > 0 && trainer.step.is_multiple_of(opts.checkpoint_every) {
+            checkpoint::save(trainer, model_config, &opts.out_dir)?;
+        }
+    }
+    bar.finish_and_clear();
+    Ok(all)
+}
