@@ -1,5 +1,6 @@
-"""Checks that every relative link in the Markdown files resolves (external links are not
-fetched). Exits 1 listing the broken ones."""
+"""Checks the Markdown: every relative link resolves (external links are not fetched), and
+every Python snippet compiles (Rust snippets are doctests of the crates; shell snippets
+are commands). Exits 1 listing what is broken."""
 import pathlib
 import re
 import sys
@@ -18,7 +19,15 @@ for md in files:
         path = target.split("#", 1)[0]
         if not (md.parent / path).exists():
             broken.append(f"{md.relative_to(root)}: {target}")
+snippets = 0
+for md in files:
+    for i, code in enumerate(re.findall(r"```python\n(.*?)```", md.read_text(encoding="utf-8"), flags=re.S)):
+        snippets += 1
+        try:
+            compile(code, f"{md.relative_to(root)}[python {i}]", "exec")
+        except SyntaxError as e:
+            broken.append(f"{md.relative_to(root)}: python snippet {i} does not compile: {e}")
 for b in broken:
-    print("broken link:", b)
-print(f"{len(files)} Markdown files, {len(broken)} broken relative links")
+    print("broken:", b)
+print(f"{len(files)} Markdown files, {snippets} Python snippets compiled, {len(broken)} problems")
 sys.exit(1 if broken else 0)

@@ -274,6 +274,45 @@ impl<F: FlowFloat> LayerAccumulator<F> {
     }
 }
 
+/// Checks the shape of `[layers][heads][N][N]` attention (check 1 of spec §13) and returns
+/// the number of values per layer. Shared by every aggregation entry point, CPU and GPU.
+///
+/// # Errors
+///
+/// [`Error::ShapeMismatch`] (length), then [`Error::EmptySequence`], then
+/// [`Error::ZeroDimension`] (layers, then heads).
+///
+/// # Complexity
+///
+/// O(1).
+pub fn check_shape(
+    len: usize,
+    layers: usize,
+    heads: usize,
+    n: usize,
+    layout: Layout,
+) -> Result<usize, Error> {
+    let per_layer = layout.matrix_len(n).saturating_mul(heads);
+    let expected = per_layer.saturating_mul(layers);
+    if len != expected {
+        return Err(Error::ShapeMismatch {
+            what: "attention",
+            expected,
+            actual: len,
+        });
+    }
+    if n == 0 {
+        return Err(Error::EmptySequence);
+    }
+    if layers == 0 {
+        return Err(Error::ZeroDimension { what: "layers" });
+    }
+    if heads == 0 {
+        return Err(Error::ZeroDimension { what: "heads" });
+    }
+    Ok(per_layer)
+}
+
 /// Aggregates `[layers][heads][N][N]` attention into `Ā` over the selected layers.
 ///
 /// # Errors
@@ -306,24 +345,7 @@ pub fn aggregate<F: FlowFloat>(
     layout: Layout,
     selection: &LayerSelection,
 ) -> Result<Vec<F>, Error> {
-    let per_layer = layout.matrix_len(n).saturating_mul(heads);
-    let expected = per_layer.saturating_mul(layers);
-    if attention.len() != expected {
-        return Err(Error::ShapeMismatch {
-            what: "attention",
-            expected,
-            actual: attention.len(),
-        });
-    }
-    if n == 0 {
-        return Err(Error::EmptySequence);
-    }
-    if layers == 0 {
-        return Err(Error::ZeroDimension { what: "layers" });
-    }
-    if heads == 0 {
-        return Err(Error::ZeroDimension { what: "heads" });
-    }
+    let per_layer = check_shape(attention.len(), layers, heads, n, layout)?;
     let mut selected = select_layers(layers, selection)?;
     // Stream in memory order; the mean does not depend on the order of the layers.
     selected.sort_unstable();

@@ -138,7 +138,8 @@ impl<F: FlowFloat> Trace<F> {
         self.num_sources
     }
 
-    /// Reach `h` (spec §4), length `N`.
+    /// Reach `h` (spec §4), length `N`. Positive exactly for live tokens (a live reach too
+    /// small for `F` is stored as `F`'s smallest subnormal).
     pub fn reach(&self) -> &[F] {
         &self.reach
     }
@@ -330,7 +331,13 @@ pub fn trace_with_workspace<F: FlowFloat>(
     out.edge_threshold = config.edge_threshold;
     out.num_sources = sources;
     out.reach.clear();
-    out.reach.extend(h.iter().map(|&x| F::from_f64_lossy(x)));
+    // A live reach below `F`'s smallest subnormal is stored as that subnormal rather than
+    // 0, so `reach() > 0` still tells exactly which tokens are live.
+    let tiny = F::min_positive_value() * F::epsilon();
+    out.reach.extend(h.iter().map(|&x| {
+        let r = F::from_f64_lossy(x);
+        if r == F::zero() && x > 0.0 { tiny } else { r }
+    }));
     out.flow.clear();
     out.flow.extend(f.iter().map(|&x| F::from_f64_lossy(x)));
     resize(&mut out.throughput, n);

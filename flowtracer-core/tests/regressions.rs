@@ -88,3 +88,20 @@ fn group_advantage_overflow_is_an_error() {
     );
     assert!(group_advantages(&[1e300, -1e300], 2, ScaleRewards::Group, 1e-4).is_ok());
 }
+
+/// fuzz/regressions/trace/f32-reach-underflow: two subnormal f32 edges in a row give a
+/// reach of about 2e-90, which rounded to 0 in the f32 output although the token is live.
+#[test]
+fn live_reach_stays_positive_in_f32() {
+    let tiny = f32::from_bits(1);
+    // 0 -> 1 -> 2 with subnormal weights; 2 is the answer.
+    let a: Vec<f32> = vec![1.0, 0.0, 0.0, tiny, 1.0 - tiny, 0.0, 0.0, tiny, 1.0 - tiny];
+    let t = trace(&a, 3, 0..1, 2..3, &TraceConfig::default()).unwrap();
+    assert!(
+        t.reach()[0] > 0.0,
+        "token 0 reaches the answer through two tiny edges"
+    );
+    assert_eq!(t.reach()[0], tiny);
+    assert_eq!(t.flow()[0], 1.0);
+    assert_eq!(t.throughput()[0], 2.0);
+}

@@ -5,7 +5,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use cubecl::prelude::*;
-use flowtracer_core::aggregate::{LayerSelection, Layout, select_layers};
+use flowtracer_core::aggregate::{LayerSelection, Layout, check_shape, select_layers};
 use flowtracer_core::{Error, Position};
 
 use crate::buffer::DeviceBuffer;
@@ -357,24 +357,7 @@ pub fn aggregate(
     selection: &LayerSelection,
     options: &GpuOptions,
 ) -> Result<DeviceBuffer, Error> {
-    let per_layer = layout.matrix_len(n).saturating_mul(heads);
-    let expected = per_layer.saturating_mul(layers);
-    if attention.len() != expected {
-        return Err(Error::ShapeMismatch {
-            what: "attention",
-            expected,
-            actual: attention.len(),
-        });
-    }
-    if n == 0 {
-        return Err(Error::EmptySequence);
-    }
-    if layers == 0 {
-        return Err(Error::ZeroDimension { what: "layers" });
-    }
-    if heads == 0 {
-        return Err(Error::ZeroDimension { what: "heads" });
-    }
+    let per_layer = check_shape(attention.len(), layers, heads, n, layout)?;
     let mut selected = select_layers(layers, selection)?;
     selected.sort_unstable();
     let input = LayerInput::ragged(heads, &[n], layout);

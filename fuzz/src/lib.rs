@@ -286,7 +286,10 @@ pub fn check_trace(p: &Problem) {
     let normal = naive.h.iter().all(|&x| x == 0.0 || x >= 1e-290);
     for k in 0..p.n {
         assert!(h[k].is_finite() && f[k].is_finite() && tau[k].is_finite(), "non-finite result at {k}");
-        assert!(close(h[k], naive.h[k], 1e-300, rel), "h[{k}] {} vs reference {}", h[k], naive.h[k]);
+        // f32 output: absolute error up to f32's subnormal spacing (a live reach below it is
+        // stored as the smallest subnormal).
+        let abs = if p.single { 1.5e-45 } else { 1e-300 };
+        assert!(close(h[k], naive.h[k], abs, rel), "h[{k}] {} vs reference {}", h[k], naive.h[k]);
         assert_eq!(tau[k], if h[k] > 0.0 { 2.0 * f[k] } else { 0.0 }, "tau != 2f at {k}");
         if p.mode == AnswerMode::Absorbing {
             assert!(f[k] >= 0.0 && f[k] <= 1.0 + 1e-9, "f[{k}] = {} outside [0, 1]", f[k]);
