@@ -18,7 +18,7 @@ use core::ops::Range;
 
 use crate::error::Error;
 use crate::float::FlowFloat;
-use crate::kernels::dot;
+use crate::kernels::{dot, keep};
 use crate::reach::AnswerMode;
 
 /// The live question tokens outside the answer (`Q+` of spec §6), counted.
@@ -86,25 +86,45 @@ pub fn flow_into<F: FlowFloat>(
     }
     let threshold = edge_threshold.widen();
     if threshold > 0.0 {
-        forward::<F, true>(
+        forward_checked::<F, true>(
             attention, n, question, answer, mode, threshold, sources, h, u, f,
-        );
+        )?;
     } else {
-        forward::<F, false>(
+        forward_checked::<F, false>(
             attention, n, question, answer, mode, threshold, sources, h, u, f,
-        );
+        )?;
     }
+    Ok(sources)
+}
+
+/// The fast forward pass, and the overflow-free one if the fast one overflowed.
+#[allow(clippy::too_many_arguments)]
+fn forward_checked<F: FlowFloat, const PRUNE: bool>(
+    attention: &[F],
+    n: usize,
+    question: &Range<usize>,
+    answer: &Range<usize>,
+    mode: AnswerMode,
+    threshold: f64,
+    sources: usize,
+    h: &[f64],
+    u: &mut [f64],
+    f: &mut [f64],
+) -> Result<(), Error> {
+    forward::<F, PRUNE>(
+        attention, n, question, answer, mode, threshold, sources, h, u, f,
+    );
     if !f.iter().all(|x| x.is_finite()) {
         // `u = f / h` overflowed: some live token has a reach below the smallest normal
         // f64 (about 1e-308). Recompute edge by edge, where `W'` itself never overflows.
-        forward_per_edge(
+        forward_per_edge::<F, PRUNE>(
             attention, n, question, answer, mode, threshold, sources, h, u, f,
         );
         if !f.iter().all(|x| x.is_finite()) {
             return Err(Error::Overflow { stage: "flow" });
         }
     }
-    Ok(sources)
+    Ok(())
 }
 
 /// The slow, overflow-free forward pass: `f(k) = src + sum_i f(i) (Ā[k][i] h(k)) / h(i)`,
@@ -112,7 +132,7 @@ pub fn flow_into<F: FlowFloat>(
 /// the fast pass overflowed. `u` receives `f / h` (infinite where `h` is subnormal).
 #[allow(clippy::too_many_arguments)]
 #[cold]
-fn forward_per_edge<F: FlowFloat>(
+fn forward_per_edge<F: FlowFloat, const PRUNE: bool>(
     attention: &[F],
     n: usize,
     question: &Range<usize>,
@@ -137,8 +157,8 @@ fn forward_per_edge<F: FlowFloat>(
             0.0
         };
         for i in question.start..k {
-            let w = attention[k * n + i].widen();
-            if passes(i) && !(threshold > 0.0 && w < threshold) {
+            if passes(i) {
+                let w = keep::<PRUNE>(attention[k * n + i].widen(), threshold);
                 fk += f[i] * ((w * h[k]) / h[i]);
             }
         }

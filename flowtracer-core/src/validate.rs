@@ -32,18 +32,8 @@ use crate::kernels::{RowSummary, row_stats};
 ///
 /// O(1).
 pub fn check_matrix_shape(len: usize, n: usize) -> Result<(), Error> {
-    let expected = n.saturating_mul(n);
-    if len != expected {
-        return Err(Error::ShapeMismatch {
-            what: "attention",
-            expected,
-            actual: len,
-        });
-    }
-    if n == 0 {
-        return Err(Error::EmptySequence);
-    }
-    Ok(())
+    // One layer of one dense head: the same checks, in the same order, as per-layer input.
+    crate::aggregate::check_shape(len, 1, 1, n, crate::aggregate::Layout::Dense).map(|_| ())
 }
 
 /// Checks the question and answer spans of a sequence of `n` tokens.
