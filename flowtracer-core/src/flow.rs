@@ -1,5 +1,5 @@
-//! Stage 3: conserved flow `f`, edge flow `phi` and throughput `tau` (spec §5–7), the
-//! forward pass.
+//! Stage 3: conserved flow `f`, edge flow `phi`, throughput `tau` (spec §5–7) and the
+//! conservation residual, the forward pass.
 //!
 //! The conserved kernel `W'[i][k] = W[i][k] h(k) / h(i)` (the paper's Doob h-transform) is
 //! never materialised. With `u = f / h` the recursion becomes a dot product per row of `Ā`:
@@ -11,14 +11,16 @@
 //!
 //! where `Q+` are the live question tokens outside the answer. Rows are streamed once in
 //! ascending order, from the question's start to the answer's end (tokens before the
-//! question carry no flow; tokens after the answer carry none either). Throughput is
+//! question carry no flow; tokens after the answer carry none either), four at a time: one
+//! sweep over `v` gives the four dot products up to the block, then each row adds the
+//! block's earlier rows. Throughput is
 //! `tau(k) = inflow + outflow = 2 f(k)` for live tokens and 0 otherwise.
 
 use core::ops::Range;
 
 use crate::error::Error;
 use crate::float::FlowFloat;
-use crate::kernels::{dot, keep};
+use crate::kernels::{ROWS, dot, dot4, keep};
 use crate::reach::AnswerMode;
 
 /// The live question tokens outside the answer (`Q+` of spec §6), counted.
@@ -186,20 +188,50 @@ fn forward<F: FlowFloat, const PRUNE: bool>(
     f.fill(0.0);
     let inject = 1.0 / sources as f64;
     let lo = question.start;
-    for k in lo..answer.end {
+    let src = |k: usize, hk: f64| {
+        if question.contains(&k) && !answer.contains(&k) {
+            inject / hk
+        } else {
+            0.0
+        }
+    };
+    let passes = |k: usize| mode == AnswerMode::Relay || !answer.contains(&k);
+    // Rows in blocks of four, k to k + 3: one sweep over `u[lo..k]` serves all four; within
+    // the block each row then adds the block's earlier rows, whose `u` is final by then.
+    let mut k = lo;
+    while k + ROWS <= answer.end {
+        let rows: [&[F]; ROWS] =
+            core::array::from_fn(|r| &attention[(k + r) * n + lo..=(k + r) * n + k + r]);
+        let heads = rows.map(|row| &row[..k - lo]);
+        let dots = dot4::<F, PRUNE>(heads, &u[lo..k], threshold);
+        for (r, (row, dot)) in rows.iter().zip(dots).enumerate() {
+            let i = k + r;
+            let hi = h[i];
+            if hi <= 0.0 {
+                continue;
+            }
+            let mut acc = dot;
+            for (&a, &ui) in row[k - lo..k - lo + r].iter().zip(&u[k..i]) {
+                acc += keep::<PRUNE>(a.widen(), threshold) * ui;
+            }
+            let ui = src(i, hi) + acc;
+            f[i] = hi * ui;
+            if passes(i) {
+                u[i] = ui;
+            }
+        }
+        k += ROWS;
+    }
+    // The last (at most three) rows, one at a time.
+    for k in k..answer.end {
         let hk = h[k];
         if hk <= 0.0 {
             continue;
         }
-        let src = if question.contains(&k) && !answer.contains(&k) {
-            inject / hk
-        } else {
-            0.0
-        };
         let row = &attention[k * n + lo..k * n + k];
-        let uk = src + dot::<F, PRUNE>(row, &u[lo..k], threshold);
+        let uk = src(k, hk) + dot::<F, PRUNE>(row, &u[lo..k], threshold);
         f[k] = hk * uk;
-        if mode == AnswerMode::Relay || !answer.contains(&k) {
+        if passes(k) {
             u[k] = uk;
         }
     }
@@ -257,4 +289,62 @@ pub fn edge_flow<F: FlowFloat>(
         return 0.0;
     }
     u[i] * w * h[k]
+}
+
+/// How far the reach `h` is from conserving flow: the largest `|sum_{k>i} W'[i][k] - 1|`
+/// over the live tokens outside the answer, with `W'[i][k] = keep(Ā[k][i]) h(k) / h(i)`
+/// (spec §5). Every row of the conserved kernel sums to 1 in exact arithmetic, so for the
+/// `h` of [`reach_into`](crate::reach::reach_into) this measures rounding (the property
+/// tests hold it below 1e-12 for f64 input); 0 when no token qualifies.
+///
+/// Recomputes each column sum in its own order (ascending rows), independently of the
+/// backward pass that produced `h`. Answer tokens are skipped: they absorb (or, in relay
+/// mode, also pass on less than their reach).
+///
+/// # Panics
+///
+/// If `attention.len() != n * n`, `h.len() != n`, or `answer` is not inside `0..n`.
+///
+/// # Complexity
+///
+/// O(N²) time, O(N) extra memory (one f64 per token).
+///
+/// # Examples
+///
+/// ```
+/// use flowtracer_core::flow::conservation_residual;
+/// let a = [1.0, 0.0, 0.5, 0.5];
+/// assert_eq!(conservation_residual(&a, 2, &(1..2), 0.0, &[0.5, 1.0]), 0.0);
+/// assert_eq!(conservation_residual(&a, 2, &(1..2), 0.0, &[0.4, 1.0]), 0.25);
+/// ```
+pub fn conservation_residual<F: FlowFloat, H: FlowFloat>(
+    attention: &[F],
+    n: usize,
+    answer: &Range<usize>,
+    edge_threshold: F,
+    h: &[H],
+) -> f64 {
+    assert_eq!(attention.len(), n * n, "attention must be n x n");
+    assert_eq!(h.len(), n, "h must have length n");
+    assert!(answer.end <= n, "answer must lie in 0..n");
+    let threshold = edge_threshold.widen();
+    let mut out = alloc::vec![0.0f64; n];
+    for k in 0..n {
+        let hk = h[k].widen();
+        if hk <= 0.0 {
+            continue;
+        }
+        for (o, &a) in out.iter_mut().zip(&attention[k * n..k * n + k]) {
+            let w = a.widen();
+            if threshold <= 0.0 || w >= threshold {
+                *o += w * hk;
+            }
+        }
+    }
+    out.iter()
+        .zip(h)
+        .enumerate()
+        .filter(|&(i, (_, hi))| hi.widen() > 0.0 && !answer.contains(&i))
+        .map(|(_, (&o, hi))| (o / hi.widen() - 1.0).abs())
+        .fold(0.0, f64::max)
 }

@@ -1,9 +1,9 @@
-//! The three inner loops every stage streams rows through, written once.
+//! The inner loops every stage streams rows through, written once.
 //!
-//! Each works on one row of `Ā` (or two, in the backward pass) at a time, in fixed chunks of
-//! eight with eight independent f64 accumulators, so the compiler vectorises it without
-//! bounds checks. Row masses are summed in f64 as a by-product; the order of that sum
-//! depends on how the pass pairs rows, so two code paths may differ in the last bits of a
+//! Each works on one row of `Ā`, or a block of [`ROWS`] rows that share one sweep over the
+//! f64 vector, in fixed chunks with independent f64 accumulators, so the compiler vectorises
+//! it without bounds checks. Row masses are summed as a by-product; the order of that sum
+//! depends on how the pass groups rows, so two code paths may differ in the last bits of a
 //! mass (never in a non-finite or negative position, which are found exactly).
 
 use crate::float::FlowFloat;
@@ -90,7 +90,7 @@ impl<F: FlowFloat> RowSummary<F> {
     }
 }
 
-/// Entries per block of [`axpy2_summary`]: the block is summarised while it is still in L1.
+/// Entries per block of [`axpy4_summary`]: the block is summarised while it is still in L1.
 const BLOCK: usize = 512;
 
 /// [`RowSummary`] of a block, in lanes of eight (a separate loop from the axpy, so each loop
@@ -127,41 +127,111 @@ fn summarize<F: FlowFloat>(x: &[F], into: RowSummary<F>) -> RowSummary<F> {
     r
 }
 
-/// The backward pass two rows at a time: `acc[i] += keep(a[i]) h_a + keep(b[i]) h_b`, one
-/// read and write of `acc` for two rows of `Ā`. Returns the [`RowSummary`] of `a` and `b`.
+/// Rows per block of the two streaming passes: each sweep over the f64 vector (`h` in the
+/// backward pass, `u` in the forward pass) serves this many rows of `Ā`.
+pub(crate) const ROWS: usize = 4;
+
+/// The backward pass [`ROWS`] rows at a time: `acc[i] += sum_r keep(rows[r][i]) hs[r]`,
+/// one read and write of `acc` for four rows of `Ā`, summed as
+/// `(r0 h0 + r1 h1) + (r2 h2 + r3 h3)`. Returns the [`RowSummary`] of each row.
 ///
 /// # Panics
 ///
-/// If `b` or `acc` is shorter than `a`.
+/// If a row or `acc` is shorter than `rows[0]`.
 #[inline]
-pub(crate) fn axpy2_summary<F: FlowFloat, const PRUNE: bool>(
-    a: &[F],
-    h_a: f64,
-    b: &[F],
-    h_b: f64,
+pub(crate) fn axpy4_summary<F: FlowFloat, const PRUNE: bool>(
+    rows: [&[F]; ROWS],
+    hs: [f64; ROWS],
     threshold: f64,
     acc: &mut [f64],
-) -> (RowSummary<F>, RowSummary<F>) {
-    let len = a.len();
-    let (b, acc) = (&b[..len], &mut acc[..len]);
-    let empty = RowSummary {
+) -> [RowSummary<F>; ROWS] {
+    let len = rows[0].len();
+    let [r0, r1, r2, r3] = rows.map(|r| &r[..len]);
+    let acc = &mut acc[..len];
+    let [h0, h1, h2, h3] = hs;
+    let mut sums = [RowSummary {
         sum: F::zero(),
         min: F::zero(),
-    };
-    let (mut ra, mut rb) = (empty, empty);
-    for ((ba, bb), bx) in a
+    }; ROWS];
+    let blocks = r0
         .chunks(BLOCK)
-        .zip(b.chunks(BLOCK))
-        .zip(acc.chunks_mut(BLOCK))
-    {
-        for ((&va, &vb), x) in ba.iter().zip(bb).zip(bx.iter_mut()) {
-            *x += keep::<PRUNE>(va.widen(), threshold) * h_a
-                + keep::<PRUNE>(vb.widen(), threshold) * h_b;
+        .zip(r1.chunks(BLOCK))
+        .zip(r2.chunks(BLOCK))
+        .zip(r3.chunks(BLOCK))
+        .zip(acc.chunks_mut(BLOCK));
+    for ((((b0, b1), b2), b3), bx) in blocks {
+        let entries = bx.iter_mut().zip(b0).zip(b1).zip(b2).zip(b3);
+        for ((((x, &a), &b), &c), &d) in entries {
+            let w = |v: F| keep::<PRUNE>(v.widen(), threshold);
+            *x += (w(a) * h0 + w(b) * h1) + (w(c) * h2 + w(d) * h3);
         }
-        ra = summarize(ba, ra);
-        rb = summarize(bb, rb);
+        for (s, block) in sums.iter_mut().zip([b0, b1, b2, b3]) {
+            *s = summarize(block, *s);
+        }
     }
-    (ra, rb)
+    sums
+}
+
+/// Columns per block of [`dot4`]: the four rows take turns every `COLS` entries, so four
+/// memory streams are in flight while each row's loop vectorises on its own.
+const COLS: usize = 128;
+
+/// `sum_i keep(rows[r][i]) * v[i]` in f64 for [`ROWS`] rows in one sweep over `v`, block by
+/// block of [`COLS`] columns; each row sums like [`dot`] (eight lanes, then its tail).
+///
+/// # Panics
+///
+/// If a row or `v` is shorter than `rows[0]`.
+#[inline]
+pub(crate) fn dot4<F: FlowFloat, const PRUNE: bool>(
+    rows: [&[F]; ROWS],
+    v: &[f64],
+    threshold: f64,
+) -> [f64; ROWS] {
+    let len = rows[0].len();
+    let full = len - len % LANES;
+    let v = &v[..len];
+    let rows = rows.map(|r| &r[..len]);
+    let mut s = [[0.0f64; LANES]; ROWS];
+    for start in (0..full).step_by(COLS) {
+        let end = full.min(start + COLS);
+        for (lanes, row) in s.iter_mut().zip(rows) {
+            dot_lanes::<F, PRUNE>(&row[start..end], &v[start..end], threshold, lanes);
+        }
+    }
+    core::array::from_fn(|r| {
+        combine(s[r]) + tail_dot::<F, PRUNE>(&rows[r][full..], &v[full..], threshold)
+    })
+}
+
+/// Adds `keep(row[i]) * v[i]` into eight lanes, over the whole chunks of `row`.
+#[inline(always)]
+fn dot_lanes<F: FlowFloat, const PRUNE: bool>(
+    row: &[F],
+    v: &[f64],
+    threshold: f64,
+    s: &mut [f64; LANES],
+) {
+    let (chunks, _) = row.as_chunks::<LANES>();
+    let (v_chunks, _) = v.as_chunks::<LANES>();
+    for (c, b) in chunks.iter().zip(v_chunks) {
+        for j in 0..LANES {
+            s[j] += keep::<PRUNE>(c[j].widen(), threshold) * b[j];
+        }
+    }
+}
+
+/// The entries of a row after its last full chunk, against the matching `v`.
+#[inline(always)]
+fn tail_dot<F: FlowFloat, const PRUNE: bool>(rest: &[F], v: &[f64], threshold: f64) -> f64 {
+    // Mutant for the fuzz oracles (off in every normal build): drops the row's tail.
+    #[cfg(flowtracer_mutant = "dot_tail")]
+    let rest = &rest[..rest.len().saturating_sub(1)];
+    let mut sum = 0.0;
+    for (&x, &b) in rest.iter().zip(v) {
+        sum += keep::<PRUNE>(x.widen(), threshold) * b;
+    }
+    sum
 }
 
 /// `sum_i keep(row[i]) * v[i]` in f64.
@@ -171,23 +241,11 @@ pub(crate) fn axpy2_summary<F: FlowFloat, const PRUNE: bool>(
 /// If `v` is shorter than `row`.
 #[inline]
 pub(crate) fn dot<F: FlowFloat, const PRUNE: bool>(row: &[F], v: &[f64], threshold: f64) -> f64 {
+    let full = row.len() - row.len() % LANES;
     let v = &v[..row.len()];
     let mut s = [0.0f64; LANES];
-    let (chunks, rest) = row.as_chunks::<LANES>();
-    let (v_chunks, v_rest) = v.as_chunks::<LANES>();
-    for (c, b) in chunks.iter().zip(v_chunks) {
-        for j in 0..LANES {
-            s[j] += keep::<PRUNE>(c[j].widen(), threshold) * b[j];
-        }
-    }
-    let mut sum = combine(s);
-    // Mutant for the fuzz oracles (off in every normal build): drops the row's tail.
-    #[cfg(flowtracer_mutant = "dot_tail")]
-    let rest = &rest[..rest.len().saturating_sub(1)];
-    for (&x, &b) in rest.iter().zip(v_rest) {
-        sum += keep::<PRUNE>(x.widen(), threshold) * b;
-    }
-    sum
+    dot_lanes::<F, PRUNE>(&row[..full], &v[..full], threshold, &mut s);
+    combine(s) + tail_dot::<F, PRUNE>(&row[full..], &v[full..], threshold)
 }
 
 /// `acc[i] += row[i]` over the whole row, returning [`row_stats`] of `row`.

@@ -13,14 +13,17 @@
 //! The pass streams the rows of `Ā` once, in descending order: when row `k` is reached,
 //! `h(k)` is final, and the row is added into the accumulator of every earlier token
 //! (`acc[i] += Ā[k][i] h(k)`, an axpy). The accumulator lives in the output buffer itself,
-//! so the extra memory is the `N` f64 values of `h`. Data validation (spec §13, checks 3–5)
-//! is fused into the same pass: each row's sum and minimum fall out of the axpy.
+//! so the extra memory is the `N` f64 values of `h`. Rows go four at a time: the block's
+//! entries among its own rows are applied first (making each of the four `h` final in turn),
+//! then one sweep over the accumulator adds all four rows. Data validation (spec §13,
+//! checks 3–5) is fused into the same pass: each row's sum and minimum are taken from the
+//! blocks the axpy has just read.
 
 use core::ops::Range;
 
 use crate::error::Error;
 use crate::float::FlowFloat;
-use crate::kernels::{axpy2_summary, keep, row_stats};
+use crate::kernels::{ROWS, axpy4_summary, keep, row_stats};
 use crate::validate::DataCheck;
 
 /// How answer tokens treat incoming flow (spec §4, §6).
@@ -131,35 +134,43 @@ fn backward<F: FlowFloat, const PRUNE: bool>(
         (true, AnswerMode::Absorbing) => 1.0,
         (true, AnswerMode::Relay) => 1.0 + acc,
     };
-    // Rows two at a time, k and k - 1: one sweep over the accumulator serves both.
+    // Rows in blocks of four, k - 1 down to k - 4: one sweep over the accumulator serves
+    // all four. Within the block, each row first reaches the later-numbered rows below it,
+    // which makes their `h` final before the sweep.
     let mut k = answer.end;
-    while k >= 2 {
-        let (hi, lo) = (k - 1, k - 2);
-        let row_hi = &attention[hi * n..=hi * n + hi];
-        let row_lo = &attention[lo * n..=lo * n + lo];
-        let h_hi = answer_reach(hi, h[hi]);
-        h[hi] = h_hi;
-        // Row `hi` reaches `lo` first; then `h(lo)` is final.
-        h[lo] += keep::<PRUNE>(row_hi[lo].widen(), threshold) * h_hi;
-        let h_lo = answer_reach(lo, h[lo]);
-        h[lo] = h_lo;
-        let (s_hi, s_lo) = axpy2_summary::<F, PRUNE>(
-            &row_hi[..lo],
-            h_hi,
-            &row_lo[..lo],
-            h_lo,
-            threshold,
-            &mut h[..lo],
-        );
-        check.observe_summary(hi, row_hi, s_hi.push(row_hi[lo]).push(row_hi[hi]));
-        check.observe_summary(lo, row_lo, s_lo.push(row_lo[lo]));
-        k -= 2;
+    while k >= ROWS {
+        let base = k - ROWS;
+        let rows: [&[F]; ROWS] =
+            core::array::from_fn(|r| &attention[(k - 1 - r) * n..=(k - 1 - r) * n + (k - 1 - r)]);
+        let mut hs = [0.0f64; ROWS];
+        for r in 0..ROWS {
+            let i = k - 1 - r;
+            let mut acc = h[i];
+            for (&row, &hp) in rows[..r].iter().zip(&hs[..r]) {
+                acc += keep::<PRUNE>(row[i].widen(), threshold) * hp;
+            }
+            hs[r] = answer_reach(i, acc);
+            h[i] = hs[r];
+        }
+        let heads = rows.map(|row| &row[..base]);
+        let sums = axpy4_summary::<F, PRUNE>(heads, hs, threshold, &mut h[..base]);
+        for (r, (row, sum)) in rows.iter().zip(sums).enumerate() {
+            let summary = row[base..].iter().fold(sum, |s, &x| s.push(x));
+            check.observe_summary(k - 1 - r, row, summary);
+        }
+        k = base;
     }
-    if k == 1 {
-        // Row 0 alone: no earlier token to reach.
-        h[0] = answer_reach(0, h[0]);
-        let (sum, min) = row_stats(&attention[..1]);
-        check.observe_row(0, &attention[..1], sum, min);
+    // The first (at most three) rows, one at a time.
+    while k > 0 {
+        k -= 1;
+        let row = &attention[k * n..=k * n + k];
+        let hk = answer_reach(k, h[k]);
+        h[k] = hk;
+        for (x, &a) in h[..k].iter_mut().zip(row) {
+            *x += keep::<PRUNE>(a.widen(), threshold) * hk;
+        }
+        let (sum, min) = row_stats(row);
+        check.observe_row(k, row, sum, min);
     }
     check.finish()?;
     if h.iter().all(|x| x.is_finite()) {

@@ -3,6 +3,7 @@
 
 use flowtracer_core::aggregate::{LayerSelection, Layout, aggregate};
 use flowtracer_core::backbone::{BackboneConfig, backbone};
+use flowtracer_core::flow::conservation_residual;
 use flowtracer_core::grpo::{ScaleRewards, group_advantages};
 use flowtracer_core::shaping::{
     Select, ShapingConfig, select_tokens, shape_advantage, token_weights,
@@ -22,19 +23,28 @@ fn modes() -> impl Strategy<Value = AnswerMode> {
 proptest! {
     #[test]
     fn fast_path_equals_reference(c in case(24), mode in modes(), thr in prop_oneof![Just(0.0), 0.0f64..0.3]) {
+        check_fast_path(&c, mode, thr)?;
+    }
+
+    #[test]
+    fn conservation_residual_is_rounding_and_sees_a_perturbation(
+        c in case(32),
+        mode in modes(),
+        thr in prop_oneof![Just(0.0), 0.0f64..0.3],
+        bump in 0.001f64..0.5,
+    ) {
         let cfg = TraceConfig::default().with_answer_mode(mode).with_edge_threshold(thr);
-        let naive = reference::trace(&c.a, c.n, c.question.clone(), c.answer.clone(), mode, thr);
-        match trace(&c.a, c.n, c.question.clone(), c.answer.clone(), &cfg) {
-            Ok(t) => {
-                assert_all_close(t.reach(), &naive.h, F64_ABS, F64_REL, "h");
-                assert_all_close(t.flow(), &naive.f, F64_ABS, F64_REL, "f");
-                assert_all_close(t.throughput(), &naive.tau, F64_ABS, F64_REL, "tau");
-                prop_assert_eq!(t.num_sources(), naive.sources);
-            }
-            Err(e) => {
-                prop_assert_eq!(e, flowtracer_core::Error::NoSourceMass);
-                prop_assert_eq!(naive.sources, 0);
-            }
+        let Ok(t) = trace(&c.a, c.n, c.question.clone(), c.answer.clone(), &cfg) else {
+            return Ok(());
+        };
+        let r = conservation_residual(&c.a, c.n, &c.answer, thr, t.reach());
+        prop_assert!(r <= 1e-12, "residual {r}");
+        // One live token outside the answer with its reach off by `bump` breaks its row.
+        if let Some(i) = (0..c.n).find(|&i| t.reach()[i] > 0.0 && !c.answer.contains(&i)) {
+            let mut h = t.reach().to_vec();
+            h[i] *= 1.0 + bump;
+            let r = conservation_residual(&c.a, c.n, &c.answer, thr, &h);
+            prop_assert!(r >= bump / (1.0 + bump) - 1e-12, "residual {r} for bump {bump}");
         }
     }
 
@@ -222,5 +232,38 @@ proptest! {
         }
         let c = aggregate(&packed, layers, heads, n, Layout::Packed, &LayerSelection::All).unwrap();
         prop_assert_eq!(c, a);
+    }
+}
+
+/// The fast path against the naive oracle on one case (f64, tolerances of `common`).
+fn check_fast_path(c: &Case, mode: AnswerMode, thr: f64) -> Result<(), TestCaseError> {
+    let cfg = TraceConfig::default()
+        .with_answer_mode(mode)
+        .with_edge_threshold(thr);
+    let naive = reference::trace(&c.a, c.n, c.question.clone(), c.answer.clone(), mode, thr);
+    match trace(&c.a, c.n, c.question.clone(), c.answer.clone(), &cfg) {
+        Ok(t) => {
+            assert_all_close(t.reach(), &naive.h, F64_ABS, F64_REL, "h");
+            assert_all_close(t.flow(), &naive.f, F64_ABS, F64_REL, "f");
+            assert_all_close(t.throughput(), &naive.tau, F64_ABS, F64_REL, "tau");
+            prop_assert_eq!(t.num_sources(), naive.sources);
+        }
+        Err(e) => {
+            prop_assert_eq!(e, flowtracer_core::Error::NoSourceMass);
+            prop_assert_eq!(naive.sources, 0);
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(16))]
+
+    /// Rows longer than the forward kernel's column block (128 entries), with every
+    /// remainder of the four-row blocks (`stages::long_rows_equal_reference` covers the
+    /// backward kernel's 512-entry summary blocks).
+    #[test]
+    fn fast_path_equals_reference_long_rows(c in case(300), mode in modes(), thr in prop_oneof![Just(0.0), 0.0f64..0.3]) {
+        check_fast_path(&c, mode, thr)?;
     }
 }

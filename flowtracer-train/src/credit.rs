@@ -10,6 +10,7 @@ use core::ops::Range;
 use clap::ValueEnum;
 use flowtracer_core::aggregate::{LayerSelection, Layout, aggregate};
 use flowtracer_core::baselines;
+use flowtracer_core::flow::conservation_residual;
 use flowtracer_core::shaping::{Select, ShapingConfig, token_weights};
 use flowtracer_core::{TraceConfig, trace};
 use serde::{Deserialize, Serialize};
@@ -160,8 +161,20 @@ pub struct Scored {
     pub scores: Option<Vec<f64>>,
     /// `Err` when the sequence is not shaped.
     pub status: Result<(), Unshaped>,
-    /// `sum f(a)` over the answer (FlowTracer methods only).
-    pub answer_mass: Option<f64>,
+    /// Conservation diagnostics (FlowTracer methods only).
+    pub flow: Option<FlowStats>,
+}
+
+/// Conservation diagnostics of one traced sequence.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FlowStats {
+    /// `sum f(a)` over the answer: 1 by conservation.
+    pub answer_mass: f64,
+    /// The core's [`conservation_residual`]: the largest `|sum_k W'[i][k] - 1|` over live
+    /// tokens outside the answer (0 up to rounding).
+    ///
+    /// [`conservation_residual`]: flowtracer_core::flow::conservation_residual
+    pub residual: f64,
 }
 
 /// The aggregated attention Ā (dense `n x n`) of a view: the mean of its captured layers.
@@ -184,7 +197,7 @@ pub fn aggregated(view: &SequenceView<'_>) -> Result<Vec<f64>, flowtracer_core::
 pub fn scores(
     method: Credit,
     view: &SequenceView<'_>,
-) -> Result<(Vec<f64>, Option<f64>), Unshaped> {
+) -> Result<(Vec<f64>, Option<FlowStats>), Unshaped> {
     let core_err = |e: flowtracer_core::Error| Unshaped::Core(e.to_string());
     if method.needs_answer() && view.answer.is_none() {
         return Err(Unshaped::NoAnswer);
@@ -194,15 +207,14 @@ pub fn scores(
         Credit::Flowtracer | Credit::BottomFlow => {
             let a = aggregated(view).map_err(core_err)?;
             let answer = view.answer.clone().expect("checked");
-            let t = trace(
-                &a,
-                view.n,
-                view.question.clone(),
-                answer,
-                &TraceConfig::default(),
-            )
-            .map_err(core_err)?;
-            Ok((t.throughput().to_vec(), Some(t.answer_mass())))
+            let cfg = TraceConfig::default();
+            let t =
+                trace(&a, view.n, view.question.clone(), answer.clone(), &cfg).map_err(core_err)?;
+            let stats = FlowStats {
+                answer_mass: t.answer_mass(),
+                residual: conservation_residual(&a, view.n, &answer, cfg.edge_threshold, t.reach()),
+            };
+            Ok((t.throughput().to_vec(), Some(stats)))
         }
         Credit::Random => baselines::random_scores(view.n, view.response.clone(), view.seed)
             .map(|s| (s, None))
@@ -238,7 +250,7 @@ pub fn score_sequence(config: &CreditConfig, view: &SequenceView<'_>) -> Scored 
             weights: ones(),
             scores: None,
             status: Ok(()),
-            answer_mass: None,
+            flow: None,
         };
     }
     match scores(config.method, view) {
@@ -247,20 +259,20 @@ pub fn score_sequence(config: &CreditConfig, view: &SequenceView<'_>) -> Scored 
                 weights: w,
                 scores: Some(s),
                 status: Ok(()),
-                answer_mass: mass,
+                flow: mass,
             },
             Err(e) => Scored {
                 weights: ones(),
                 scores: Some(s),
                 status: Err(Unshaped::Core(e.to_string())),
-                answer_mass: mass,
+                flow: mass,
             },
         },
         Err(u) => Scored {
             weights: ones(),
             scores: None,
             status: Err(u),
-            answer_mass: None,
+            flow: None,
         },
     }
 }

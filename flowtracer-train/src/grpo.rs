@@ -221,7 +221,8 @@ pub struct Rollout {
     pub unscored: usize,
     /// Mean `sum f(a)` over FlowTracer-scored sequences.
     pub answer_mass: Option<f64>,
-    /// Max `|sum f(a) - 1|` over FlowTracer-scored sequences.
+    /// Max of the core's `conservation_residual` (`|sum_k W'[i][k] - 1|` over live tokens
+    /// outside the answer) over FlowTracer-scored sequences.
     pub conservation_residual: Option<f64>,
     /// Seconds spent reading attention off the device and scoring.
     pub scoring_secs: f64,
@@ -293,7 +294,8 @@ pub struct StepMetrics {
     /// `flow/unscored_frac`: completions the core could not score (e.g. no source mass).
     #[serde(rename = "flow/unscored_frac")]
     pub unscored_frac: f64,
-    /// `flow/conservation_residual`: max `|sum f(a) - 1|`.
+    /// `flow/conservation_residual`: max over scored sequences and their live tokens outside
+    /// the answer of `|sum_k W'[i][k] - 1|` (flow conservation; 0 up to rounding).
     #[serde(rename = "flow/conservation_residual")]
     pub conservation_residual: Option<f64>,
     /// `flow/scoring_time_frac`: attention readback + scoring time over step time.
@@ -564,7 +566,7 @@ impl Trainer {
                     weights: vec![1.0; n],
                     scores: None,
                     status: Err(Unshaped::Core("empty completion".into())),
-                    answer_mass: None,
+                    flow: None,
                 }
             } else {
                 score_sequence(&cfg.credit, &view)
@@ -575,10 +577,10 @@ impl Trainer {
             if matches!(scored.status, Err(Unshaped::Core(_))) {
                 unscored += 1;
             }
-            if let Some(m) = scored.answer_mass {
-                mass_sum += m;
+            if let Some(stats) = scored.flow {
+                mass_sum += stats.answer_mass;
                 mass_n += 1;
-                residual = residual.max((m - 1.0).abs());
+                residual = residual.max(stats.residual);
             }
             let mut shaped = vec![0.0; comp.len()];
             shape_advantage(

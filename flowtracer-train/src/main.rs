@@ -50,6 +50,7 @@ fn main() -> ExitCode {
             .validate()
             .map_err(|e| (2, e))
             .and_then(|()| cli::train::run(a).map_err(|e| (1, e))),
+        Command::Compare(a) if a.report_only => cli::compare::report_only(&a).map_err(|e| (2, e)),
         Command::Compare(a) => a
             .knobs
             .validate()

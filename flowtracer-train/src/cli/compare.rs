@@ -11,7 +11,7 @@ use core::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::demo::mean_of;
 use super::knobs::Knobs;
@@ -43,11 +43,15 @@ pub struct Args {
     /// Output directory (report.md, learning_curves.svg, results.json, per-run metrics).
     #[arg(long, default_value = "runs/compare")]
     pub out: PathBuf,
+    /// Train nothing: re-render report.md and learning_curves.svg from the results.json an
+    /// earlier run wrote to `--out` (pass that run's knobs and methods again).
+    #[arg(long)]
+    pub report_only: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct RunResult {
-    method: &'static str,
+    method: String,
     seed: u64,
     warmup_accuracy: f64,
     final_accuracy: f64,
@@ -148,9 +152,12 @@ pub fn run(args: Args) -> Result<(), String> {
     if args.seeds == 0 || args.methods.is_empty() {
         return Err("compare needs at least one seed and one method".into());
     }
+    if args.report_only {
+        return report_only(&args);
+    }
     let t0 = Instant::now();
     let mut results: Vec<RunResult> = Vec::new();
-    let mut fid: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
+    let mut fid: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for s in 0..args.seeds {
         let seed = k.seed + s;
         let mut ks = k.clone();
@@ -165,7 +172,7 @@ pub fn run(args: Args) -> Result<(), String> {
         let probe = &eval[..eval.len().min(200)];
         for &m in &args.methods {
             if let Some(p) = fidelity(&ks, m, &model, probe)? {
-                fid.entry(m.name()).or_default().push(p);
+                fid.entry(m.name().to_string()).or_default().push(p);
             }
         }
         for &m in &args.methods {
@@ -198,7 +205,7 @@ pub fn run(args: Args) -> Result<(), String> {
                 );
             }
             results.push(RunResult {
-                method: m.name(),
+                method: m.name().to_string(),
                 seed,
                 warmup_accuracy: warm_acc,
                 final_accuracy: sess.final_sampled,
@@ -212,14 +219,53 @@ pub fn run(args: Args) -> Result<(), String> {
         }
     }
     let total = t0.elapsed().as_secs_f64();
-    write_report(&args, &results, &fid, total)
+    write_report(&args, &results, &fid, Some(total))
+}
+
+/// `flowtracer compare --report-only`: re-renders the report of an earlier run from its
+/// `results.json`, training nothing.
+///
+/// # Errors
+///
+/// A one-line message if the file is missing, is not a compare result, or the report
+/// cannot be written.
+pub fn report_only(args: &Args) -> Result<(), String> {
+    let path = args.out.join("results.json");
+    let bytes = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let saved: Saved = serde_json::from_slice(&bytes)
+        .map_err(|e| format!("{} is not a compare result: {e}", path.display()))?;
+    if saved.runs.is_empty() {
+        return Err(format!("{} holds no runs", path.display()));
+    }
+    write_report(args, &saved.runs, &saved.fidelity, saved.total_secs)
+}
+
+/// What `results.json` holds, read back by `--report-only`.
+#[derive(Debug, Deserialize)]
+struct Saved {
+    runs: Vec<RunResult>,
+    fidelity: BTreeMap<String, Vec<f64>>,
+    #[serde(default)]
+    total_secs: Option<f64>,
+}
+
+/// The paired difference to uniform of one method's final sampled accuracy, in points:
+/// mean, sample std, seeds where it is better, seeds compared.
+fn paired_vs_uniform(method: &[f64], uniform: &[f64]) -> (f64, f64, usize, usize) {
+    let d: Vec<f64> = method
+        .iter()
+        .zip(uniform)
+        .map(|(a, b)| 100.0 * (a - b))
+        .collect();
+    let (m, s) = mean_std(&d);
+    (m, s, d.iter().filter(|x| **x > 0.0).count(), d.len())
 }
 
 fn write_report(
     args: &Args,
     results: &[RunResult],
-    fid: &BTreeMap<&'static str, Vec<f64>>,
-    total: f64,
+    fid: &BTreeMap<String, Vec<f64>>,
+    total: Option<f64>,
 ) -> Result<(), String> {
     let k = &args.knobs;
     let warm: Vec<f64> = {
@@ -263,19 +309,8 @@ fn write_report(
             format!("{mean:.0} ({}/{} seeds)", reach.len(), runs.len())
         };
         let delta_vs_uniform = if m != Credit::Uniform && uniform_final.len() == finals.len() {
-            let d: Vec<f64> = finals
-                .iter()
-                .zip(&uniform_final)
-                .map(|(a, b)| a - b)
-                .collect();
-            let (dm, ds) = mean_std(&d);
-            let wins = d.iter().filter(|x| **x > 0.0).count();
-            format!(
-                "{:+.1} ± {:.1} ({wins}/{} seeds better)",
-                100.0 * dm,
-                100.0 * ds,
-                d.len()
-            )
+            let (dm, ds, wins, seeds) = paired_vs_uniform(&finals, &uniform_final);
+            format!("{dm:+.1} ± {ds:.1} ({wins}/{seeds} seeds better)")
         } else {
             "–".to_string()
         };
@@ -309,25 +344,30 @@ fn write_report(
             pts.push((runs[0].curve[i].0 as f64, a));
             band.push(b);
         }
+        // Bands for the two methods the report is about; eight bands would hide the lines.
+        let banded = matches!(m, Credit::Uniform | Credit::Flowtracer);
         series.push(Series {
             label: m.name().to_string(),
             points: pts,
-            band: Some(band),
+            band: banded.then_some(band),
         });
     }
     std::fs::create_dir_all(&args.out).map_err(|e| e.to_string())?;
     line_chart(
         &args.out.join("learning_curves.svg"),
-        &format!("held-out accuracy, mean ± std over {} seeds", args.seeds),
+        &format!(
+            "held-out accuracy, mean over {} seeds (band: ± std)",
+            args.seeds
+        ),
         "GRPO step",
-        "held-out greedy accuracy",
+        &format!("sampled accuracy at T={}", k.temperature),
         &series,
     )?;
     let mut r = String::new();
     let _ = writeln!(r, "# flowtracer compare\n");
     let _ = writeln!(
         r,
-        "Task level {}; model d={} L={} H={}; warm-up {} steps; GRPO {} steps x {} prompts x G={} (lr {}, temperature {}, beta {}, loss {:?}); rho {}, gamma {}; seeds {}..{}. Total wall time {:.0} s.\n",
+        "Task level {}; model d={} L={} H={}; warm-up {} steps; GRPO {} steps x {} prompts x G={} (lr {}, temperature {}, beta {}, loss {:?}); rho {}, gamma {}; seeds {}..{}.{}\n",
         k.difficulty,
         k.d_model,
         k.layers,
@@ -344,7 +384,7 @@ fn write_report(
         k.gamma,
         k.seed,
         k.seed + args.seeds - 1,
-        total
+        total.map_or(String::new(), |t| format!(" Total wall time {t:.0} s."))
     );
     let _ = writeln!(
         r,
@@ -361,16 +401,60 @@ fn write_report(
         100.0 * threshold
     );
     r.push_str(&table);
+    let _ = writeln!(r, "\n{}", verdict(results));
     let _ = writeln!(
         r,
         "\nCredit fidelity: precision of the method's top-ρ response tokens against the tokens the generator knows to be decisive (operand and result digits of the steps the answer depends on, and the answer digit), on 200 held-out problems with their canonical solutions, scored with the warm-up model. Random selection scores the base rate.\n"
     );
     let _ = writeln!(r, "![learning curves](learning_curves.svg)\n");
     write_atomic(&args.out.join("report.md"), r.as_bytes()).map_err(|e| e.to_string())?;
-    let json = serde_json::to_vec_pretty(&serde_json::json!({ "runs": results, "fidelity": fid }))
-        .map_err(|e| e.to_string())?;
+    let json = serde_json::to_vec_pretty(
+        &serde_json::json!({ "runs": results, "fidelity": fid, "total_secs": total }),
+    )
+    .map_err(|e| e.to_string())?;
     write_atomic(&args.out.join("results.json"), &json).map_err(|e| e.to_string())?;
     println!("{r}");
     println!("wrote {}", args.out.display());
     Ok(())
+}
+
+/// The report's plain-language answer: did FlowTracer beat uniform GRPO, by how much, with
+/// what spread (paired over seeds), and which method ended highest.
+fn verdict(results: &[RunResult]) -> String {
+    let finals = |name: &str| -> Vec<f64> {
+        results
+            .iter()
+            .filter(|r| r.method == name)
+            .map(|r| r.final_accuracy)
+            .collect()
+    };
+    let (uniform, flow) = (finals("uniform"), finals("flowtracer"));
+    let mut out = String::new();
+    if !uniform.is_empty() && uniform.len() == flow.len() {
+        let (dm, ds, wins, seeds) = paired_vs_uniform(&flow, &uniform);
+        let se = ds / (seeds as f64).sqrt();
+        let outcome = if dm > 0.0 { "beat" } else { "did not beat" };
+        let _ = write!(
+            out,
+            "**FlowTracer vs uniform GRPO:** FlowTracer {outcome} uniform GRPO on this task: \
+             {dm:+.1} points of final sampled accuracy, paired over {seeds} seeds \
+             (std of the per-seed difference {ds:.1}, standard error of the mean {se:.1}; \
+             FlowTracer ahead on {wins}/{seeds} seeds). "
+        );
+    }
+    let mut means: Vec<(String, f64)> = Vec::new();
+    for r in results {
+        if !means.iter().any(|(m, _)| *m == r.method) {
+            let v = finals(&r.method);
+            means.push((r.method.clone(), mean_std(&v).0));
+        }
+    }
+    if let Some((best, acc)) = means.iter().max_by(|a, b| a.1.total_cmp(&b.1)) {
+        let _ = write!(
+            out,
+            "Highest mean final sampled accuracy: `{best}` ({:.1}%).",
+            100.0 * acc
+        );
+    }
+    out
 }

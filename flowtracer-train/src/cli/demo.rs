@@ -169,12 +169,12 @@ pub fn run(args: Args) -> Result<(), String> {
     );
     let _ = writeln!(
         r,
-        "- max conservation residual: {}",
-        fmt(s
-            .metrics
+        "- max conservation residual (|sum_k W'[i][k] - 1| over live tokens): {}",
+        s.metrics
             .iter()
             .filter_map(|m| m.conservation_residual)
-            .reduce(f64::max))
+            .reduce(f64::max)
+            .map_or_else(|| "n/a".to_string(), |x| format!("{x:.1e}"))
     );
     let _ = writeln!(
         r,

@@ -1,7 +1,8 @@
-//! Tests of the `flowtracer score` and `flowtracer explain` commands, run as a binary on
-//! files the tests write.
+//! Tests of the `flowtracer score`, `explain` and `compare --report-only` commands, run as a
+//! binary on files the tests write.
 
 mod bad_input;
+mod compare;
 mod explain;
 mod score;
 mod support;

@@ -1,0 +1,77 @@
+//! `flowtracer compare --report-only`: the report is re-rendered from a `results.json`, and
+//! its verdict states the paired difference to uniform GRPO.
+
+use super::support::{assert_fails, run, temp_dir};
+
+/// Two seeds: uniform ends at 40% and 50%, flowtracer at 38% and 49%, random at 30%, 31%.
+const RESULTS: &str = r#"{
+  "runs": [
+    {"method": "uniform", "seed": 0, "warmup_accuracy": 0.3, "final_accuracy": 0.40, "warmup_greedy": 0.35, "final_greedy": 0.41, "curve": [[0, 0.3], [10, 0.35], [20, 0.40]], "mean_step_secs": 1.5, "scoring_time_frac": 0.0},
+    {"method": "flowtracer", "seed": 0, "warmup_accuracy": 0.3, "final_accuracy": 0.38, "warmup_greedy": 0.35, "final_greedy": 0.40, "curve": [[0, 0.3], [10, 0.36], [20, 0.38]], "mean_step_secs": 1.4, "scoring_time_frac": 0.001},
+    {"method": "random", "seed": 0, "warmup_accuracy": 0.3, "final_accuracy": 0.30, "warmup_greedy": 0.35, "final_greedy": 0.33, "curve": [[0, 0.3], [10, 0.3], [20, 0.30]], "mean_step_secs": 1.4, "scoring_time_frac": 0.0},
+    {"method": "uniform", "seed": 1, "warmup_accuracy": 0.4, "final_accuracy": 0.50, "warmup_greedy": 0.45, "final_greedy": 0.52, "curve": [[0, 0.4], [10, 0.45], [20, 0.50]], "mean_step_secs": 1.5, "scoring_time_frac": 0.0},
+    {"method": "flowtracer", "seed": 1, "warmup_accuracy": 0.4, "final_accuracy": 0.49, "warmup_greedy": 0.45, "final_greedy": 0.50, "curve": [[0, 0.4], [10, 0.44], [20, 0.49]], "mean_step_secs": 1.4, "scoring_time_frac": 0.001},
+    {"method": "random", "seed": 1, "warmup_accuracy": 0.4, "final_accuracy": 0.31, "warmup_greedy": 0.45, "final_greedy": 0.40, "curve": [[0, 0.4], [10, 0.35], [20, 0.31]], "mean_step_secs": 1.4, "scoring_time_frac": 0.0}
+  ],
+  "fidelity": {"flowtracer": [0.5, 0.4], "random": [0.2, 0.2]},
+  "total_secs": 123.0
+}"#;
+
+fn compare_args(out: &str) -> Vec<&str> {
+    vec![
+        "compare",
+        "--report-only",
+        "--seeds",
+        "2",
+        "--methods",
+        "uniform,flowtracer,random",
+        "--steps",
+        "20",
+        "--quiet",
+        "--out",
+        out,
+    ]
+}
+
+#[test]
+fn report_only_renders_the_verdict_from_results_json() {
+    let dir = temp_dir("compare-report");
+    std::fs::write(dir.join("results.json"), RESULTS).unwrap();
+    let out = dir.to_str().unwrap();
+    let res = run(&compare_args(out));
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let report = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    // Paired differences -2 and -1 points: mean -1.5, std 0.707, standard error 0.5.
+    assert!(
+        report.contains(
+            "FlowTracer did not beat uniform GRPO on this task: -1.5 points of final sampled \
+             accuracy, paired over 2 seeds (std of the per-seed difference 0.7, standard error \
+             of the mean 0.5; FlowTracer ahead on 0/2 seeds)"
+        ),
+        "{report}"
+    );
+    assert!(report.contains("Highest mean final sampled accuracy: `uniform` (45.0%)."));
+    assert!(report.contains("| flowtracer | 43.5 ± 7.8 |"), "{report}");
+    assert!(report.contains("| random | 30.5 ± 0.7 |"), "{report}");
+    assert!(report.contains("Total wall time 123 s."));
+    let svg = std::fs::read_to_string(dir.join("learning_curves.svg")).unwrap();
+    assert!(svg.contains("sampled accuracy at T=1"));
+    // The results are rewritten unchanged (same runs, fidelity and total time).
+    let again: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("results.json")).unwrap()).unwrap();
+    let first: serde_json::Value = serde_json::from_str(RESULTS).unwrap();
+    assert_eq!(again, first);
+}
+
+#[test]
+fn report_only_without_results_is_bad_input() {
+    let dir = temp_dir("compare-missing");
+    let out = dir.to_str().unwrap();
+    assert_fails(&compare_args(out), &["cannot read", "results.json"]);
+    std::fs::write(dir.join("results.json"), "{\"runs\": 3}").unwrap();
+    assert_fails(&compare_args(out), &["is not a compare result"]);
+}
