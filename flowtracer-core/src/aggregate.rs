@@ -14,7 +14,7 @@ use core::ops::Range;
 
 use crate::error::{Error, Position};
 use crate::float::FlowFloat;
-use crate::kernels::add_stats;
+use crate::kernels::add_summary;
 
 /// Which layers enter the mean (spec §2).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -206,38 +206,28 @@ impl<F: FlowFloat> LayerAccumulator<F> {
             });
         }
         let n = self.n;
-        for (head, matrix) in data.chunks_exact(m).enumerate() {
-            for k in 0..n {
-                let off = self.layout.row_offset(n, k);
-                let row = &matrix[off..=off + k];
-                let (sum, min) = add_stats(row, &mut self.sum[k * n..=k * n + k]);
-                if !sum.is_finite() || min < F::zero() {
-                    self.scan(layer_index, head, k, row);
+        // Row by row across the heads: row `k` of the sum stays in cache while every head
+        // adds into it, so the sum is streamed once per layer, not once per head.
+        for k in 0..n {
+            let off = self.layout.row_offset(n, k);
+            let acc = &mut self.sum[k * n..=k * n + k];
+            for head in 0..self.heads {
+                let row = &data[head * m + off..=head * m + off + k];
+                let summary = add_summary(row, acc);
+                if !summary.sum.is_finite() || summary.min < F::zero() {
+                    scan(
+                        &mut self.non_finite,
+                        &mut self.negative,
+                        layer_index,
+                        head,
+                        k,
+                        row,
+                    );
                 }
             }
         }
         self.layers += 1;
         Ok(())
-    }
-
-    #[cold]
-    fn scan(&mut self, layer: usize, head: usize, row: usize, values: &[F]) {
-        let at = |col| Position {
-            layer: Some(layer),
-            head: Some(head),
-            row,
-            col,
-        };
-        if self.non_finite.is_none()
-            && let Some(col) = values.iter().position(|x| !x.is_finite())
-        {
-            self.non_finite = Some(at(col));
-        }
-        if self.negative.is_none()
-            && let Some(col) = values.iter().position(|&x| x < F::zero())
-        {
-            self.negative = Some((at(col), values[col].widen()));
-        }
     }
 
     /// Number of layers added so far.
@@ -267,10 +257,48 @@ impl<F: FlowFloat> LayerAccumulator<F> {
         }
         let scale = F::from_f64_lossy(1.0 / (self.layers * self.heads) as f64);
         let mut sum = self.sum;
-        for x in &mut sum {
-            *x = *x * scale;
+        // The lower triangles only: the zeros above the diagonal stay zero, and their pages
+        // of the freshly zeroed buffer are never touched.
+        let n = self.n;
+        for k in 0..n {
+            for x in &mut sum[k * n..=k * n + k] {
+                *x = *x * scale;
+            }
         }
         Ok(sum)
+    }
+}
+
+/// Records the defects of one row of layer `layer`, head `head`. Within a layer the lowest
+/// `(head, row, col)` wins, whatever order the rows were visited in; a defect of a layer
+/// added earlier is kept.
+#[cold]
+fn scan<F: FlowFloat>(
+    non_finite: &mut Option<Position>,
+    negative: &mut Option<(Position, f64)>,
+    layer: usize,
+    head: usize,
+    row: usize,
+    values: &[F],
+) {
+    let at = |col| Position {
+        layer: Some(layer),
+        head: Some(head),
+        row,
+        col,
+    };
+    let wins = |old: &Position, col: usize| {
+        old.layer == Some(layer) && (head, row, col) < (old.head.unwrap_or(0), old.row, old.col)
+    };
+    if let Some(col) = values.iter().position(|x| !x.is_finite())
+        && non_finite.as_ref().is_none_or(|old| wins(old, col))
+    {
+        *non_finite = Some(at(col));
+    }
+    if let Some(col) = values.iter().position(|&x| x < F::zero())
+        && negative.as_ref().is_none_or(|(old, _)| wins(old, col))
+    {
+        *negative = Some((at(col), values[col].widen()));
     }
 }
 

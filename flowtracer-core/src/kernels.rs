@@ -93,7 +93,7 @@ impl<F: FlowFloat> RowSummary<F> {
 /// Entries per block of [`axpy4_summary`]: the block is summarised while it is still in L1.
 const BLOCK: usize = 512;
 
-/// [`RowSummary`] of a block, in lanes of eight (a separate loop from the axpy, so each loop
+/// [`RowSummary`] of a block, in sixteen lanes (a separate loop from the axpy, so each loop
 /// vectorises cleanly).
 #[inline(always)]
 fn summarize<F: FlowFloat>(x: &[F], into: RowSummary<F>) -> RowSummary<F> {
@@ -248,34 +248,37 @@ pub(crate) fn dot<F: FlowFloat, const PRUNE: bool>(row: &[F], v: &[f64], thresho
     combine(s) + tail_dot::<F, PRUNE>(&row[full..], &v[full..], threshold)
 }
 
-/// `acc[i] += row[i]` over the whole row, returning [`row_stats`] of `row`.
+/// `acc[i] += row[i]` over the whole row, returning the [`RowSummary`] of `row` (sum and
+/// minimum in `F`: the aggregation only needs them to spot a non-finite or negative entry,
+/// which it then finds exactly).
 ///
 /// # Panics
 ///
 /// If `acc` is shorter than `row`.
 #[inline]
-pub(crate) fn add_stats<F: FlowFloat>(row: &[F], acc: &mut [F]) -> (f64, F) {
-    let Some((&diag, lower)) = row.split_last() else {
-        return (0.0, F::zero());
-    };
-    let (acc_lower, acc_diag) = acc[..row.len()].split_at_mut(lower.len());
-    acc_diag[0] = acc_diag[0] + diag;
-    let mut s = [0.0f64; LANES];
+pub(crate) fn add_summary<F: FlowFloat>(row: &[F], acc: &mut [F]) -> RowSummary<F> {
+    let acc = &mut acc[..row.len()];
+    let mut s = [F::zero(); LANES];
     let mut m = [F::zero(); LANES];
-    let (chunks, rest) = lower.as_chunks::<LANES>();
-    let (acc_chunks, acc_rest) = acc_lower.as_chunks_mut::<LANES>();
+    let (chunks, rest) = row.as_chunks::<LANES>();
+    let (acc_chunks, acc_rest) = acc.as_chunks_mut::<LANES>();
     for (c, a) in chunks.iter().zip(acc_chunks) {
         for j in 0..LANES {
             let x = c[j];
             a[j] = a[j] + x;
-            s[j] += x.widen();
+            s[j] = s[j] + x;
             if x < m[j] {
                 m[j] = x;
             }
         }
     }
+    let mut r = RowSummary {
+        sum: ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7])),
+        min: min_of(m),
+    };
     for (&x, a) in rest.iter().zip(acc_rest) {
         *a = *a + x;
+        r = r.push(x);
     }
-    finish_stats(s, m, rest, diag)
+    r
 }

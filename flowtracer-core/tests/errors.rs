@@ -230,6 +230,33 @@ fn aggregation_errors() {
             }
         })
     );
+    // Within a layer the lowest flat index wins, although rows are visited across heads
+    // (head 1's row 0 is seen before head 0's row 1).
+    let mut e = vec![0.5; 2 * 4];
+    e[4] = f64::NAN; // head 1, row 0, col 0
+    e[2] = f64::INFINITY; // head 0, row 1, col 0
+    let at = |head, row, col| Position {
+        layer: Some(0),
+        head: Some(head),
+        row,
+        col,
+    };
+    assert_eq!(
+        aggregate(&e, 1, 2, 2, Layout::Dense, &LayerSelection::All),
+        Err(Error::NonFinite {
+            position: at(0, 1, 0)
+        })
+    );
+    let mut e = vec![0.5; 2 * 4];
+    e[4] = -1.0; // head 1, row 0, col 0
+    e[3] = -2.0; // head 0, row 1, col 1
+    assert_eq!(
+        aggregate(&e, 1, 2, 2, Layout::Dense, &LayerSelection::All),
+        Err(Error::Negative {
+            position: at(0, 1, 1),
+            value: -2.0
+        })
+    );
     // Layer 1 is not selected: its NaN is not data.
     assert_eq!(
         aggregate(&d, 2, 2, 2, Layout::Dense, &LayerSelection::List(vec![0])),
