@@ -107,7 +107,7 @@ fn floor_two_passes_packed(bencher: Bencher<'_, '_>, n: usize) {
     });
 }
 
-#[divan::bench(args = [1024, 4096], sample_count = 10)]
+#[divan::bench(args = SIZES, sample_count = 10)]
 fn aggregate_2x4(bencher: Bencher<'_, '_>, n: usize) {
     let (layers, heads) = (2, 4);
     let mut data = Vec::with_capacity(layers * heads * n * n);

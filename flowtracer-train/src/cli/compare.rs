@@ -334,12 +334,17 @@ fn write_report(
             step_secs,
             100.0 * frac
         );
-        // Mean curve with std band (curves share their eval steps).
+        // Mean gain over the seed's own warm-up, with std band (curves share their eval
+        // steps). Seeds start from warm-ups of very different accuracy; the gain removes that
+        // offset, which would otherwise dominate every band.
         let len = runs.iter().map(|r| r.curve.len()).min().unwrap_or(0);
         let mut pts = Vec::new();
         let mut band = Vec::new();
         for i in 0..len {
-            let v: Vec<f64> = runs.iter().map(|r| r.curve[i].1).collect();
+            let v: Vec<f64> = runs
+                .iter()
+                .map(|r| 100.0 * (r.curve[i].1 - r.warmup_accuracy))
+                .collect();
             let (a, b) = mean_std(&v);
             pts.push((runs[0].curve[i].0 as f64, a));
             band.push(b);
@@ -356,11 +361,11 @@ fn write_report(
     line_chart(
         &args.out.join("learning_curves.svg"),
         &format!(
-            "held-out accuracy, mean over {} seeds (band: ± std)",
+            "gain over the seed's warm-up, mean over {} seeds (band: ± std)",
             args.seeds
         ),
         "GRPO step",
-        &format!("sampled accuracy at T={}", k.temperature),
+        &format!("sampled accuracy at T={} (points)", k.temperature),
         &series,
     )?;
     let mut r = String::new();
@@ -406,7 +411,11 @@ fn write_report(
         r,
         "\nCredit fidelity: precision of the method's top-ρ response tokens against the tokens the generator knows to be decisive (operand and result digits of the steps the answer depends on, and the answer digit), on 200 held-out problems with their canonical solutions, scored with the warm-up model. Random selection scores the base rate.\n"
     );
-    let _ = writeln!(r, "![learning curves](learning_curves.svg)\n");
+    let _ = writeln!(
+        r,
+        "Learning curves: held-out sampled accuracy ({} problems, every {} steps) minus the seed's warm-up accuracy, in points.\n\n![learning curves](learning_curves.svg)\n",
+        k.eval_curve_size, k.eval_every
+    );
     write_atomic(&args.out.join("report.md"), r.as_bytes()).map_err(|e| e.to_string())?;
     let json = serde_json::to_vec_pretty(
         &serde_json::json!({ "runs": results, "fidelity": fid, "total_secs": total }),

@@ -59,7 +59,7 @@ fn report_only_renders_the_verdict_from_results_json() {
     assert!(report.contains("| random | 30.5 ± 0.7 |"), "{report}");
     assert!(report.contains("Total wall time 123 s."));
     let svg = std::fs::read_to_string(dir.join("learning_curves.svg")).unwrap();
-    assert!(svg.contains("sampled accuracy at T=1"));
+    assert!(svg.contains("sampled accuracy at T=1 (points)"));
     // The results are rewritten unchanged (same runs, fidelity and total time).
     let again: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("results.json")).unwrap()).unwrap();
