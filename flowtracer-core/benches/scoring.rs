@@ -4,7 +4,7 @@
 //! - `floor_two_passes_dense/N`, `floor_two_passes_packed/N`: two vectorised f32 sums
 //!   over the same dense rows, and over the packed triangle (compare.py's floor);
 //! - `aggregate/N`: `[layers][heads][N][N]` f32 into `Ā`;
-//! - `batch16_sequential` / `batch16_parallel`: 16 responses of N = 2048.
+//! - `batch16_sequential/N` / `batch16_parallel/N`: 16 responses of length N.
 //!
 //! The inputs are random causal row-stochastic matrices (SplitMix64, fixed seed).
 
@@ -127,31 +127,31 @@ fn aggregate_2x4(bencher: Bencher<'_, '_>, n: usize) {
     });
 }
 
-fn batch() -> Vec<Vec<f32>> {
-    (0..16).map(|s| attention(2048, s)).collect()
+fn batch(n: usize) -> Vec<Vec<f32>> {
+    (0..16).map(|s| attention(n, s)).collect()
 }
 
-fn inputs(b: &[Vec<f32>]) -> Vec<TraceInput<'_, f32>> {
+fn inputs(b: &[Vec<f32>], n: usize) -> Vec<TraceInput<'_, f32>> {
     b.iter()
         .map(|a| TraceInput {
             attention: a,
-            n: 2048,
-            question: 0..256,
-            answer: 2040..2048,
+            n,
+            question: 0..n / 8,
+            answer: n - 8..n,
         })
         .collect()
 }
 
-#[divan::bench(sample_count = 10)]
-fn batch16_sequential(bencher: Bencher<'_, '_>) {
-    let b = batch();
-    let x = inputs(&b);
+#[divan::bench(args = SIZES, sample_count = 10)]
+fn batch16_sequential(bencher: Bencher<'_, '_>, n: usize) {
+    let b = batch(n);
+    let x = inputs(&b, n);
     bencher.bench_local(|| trace_batch(black_box(&x), &TraceConfig::default()));
 }
 
-#[divan::bench(sample_count = 10)]
-fn batch16_parallel(bencher: Bencher<'_, '_>) {
-    let b = batch();
-    let x = inputs(&b);
+#[divan::bench(args = SIZES, sample_count = 10)]
+fn batch16_parallel(bencher: Bencher<'_, '_>, n: usize) {
+    let b = batch(n);
+    let x = inputs(&b, n);
     bencher.bench_local(|| trace_batch_parallel(black_box(&x), &TraceConfig::default()));
 }

@@ -43,28 +43,54 @@ pub enum LossType {
     Dapo,
 }
 
-/// Sample mean and standard deviation (divisor `len - 1`), in f64.
-fn mean_std<F: FlowFloat>(x: &[F]) -> (f64, f64) {
-    let n = x.len() as f64;
-    let mean = x.iter().map(|v| v.widen()).sum::<f64>() / n;
-    let var = x
-        .iter()
-        .map(|v| (v.widen() - mean) * (v.widen() - mean))
-        .sum::<f64>()
-        / (n - 1.0);
-    (mean, num_traits::Float::sqrt(var))
+/// The mean of `x` held as `shift + delta` (with `shift = x[0]`), so that
+/// [`Centre::of`] is accurate to the spread of `x` rather than to its magnitude, and the
+/// sample standard deviation (divisor `len - 1`), in f64.
+///
+/// Rewards of 3e134 that differ in their eighth digit would otherwise lose half their
+/// digits: a mean rounded to one f64 is off by an ulp of 3e134, about 1e-8 of their spread.
+#[derive(Debug, Clone, Copy)]
+struct Centre {
+    shift: f64,
+    delta: f64,
+    std: f64,
+}
+
+impl Centre {
+    fn new<F: FlowFloat>(x: &[F]) -> Self {
+        let n = x.len() as f64;
+        let shift = x.first().map_or(0.0, |v| v.widen());
+        let delta = x.iter().map(|v| v.widen() - shift).sum::<f64>() / n;
+        let mut c = Self {
+            shift,
+            delta,
+            std: 0.0,
+        };
+        let var = x.iter().map(|&v| c.of(v) * c.of(v)).sum::<f64>() / (n - 1.0);
+        c.std = num_traits::Float::sqrt(var);
+        c
+    }
+
+    /// `v - mean`, computed as `(v - shift) - delta`.
+    #[inline]
+    fn of<F: FlowFloat>(&self, v: F) -> f64 {
+        (v.widen() - self.shift) - self.delta
+    }
 }
 
 /// GRPO advantages `A_i = (r_i - mean r) / (std r + eps)` per group of `num_generations`
 /// consecutive responses, with the sample standard deviation (divisor `G - 1`, as TRL and
-/// verl). `eps` is TRL's `1e-4` by default in trainers; verl uses `1e-6`.
+/// verl). `eps` is TRL's `1e-4` by default in trainers; verl uses `1e-6`. Each group is
+/// centred around its first reward, so a group's advantages sum to 0 up to rounding of the
+/// rewards' spread, however large the rewards themselves are.
 ///
 /// # Errors
 ///
 /// [`Error::GroupTooSmall`] if `num_generations < 2`; [`Error::GroupSizeMismatch`] if it
 /// does not divide `rewards.len()`; [`Error::InvalidConfig`] for a negative or non-finite
 /// `eps`; [`Error::NonFinite`] (row = response index, col 0) for a non-finite reward;
-/// [`Error::Overflow`] if rewards near the f64 range make an advantage overflow.
+/// [`Error::Overflow`] if a group's rewards are spread beyond the f64 range (e.g. 1.7e308 and
+/// -1.7e308).
 ///
 /// # Complexity
 ///
@@ -104,17 +130,17 @@ pub fn group_advantages<F: FlowFloat>(
             position: crate::error::Position::matrix(i, 0),
         });
     }
-    let batch_std = mean_std(rewards).1;
+    let batch_std = Centre::new(rewards).std;
     let mut out = Vec::with_capacity(rewards.len());
     for group in rewards.chunks_exact(num_generations) {
-        let (mean, std) = mean_std(group);
+        let centre = Centre::new(group);
         let denom = match scale {
-            ScaleRewards::Group => std + eps,
+            ScaleRewards::Group => centre.std + eps,
             ScaleRewards::Batch => batch_std + eps,
             ScaleRewards::None => 1.0,
         };
-        out.extend(group.iter().map(|r| {
-            let centred = r.widen() - mean;
+        out.extend(group.iter().map(|&r| {
+            let centred = centre.of(r);
             // A constant group has advantage exactly 0, even with eps = 0.
             F::from_f64_lossy(if centred == 0.0 { 0.0 } else { centred / denom })
         }));

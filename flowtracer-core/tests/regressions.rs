@@ -75,18 +75,35 @@ fn grpo_loss_overflow_is_an_error() {
 }
 
 /// fuzz/regressions/shaping_grpo/advantage-overflow: rewards near the f64 limit made the
-/// group mean overflow and every advantage infinite.
+/// group mean overflow and every advantage infinite. Centring around the first reward now
+/// keeps such groups finite; only a spread beyond the f64 range overflows, as an error.
 #[test]
 fn group_advantage_overflow_is_an_error() {
     use flowtracer_core::grpo::{ScaleRewards, group_advantages};
     let r = [1.5e308, 1.6e308, -1.7e308, 1.0];
+    let a = group_advantages(&r, 2, ScaleRewards::None, 1e-4).unwrap();
+    for (got, want) in a.iter().zip([-0.5e307f64, 0.5e307, -0.85e308, 0.85e308]) {
+        assert!((got - want).abs() <= 1e-15 * want.abs(), "{a:?}");
+    }
     assert_eq!(
-        group_advantages(&r, 2, ScaleRewards::None, 1e-4),
+        group_advantages(&[1.7e308, -1.7e308], 2, ScaleRewards::None, 1e-4),
         Err(Error::Overflow {
             stage: "group advantages"
         })
     );
     assert!(group_advantages(&[1e300, -1e300], 2, ScaleRewards::Group, 1e-4).is_ok());
+}
+
+/// fuzz/regressions/shaping_grpo/advantage-cancellation: rewards of 3e134 differing in
+/// their eighth digit. A mean rounded to one f64 is off by an ulp of 3e134, about 3e-8 of
+/// the spread, so the group's advantages summed to 2e-8 instead of 0.
+#[test]
+fn group_advantages_sum_to_zero_for_huge_close_rewards() {
+    use flowtracer_core::grpo::{ScaleRewards, group_advantages};
+    let r = [-3.1638862116396127e134, -3.1638862396722063e134];
+    let a = group_advantages(&r, 2, ScaleRewards::Group, 1e-4).unwrap();
+    assert_eq!(a[0] + a[1], 0.0, "{a:?}");
+    assert!((a[0] - 0.5f64.sqrt()).abs() <= 1e-15, "{a:?}");
 }
 
 /// fuzz/regressions/trace/f32-reach-underflow: two subnormal f32 edges in a row give a
