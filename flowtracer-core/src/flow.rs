@@ -196,6 +196,15 @@ fn forward<F: FlowFloat, const PRUNE: bool>(
         }
     };
     let passes = |k: usize| mode == AnswerMode::Relay || !answer.contains(&k);
+    // Row `k` (live, reach `hk`) with its weighted inflow `dot`: its flow, and its `u` if it
+    // passes flow on.
+    let finish = |k: usize, hk: f64, dot: f64, u: &mut [f64], f: &mut [f64]| {
+        let uk = src(k, hk) + dot;
+        f[k] = hk * uk;
+        if passes(k) {
+            u[k] = uk;
+        }
+    };
     // Rows in blocks of four, k to k + 3: one sweep over `u[lo..k]` serves all four; within
     // the block each row then adds the block's earlier rows, whose `u` is final by then.
     let mut k = lo;
@@ -214,11 +223,7 @@ fn forward<F: FlowFloat, const PRUNE: bool>(
             for (&a, &ui) in row[k - lo..k - lo + r].iter().zip(&u[k..i]) {
                 acc += keep::<PRUNE>(a.widen(), threshold) * ui;
             }
-            let ui = src(i, hi) + acc;
-            f[i] = hi * ui;
-            if passes(i) {
-                u[i] = ui;
-            }
+            finish(i, hi, acc, u, f);
         }
         k += ROWS;
     }
@@ -229,11 +234,8 @@ fn forward<F: FlowFloat, const PRUNE: bool>(
             continue;
         }
         let row = &attention[k * n + lo..k * n + k];
-        let uk = src(k, hk) + dot::<F, PRUNE>(row, &u[lo..k], threshold);
-        f[k] = hk * uk;
-        if passes(k) {
-            u[k] = uk;
-        }
+        let inflow = dot::<F, PRUNE>(row, &u[lo..k], threshold);
+        finish(k, hk, inflow, u, f);
     }
 }
 
