@@ -35,6 +35,79 @@ pub enum LayerSelection {
     Spaced(usize),
 }
 
+/// `middle`, `all`, `a..b` (a half-open range), `1,3,5` (a list; one number is a list of
+/// one) or `spaced:n`: the names the CLI's `--layers` and the Python package accept.
+impl core::fmt::Display for LayerSelection {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            LayerSelection::Middle => f.write_str("middle"),
+            LayerSelection::All => f.write_str("all"),
+            LayerSelection::Range(r) => write!(f, "{}..{}", r.start, r.end),
+            LayerSelection::List(list) => {
+                for (i, l) in list.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(",")?;
+                    }
+                    write!(f, "{l}")?;
+                }
+                Ok(())
+            }
+            LayerSelection::Spaced(n) => write!(f, "spaced:{n}"),
+        }
+    }
+}
+
+impl core::str::FromStr for LayerSelection {
+    type Err = Error;
+
+    /// # Errors
+    ///
+    /// [`Error::UnknownName`] (`what = "layers"`) for text that is none of the forms.
+    fn from_str(s: &str) -> Result<Self, Error> {
+        const FORMS: &[&str] = &["middle", "all", "a..b", "1,3,5", "spaced:n"];
+        let bad = || crate::vocabulary::unknown("layers", s, FORMS);
+        let number = |t: &str| {
+            if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad());
+            }
+            t.parse::<usize>().map_err(|_| bad())
+        };
+        let t = s.trim();
+        Ok(match t {
+            "middle" => LayerSelection::Middle,
+            "all" => LayerSelection::All,
+            _ => {
+                if let Some(n) = t.strip_prefix("spaced:") {
+                    LayerSelection::Spaced(number(n.trim())?)
+                } else if let Some((a, b)) = t.split_once("..") {
+                    LayerSelection::Range(number(a.trim())?..number(b.trim())?)
+                } else {
+                    LayerSelection::List(
+                        t.split(',')
+                            .map(|x| number(x.trim()))
+                            .collect::<Result<_, _>>()?,
+                    )
+                }
+            }
+        })
+    }
+}
+
+#[cfg(feature = "serde")]
+impl serde::Serialize for LayerSelection {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+#[cfg(feature = "serde")]
+impl<'de> serde::Deserialize<'de> for LayerSelection {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <alloc::string::String as serde::Deserialize>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// The middle band `floor(L/3) .. floor(2L/3)`, or `0..L` if that band is empty.
 fn middle_band(num_layers: usize) -> Range<usize> {
     let band = num_layers / 3..2 * num_layers / 3;

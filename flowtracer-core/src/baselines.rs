@@ -37,6 +37,17 @@ pub enum CreditMethod {
     BottomFlow,
 }
 
+crate::vocabulary::named_enum!(CreditMethod, "credit", {
+    Uniform => "uniform",
+    FlowTracer => "flowtracer",
+    Random => "random",
+    AttentionReceived => "attention_received",
+    AttentionEntropy => "attention_entropy",
+    PredictiveEntropy => "predictive_entropy",
+    Rollout => "rollout",
+    BottomFlow => "bottom_flow",
+});
+
 /// SplitMix64 (Steele, Lea and Flood 2014), the seeded generator of the `random` baseline.
 #[derive(Debug, Clone)]
 pub struct SplitMix64(u64);

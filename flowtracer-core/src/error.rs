@@ -1,7 +1,33 @@
 //! The crate's one error type.
 
+use alloc::string::String;
 use core::fmt;
 use core::ops::Range;
+
+/// The stage of the pipeline where a result left the f64 range ([`Error::Overflow`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Stage {
+    /// The reach `h` (backward pass).
+    Reach,
+    /// The flow `f` (forward pass).
+    Flow,
+    /// A GRPO group's advantages.
+    GroupAdvantages,
+    /// The GRPO loss.
+    GrpoLoss,
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Stage::Reach => "reach",
+            Stage::Flow => "flow",
+            Stage::GroupAdvantages => "group advantages",
+            Stage::GrpoLoss => "grpo loss",
+        })
+    }
+}
 
 /// Which index range of a sequence an error is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,9 +172,8 @@ pub enum Error {
     /// loss or group advantages (rewards, advantages or probability ratios near the f64
     /// range).
     Overflow {
-        /// The stage that overflowed (`"reach"`, `"flow"`, `"group advantages"` or
-        /// `"grpo loss"`).
-        stage: &'static str,
+        /// The stage that overflowed.
+        stage: Stage,
     },
     /// A layer selection that names no layer, a layer out of range, or a repeated layer.
     InvalidLayerSelection {
@@ -170,6 +195,15 @@ pub enum Error {
         batch: usize,
         /// Group size.
         num_generations: usize,
+    },
+    /// A name that is none of an option's names (parsing an option enum from text).
+    UnknownName {
+        /// The option (`"loss_type"`, `"credit"`, ...).
+        what: &'static str,
+        /// The text given.
+        given: String,
+        /// Every allowed name.
+        allowed: &'static [&'static str],
     },
     /// A configuration value outside its domain.
     InvalidConfig {
@@ -250,6 +284,20 @@ impl fmt::Display for Error {
                 "a batch of {batch} responses is not a whole number of groups of {num_generations}"
             ),
             Error::InvalidConfig { field, reason } => write!(f, "invalid {field}: {reason}"),
+            Error::UnknownName {
+                what,
+                given,
+                allowed,
+            } => {
+                write!(f, "unknown {what} {given:?}; expected one of: ")?;
+                for (i, name) in allowed.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    f.write_str(name)?;
+                }
+                Ok(())
+            }
         }
     }
 }

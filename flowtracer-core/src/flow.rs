@@ -18,7 +18,7 @@
 
 use core::ops::Range;
 
-use crate::error::Error;
+use crate::error::{Error, Stage};
 use crate::float::FlowFloat;
 use crate::kernels::{ROWS, dot, dot4, keep};
 use crate::reach::AnswerMode;
@@ -123,7 +123,7 @@ fn forward_checked<F: FlowFloat, const PRUNE: bool>(
             attention, n, question, answer, mode, threshold, sources, h, u, f,
         );
         if !f.iter().all(|x| x.is_finite()) {
-            return Err(Error::Overflow { stage: "flow" });
+            return Err(Error::Overflow { stage: Stage::Flow });
         }
     }
     Ok(())

@@ -11,7 +11,7 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
-use crate::error::Error;
+use crate::error::{Error, Stage};
 use crate::float::FlowFloat;
 
 /// How rewards are scaled into advantages (TRL's `scale_rewards`).
@@ -42,6 +42,19 @@ pub enum LossType {
     /// Sum / `num_items_in_batch` (the global token count under gradient accumulation).
     Dapo,
 }
+
+crate::vocabulary::named_enum!(ScaleRewards, "scale_rewards", {
+    Group => "group",
+    Batch => "batch",
+    None => "none",
+});
+
+crate::vocabulary::named_enum!(LossType, "loss_type", {
+    Grpo => "grpo",
+    Bnpo => "bnpo",
+    DrGrpo => "dr_grpo",
+    Dapo => "dapo",
+});
 
 /// The mean of `x` held as `shift + delta` (with `shift = x[0]`), so that
 /// [`Centre::of`] is accurate to the spread of `x` rather than to its magnitude, and the
@@ -147,7 +160,7 @@ pub fn group_advantages<F: FlowFloat>(
     }
     if out.iter().any(|a| !a.is_finite()) {
         return Err(Error::Overflow {
-            stage: "group advantages",
+            stage: Stage::GroupAdvantages,
         });
     }
     Ok(out)
@@ -430,7 +443,7 @@ pub fn grpo_loss<F: FlowFloat>(
         coef[t] = F::from_f64_lossy(-c * (grad - beta * kl_grad));
     }
     if !loss.is_finite() {
-        return Err(Error::Overflow { stage: "grpo loss" });
+        return Err(Error::Overflow { stage: Stage::GrpoLoss });
     }
     let denom = total.max(1) as f64;
     let stats = GrpoStats {

@@ -67,8 +67,9 @@ pub mod reference;
 pub mod shaping;
 pub mod trace;
 pub mod validate;
+pub mod vocabulary;
 
-pub use error::{Error, Position, Span};
+pub use error::{Error, Position, Span, Stage};
 pub use float::FlowFloat;
 pub use reach::AnswerMode;
 pub use trace::{

@@ -21,7 +21,7 @@
 
 use core::ops::Range;
 
-use crate::error::Error;
+use crate::error::{Error, Stage};
 use crate::float::FlowFloat;
 use crate::kernels::{ROWS, axpy4_summary, keep, row_stats};
 use crate::validate::DataCheck;
@@ -37,6 +37,11 @@ pub enum AnswerMode {
     /// `h(a) = 1 + sum_{k>a} W[a][k] h(k)`.
     Relay,
 }
+
+crate::vocabulary::named_enum!(AnswerMode, "answer_mode", {
+    Absorbing => "absorbing",
+    Relay => "relay",
+});
 
 /// Computes the reach `h` of every token into `h` (f64), validating the data on the way.
 ///
@@ -176,6 +181,6 @@ fn backward<F: FlowFloat, const PRUNE: bool>(
     if h.iter().all(|x| x.is_finite()) {
         Ok(())
     } else {
-        Err(Error::Overflow { stage: "reach" })
+        Err(Error::Overflow { stage: Stage::Reach })
     }
 }

@@ -37,6 +37,16 @@ pub enum Select {
     Bottom,
 }
 
+crate::vocabulary::named_enum!(ApplyTo, "apply_to", {
+    Both => "both",
+    NonnegativeOnly => "nonnegative_only",
+});
+
+crate::vocabulary::named_enum!(Select, "select", {
+    Top => "top",
+    Bottom => "bottom",
+});
+
 /// Configuration of the shaping stage. `Default` is the paper's setting.
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[non_exhaustive]

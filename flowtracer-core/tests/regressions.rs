@@ -1,7 +1,7 @@
 //! Inputs the fuzzers found (fuzz/regressions/README.md), as unit tests.
 
 use flowtracer_core::shaping::{ShapingConfig, token_weights};
-use flowtracer_core::{AnswerMode, Error, TraceConfig, trace};
+use flowtracer_core::{AnswerMode, Error, Stage, TraceConfig, trace};
 
 /// fuzz/regressions/trace/tau-subnormal-f32: token 1 has a subnormal f32 flow; `tau` was
 /// rounded from the f64 `2 f` and differed from twice the rounded `f`.
@@ -70,7 +70,7 @@ fn grpo_loss_overflow_is_an_error() {
     };
     assert_eq!(
         grpo_loss(&batch, &cfg),
-        Err(Error::Overflow { stage: "grpo loss" })
+        Err(Error::Overflow { stage: Stage::GrpoLoss })
     );
 }
 
@@ -88,7 +88,7 @@ fn group_advantage_overflow_is_an_error() {
     assert_eq!(
         group_advantages(&[1.7e308, -1.7e308], 2, ScaleRewards::None, 1e-4),
         Err(Error::Overflow {
-            stage: "group advantages"
+            stage: Stage::GroupAdvantages
         })
     );
     assert!(group_advantages(&[1e300, -1e300], 2, ScaleRewards::Group, 1e-4).is_ok());
