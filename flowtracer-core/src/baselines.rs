@@ -48,14 +48,21 @@ crate::vocabulary::named_enum!(CreditMethod, "credit", {
     BottomFlow => "bottom_flow",
 });
 
-/// SplitMix64 (Steele, Lea and Flood 2014), the seeded generator of the `random` baseline.
-#[derive(Debug, Clone)]
+/// SplitMix64 (Steele, Lea and Flood 2014): 64 bits of state, passes BigCrush, trivially
+/// serialisable. The seeded generator of the `random` baseline, and the one generator of the
+/// trainer (problems, sampling, shuffles), so a checkpoint stores one `u64`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SplitMix64(u64);
 
 impl SplitMix64 {
-    /// A generator starting from `seed`.
+    /// A generator starting from `seed` (also how a saved [`state`](Self::state) resumes).
     pub fn new(seed: u64) -> Self {
         Self(seed)
+    }
+
+    /// The raw state: `SplitMix64::new(g.state())` continues exactly where `g` is.
+    pub fn state(&self) -> u64 {
+        self.0
     }
 
     /// The next 64 random bits.
@@ -67,9 +74,80 @@ impl SplitMix64 {
         z ^ (z >> 31)
     }
 
-    /// A uniform value in `(0, 1]` (53 random bits).
+    /// A uniform value in `(0, 1]` (53 random bits): never 0, so a drawn score always
+    /// outranks the score 0 of tokens outside the response.
     pub fn next_unit(&mut self) -> f64 {
         ((self.next_u64() >> 11) + 1) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+
+    /// A uniform value in `[0, 1)` (53 random bits), for sampling.
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+
+    /// A uniform integer in `0..n` (Lemire's multiply-shift; bias below `n / 2^64`).
+    ///
+    /// # Panics
+    ///
+    /// If `n == 0`.
+    pub fn below(&mut self, n: usize) -> usize {
+        assert!(n > 0, "SplitMix64::below(0)");
+        ((u128::from(self.next_u64()) * n as u128) >> 64) as usize
+    }
+
+    /// An independent generator derived from this one (advances `self` once).
+    pub fn fork(&mut self) -> Self {
+        Self::new(self.next_u64())
+    }
+
+    /// Fisher-Yates shuffle.
+    pub fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            let j = self.below(i + 1);
+            items.swap(i, j);
+        }
+    }
+}
+
+/// Serialised as `{"state": u64}` (what the trainer's checkpoints store).
+#[cfg(feature = "serde")]
+impl serde::Serialize for SplitMix64 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("SplitMix64", 1)?;
+        st.serialize_field("state", &self.0)?;
+        st.end()
+    }
+}
+
+#[cfg(feature = "serde")]
+impl<'de> serde::Deserialize<'de> for SplitMix64 {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct State;
+        impl<'de> serde::de::Visitor<'de> for State {
+            type Value = SplitMix64;
+            fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                f.write_str("a generator state {\"state\": u64}")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut m: M,
+            ) -> Result<SplitMix64, M::Error> {
+                let mut state = None;
+                while let Some(key) = m.next_key::<alloc::string::String>()? {
+                    if key != "state" || state.is_some() {
+                        return Err(serde::de::Error::custom(
+                            "expected exactly one field `state`",
+                        ));
+                    }
+                    state = Some(m.next_value::<u64>()?);
+                }
+                state
+                    .map(SplitMix64)
+                    .ok_or_else(|| serde::de::Error::missing_field("state"))
+            }
+        }
+        d.deserialize_struct("SplitMix64", &["state"], State)
     }
 }
 
