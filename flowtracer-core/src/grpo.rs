@@ -443,7 +443,9 @@ pub fn grpo_loss<F: FlowFloat>(
         coef[t] = F::from_f64_lossy(-c * (grad - beta * kl_grad));
     }
     if !loss.is_finite() {
-        return Err(Error::Overflow { stage: Stage::GrpoLoss });
+        return Err(Error::Overflow {
+            stage: Stage::GrpoLoss,
+        });
     }
     let denom = total.max(1) as f64;
     let stats = GrpoStats {

@@ -181,6 +181,8 @@ fn backward<F: FlowFloat, const PRUNE: bool>(
     if h.iter().all(|x| x.is_finite()) {
         Ok(())
     } else {
-        Err(Error::Overflow { stage: Stage::Reach })
+        Err(Error::Overflow {
+            stage: Stage::Reach,
+        })
     }
 }

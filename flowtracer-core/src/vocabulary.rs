@@ -176,7 +176,9 @@ mod tests {
             assert_eq!(text.parse::<LayerSelection>().unwrap(), sel, "{text}");
             assert_eq!(sel.to_string(), text);
         }
-        for bad in ["", "middle2", "1,,2", "3..", "..3", "a..b", "spaced:", "spaced:x", "-1"] {
+        for bad in [
+            "", "middle2", "1,,2", "3..", "..3", "a..b", "spaced:", "spaced:x", "-1",
+        ] {
             assert!(
                 matches!(
                     bad.parse::<LayerSelection>(),

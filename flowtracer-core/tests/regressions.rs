@@ -70,7 +70,9 @@ fn grpo_loss_overflow_is_an_error() {
     };
     assert_eq!(
         grpo_loss(&batch, &cfg),
-        Err(Error::Overflow { stage: Stage::GrpoLoss })
+        Err(Error::Overflow {
+            stage: Stage::GrpoLoss
+        })
     );
 }
 
