@@ -1,24 +1,84 @@
-"""Checks the Markdown: every relative link resolves (external links are not fetched), and
-every Python snippet compiles (Rust snippets are doctests of the crates; shell snippets
-are commands). Exits 1 listing what is broken."""
+"""Checks the Markdown: every relative link resolves (external links are not fetched), every
+`#fragment` of a link to a Markdown file (or within the same file) names an anchor of that
+file, and every Python snippet compiles (Rust snippets are doctests of the crates; shell
+snippets are commands). Exits 1 listing what is broken.
+
+An anchor is either an explicit `<a id="...">` / `<a name="...">` in the target file, or
+the GitHub slug of one of its headings: the heading text with inline Markdown removed,
+lowercased, every character that is not a letter, digit, space, `-` or `_` dropped, spaces
+turned into `-`; a slug seen before gets `-1`, `-2`, ... appended. Fragments of links to
+other files (source, images, directories) are not checked."""
 import pathlib
 import re
 import sys
+import urllib.parse
 
 root = pathlib.Path(__file__).resolve().parent.parent
 link = re.compile(r"\]\(([^)\s]+)\)")
+fence = re.compile(r"```.*?```", flags=re.S)
+heading = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.*?)(?:[ \t]+#+)?[ \t]*$", flags=re.M)
+explicit = re.compile(r"""<a\s[^>]*?\b(?:id|name)\s*=\s*["']([^"']+)["']""", flags=re.I)
+
+
+def strip_code_blocks(text):
+    """The text without fenced code blocks: links and headings in them are examples."""
+    return fence.sub("", text)
+
+
+def slug(text):
+    """GitHub's anchor for a heading whose source text is `text` (before deduplication)."""
+    text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", text)  # links and images: their text
+    text = re.sub(r"<[^>]+>", "", text)  # inline HTML tags
+    text = text.strip().lower()
+    text = re.sub(r"[^\w\- ]", "", text)  # \w: Unicode letters, digits and `_`
+    return text.replace(" ", "-")
+
+
+_anchors = {}
+
+
+def anchors(md):
+    """Every fragment that resolves in the Markdown file `md`."""
+    if md not in _anchors:
+        text = strip_code_blocks(md.read_text(encoding="utf-8"))
+        found = set(explicit.findall(text))
+        seen = {}
+        for _, title in heading.findall(text):
+            base = slug(title)
+            n = seen.get(base, 0)
+            seen[base] = n + 1
+            found.add(base if n == 0 else f"{base}-{n}")
+        _anchors[md] = found
+    return _anchors[md]
+
+
 broken = []
-files = [p for p in root.rglob("*.md") if "target" not in p.parts and ".git" not in p.parts]
+files = [
+    p
+    for p in root.rglob("*.md")
+    if "target" not in p.relative_to(root).parts and ".git" not in p.relative_to(root).parts
+]
 for md in files:
-    text = md.read_text(encoding="utf-8")
     # Links inside code blocks are examples, not links.
-    text = re.sub(r"```.*?```", "", text, flags=re.S)
+    text = strip_code_blocks(md.read_text(encoding="utf-8"))
     for target in link.findall(text):
-        if re.match(r"^[a-z]+:", target) or target.startswith("#"):
+        if re.match(r"^[a-z][a-z0-9+.-]*:", target):
             continue
-        path = target.split("#", 1)[0]
-        if not (md.parent / path).exists():
-            broken.append(f"{md.relative_to(root)}: {target}")
+        path, _, fragment = target.partition("#")
+        dest = (md.parent / path) if path else md
+        if not dest.exists():
+            broken.append(f"{md.relative_to(root)}: link {target}: no file {path}")
+            continue
+        if not fragment or dest.suffix.lower() != ".md" or not dest.is_file():
+            continue
+        fragment = urllib.parse.unquote(fragment)
+        dest = dest.resolve()
+        if fragment not in anchors(dest):
+            shown = dest.relative_to(root) if dest.is_relative_to(root) else dest
+            broken.append(
+                f"{md.relative_to(root)}: link {target}: no anchor '#{fragment}' in {shown}"
+                " (neither an <a id/name> nor a heading slug)"
+            )
 snippets = 0
 for md in files:
     for i, code in enumerate(re.findall(r"```python\n(.*?)```", md.read_text(encoding="utf-8"), flags=re.S)):
