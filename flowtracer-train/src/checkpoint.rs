@@ -2,10 +2,11 @@
 //!
 //! A checkpoint is a directory `checkpoint-NNNNNN/` holding the policy (`model.bpk`), the
 //! Adam state (`optim.bpk`), the frozen reference when there is one (`reference.bpk`) and
-//! `state.json` (step, RNG state, configs). It is written into a temporary directory and
-//! renamed into place; then the `latest` file (itself written to a temporary file and
-//! renamed) is switched to it, and older checkpoints are removed. A kill at any moment
-//! leaves either the previous or the new checkpoint complete.
+//! `state.json` (step, RNG state, configs). Each file is written durably
+//! ([`write_atomic`]: fsynced) into a temporary directory, which is renamed into place (and
+//! the run directory fsynced); then the `latest` file (itself written with [`write_atomic`])
+//! is switched to it, and older checkpoints are removed. A kill at any moment leaves either
+//! the previous or the new checkpoint complete.
 
 use std::collections::HashSet;
 use std::fs;
@@ -14,20 +15,23 @@ use std::path::{Path, PathBuf};
 use burn::module::Module;
 use burn::store::ModuleRecord;
 use burn::tensor::Device;
+use flowtracer_core::baselines::SplitMix64;
 use serde::{Deserialize, Serialize};
 
-use crate::grpo::{GrpoConfig, TrainError, Trainer};
+use crate::atomic::{rename_durable, sync_dir, write_atomic};
+use crate::config::GrpoConfig;
+use crate::error::{FileError, TrainError};
 use crate::model::ModelConfig;
-use crate::rng::Rng;
 use crate::sft::adam;
 use crate::task::TaskConfig;
+use crate::trainer::Trainer;
 
 /// The JSON part of a checkpoint.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct State {
     /// Completed GRPO steps.
     pub step: usize,
-    /// The run's RNG state.
+    /// The run's RNG state ([`SplitMix64::state`]).
     pub rng: u64,
     /// GRPO knobs.
     pub config: GrpoConfig,
@@ -37,53 +41,48 @@ pub struct State {
     pub model: ModelConfig,
 }
 
-fn io<E: core::fmt::Display>(what: &str) -> impl FnOnce(E) -> TrainError + '_ {
-    move |e| TrainError::Io(format!("{what}: {e}"))
-}
-
-/// Writes `bytes` to `path` atomically (temporary file in the same directory + rename).
-///
-/// # Errors
-///
-/// I/O errors.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    fs::write(&tmp, bytes)?;
-    fs::rename(&tmp, path)
-}
-
 /// Saves the trainer under `dir` (see the module docs for the layout).
 ///
+/// Every file is written with [`write_atomic`] (fsynced) into the temporary directory, which
+/// is then renamed into place and the run directory fsynced, before `latest` is switched.
+///
 /// # Errors
 ///
-/// [`TrainError::Io`].
+/// [`TrainError::File`] naming the file that could not be written.
 pub fn save(
     trainer: &Trainer,
     model_config: &ModelConfig,
     dir: &Path,
 ) -> Result<PathBuf, TrainError> {
-    fs::create_dir_all(dir).map_err(io("create run dir"))?;
+    fs::create_dir_all(dir).map_err(|e| FileError::new("create", dir, e))?;
     let name = format!("checkpoint-{:06}", trainer.step);
     let tmp = dir.join(format!(".{name}.tmp"));
     if tmp.exists() {
-        fs::remove_dir_all(&tmp).map_err(io("clear temp dir"))?;
+        fs::remove_dir_all(&tmp).map_err(|e| FileError::new("clear", &tmp, e))?;
     }
-    fs::create_dir_all(&tmp).map_err(io("create temp dir"))?;
-    trainer
+    fs::create_dir_all(&tmp).map_err(|e| FileError::new("create", &tmp, e))?;
+    let model_path = tmp.join("model.bpk");
+    let model = trainer
         .model
         .clone()
         .into_record()
-        .save(tmp.join("model.bpk"))
-        .map_err(io("save model"))?;
-    trainer
+        .into_bytes()
+        .map_err(|e| FileError::new("encode the model for", &model_path, e))?;
+    write_atomic(&model_path, &model)?;
+    let optim_path = tmp.join("optim.bpk");
+    let optim = trainer
         .optim
-        .save(tmp.join("optim.bpk"))
-        .map_err(io("save optimizer"))?;
+        .into_bytes()
+        .map_err(|e| FileError::new("encode the optimizer for", &optim_path, e))?;
+    write_atomic(&optim_path, &optim)?;
     if let Some(r) = &trainer.reference {
-        r.clone()
+        let path = tmp.join("reference.bpk");
+        let reference = r
+            .clone()
             .into_record()
-            .save(tmp.join("reference.bpk"))
-            .map_err(io("save reference"))?;
+            .into_bytes()
+            .map_err(|e| FileError::new("encode the reference for", &path, e))?;
+        write_atomic(&path, &reference)?;
     }
     let state = State {
         step: trainer.step,
@@ -92,14 +91,16 @@ pub fn save(
         task: trainer.task.clone(),
         model: model_config.clone(),
     };
-    let json = serde_json::to_vec_pretty(&state).map_err(io("encode state"))?;
-    fs::write(tmp.join("state.json"), json).map_err(io("write state"))?;
+    let state_path = tmp.join("state.json");
+    let json =
+        serde_json::to_vec_pretty(&state).map_err(|e| FileError::new("encode", &state_path, e))?;
+    write_atomic(&state_path, &json)?;
     let target = dir.join(&name);
     if target.exists() {
-        fs::remove_dir_all(&target).map_err(io("replace checkpoint"))?;
+        fs::remove_dir_all(&target).map_err(|e| FileError::new("replace", &target, e))?;
     }
-    fs::rename(&tmp, &target).map_err(io("publish checkpoint"))?;
-    write_atomic(&dir.join("latest"), name.as_bytes()).map_err(io("write latest"))?;
+    rename_durable(&tmp, &target)?;
+    write_atomic(&dir.join("latest"), name.as_bytes())?;
     // Remove older checkpoints.
     if let Ok(entries) = fs::read_dir(dir) {
         for e in entries.flatten() {
@@ -109,6 +110,7 @@ pub fn save(
             }
         }
     }
+    let _ = sync_dir(dir);
     Ok(target)
 }
 
@@ -123,21 +125,25 @@ pub fn latest(dir: &Path) -> Option<PathBuf> {
 ///
 /// # Errors
 ///
-/// [`TrainError::Io`] when a file is missing or unreadable.
+/// [`TrainError::File`] naming a file that is missing or unreadable.
 pub fn load(
     path: &Path,
     held_out: HashSet<Vec<u32>>,
     device: Device,
 ) -> Result<(Trainer, ModelConfig), TrainError> {
-    let json = fs::read(path.join("state.json")).map_err(io("read state"))?;
-    let state: State = serde_json::from_slice(&json).map_err(io("decode state"))?;
+    let state_path = path.join("state.json");
+    let json = fs::read(&state_path).map_err(|e| FileError::new("read", &state_path, e))?;
+    let state: State =
+        serde_json::from_slice(&json).map_err(|e| FileError::new("decode", &state_path, e))?;
     let ad = device.clone().autodiff();
-    let record = ModuleRecord::load(path.join("model.bpk")).map_err(io("load model"))?;
+    let model_path = path.join("model.bpk");
+    let record =
+        ModuleRecord::load(&model_path).map_err(|e| FileError::new("load", &model_path, e))?;
     let model = state
         .model
         .init(0, &ad)
         .try_load_record(record)
-        .map_err(io("apply model"))?;
+        .map_err(|e| FileError::new("apply the model in", &model_path, e))?;
     let mut trainer = Trainer::new(
         state.config.clone(),
         state.task.clone(),
@@ -145,24 +151,26 @@ pub fn load(
         held_out,
         device.clone(),
     )?;
-    trainer.reference = if path.join("reference.bpk").exists() {
-        let record =
-            ModuleRecord::load(path.join("reference.bpk")).map_err(io("load reference"))?;
+    let reference_path = path.join("reference.bpk");
+    trainer.reference = if reference_path.exists() {
+        let record = ModuleRecord::load(&reference_path)
+            .map_err(|e| FileError::new("load", &reference_path, e))?;
         Some(
             state
                 .model
                 .init(0, &device)
                 .try_load_record(record)
-                .map_err(io("apply reference"))?
+                .map_err(|e| FileError::new("apply the reference in", &reference_path, e))?
                 .valid(),
         )
     } else {
         None
     };
+    let optim_path = path.join("optim.bpk");
     trainer.optim = adam()
-        .load(path.join("optim.bpk"))
-        .map_err(io("load optimizer"))?;
-    trainer.rng = Rng::new(state.rng);
+        .load(&optim_path)
+        .map_err(|e| FileError::new("load", &optim_path, e))?;
+    trainer.rng = SplitMix64::new(state.rng);
     trainer.step = state.step;
     Ok((trainer, state.model))
 }

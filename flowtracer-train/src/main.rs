@@ -5,7 +5,8 @@
 //! - `flowtracer compare`: uniform vs FlowTracer vs baselines over several seeds.
 //! - `flowtracer score` / `flowtracer explain`: score an attention dump of another model.
 //!
-//! Exit codes: 0 success, 1 training failure (e.g. non-finite loss), 2 bad input.
+//! Exit codes: 0 success, 1 training failure (e.g. non-finite loss), 2 bad input (see
+//! [`cli::ExitCode`]).
 
 use std::process::ExitCode;
 
@@ -39,31 +40,18 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result: Result<(), (u8, String)> = match cli.command {
-        Command::Demo(a) => a
-            .knobs
-            .validate()
-            .map_err(|e| (2, e))
-            .and_then(|()| cli::demo::run(a).map_err(|e| (1, e))),
-        Command::Train(a) => a
-            .knobs
-            .validate()
-            .map_err(|e| (2, e))
-            .and_then(|()| cli::train::run(a).map_err(|e| (1, e))),
-        Command::Compare(a) if a.report_only => cli::compare::report_only(&a).map_err(|e| (2, e)),
-        Command::Compare(a) => a
-            .knobs
-            .validate()
-            .map_err(|e| (2, e))
-            .and_then(|()| cli::compare::run(a).map_err(|e| (1, e))),
-        Command::Score(a) => cli::score::run(a).map_err(|e| (2, e.to_string())),
-        Command::Explain(a) => cli::explain::run(a).map_err(|e| (2, e.to_string())),
+    let result = match cli.command {
+        Command::Demo(a) => cli::demo::run(a),
+        Command::Train(a) => cli::train::run(a),
+        Command::Compare(a) => cli::compare::run(a),
+        Command::Score(a) => cli::score::run(a),
+        Command::Explain(a) => cli::explain::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err((code, msg)) => {
-            eprintln!("error: {msg}");
-            ExitCode::from(code)
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.code().into()
         }
     }
 }

@@ -13,9 +13,8 @@ use burn::module::{Module, Param};
 use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::activation::{gelu, softmax};
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use flowtracer_core::baselines::SplitMix64;
 use serde::{Deserialize, Serialize};
-
-use crate::rng::Rng;
 
 /// Shape of the model.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,7 +54,7 @@ impl ModelConfig {
             self.n_heads > 0 && self.d_model.is_multiple_of(self.n_heads),
             "d_model must be a multiple of n_heads"
         );
-        let mut rng = Rng::new(seed);
+        let mut rng = SplitMix64::new(seed);
         let d = self.d_model;
         let std = 0.02;
         let proj_std = 0.02 / (2.0 * self.n_layers as f64).sqrt();
@@ -87,7 +86,7 @@ impl ModelConfig {
 
 /// Uniform init with the given standard deviation (bound `sqrt(3) * std`).
 fn uniform<const D: usize>(
-    rng: &mut Rng,
+    rng: &mut SplitMix64,
     shape: [usize; D],
     std: f64,
     device: &Device,
@@ -100,7 +99,7 @@ fn uniform<const D: usize>(
     Tensor::from_data(TensorData::new(data, shape), device)
 }
 
-fn linear(rng: &mut Rng, d_in: usize, d_out: usize, std: f64, device: &Device) -> Linear {
+fn linear(rng: &mut SplitMix64, d_in: usize, d_out: usize, std: f64, device: &Device) -> Linear {
     Linear {
         weight: Param::from_tensor(uniform(rng, [d_in, d_out], std, device)),
         bias: Some(Param::from_tensor(Tensor::zeros([d_out], device))),

@@ -1,8 +1,12 @@
-//! Learning-curve SVGs with plotters' SVG backend (no system fonts needed).
+//! Learning-curve SVGs with plotters' SVG backend (no system fonts needed), drawn in memory
+//! and written with [`write_atomic`].
 
 use std::path::Path;
 
 use plotters::prelude::*;
+
+use crate::atomic::write_atomic;
+use crate::error::FileError;
 
 /// One curve: a label, points, and an optional ± band (same x as `points`).
 #[derive(Debug, Clone, PartialEq)]
@@ -30,15 +34,21 @@ const COLORS: [RGBColor; 8] = [
 ///
 /// # Errors
 ///
-/// A message when drawing or writing fails.
+/// A [`FileError`] naming `path` when drawing (action "draw") or writing fails.
 pub fn line_chart(
     path: &Path,
     title: &str,
     x_label: &str,
     y_label: &str,
     series: &[Series],
-) -> Result<(), String> {
-    let err = |e: &dyn core::fmt::Display| format!("plot {}: {e}", path.display());
+) -> Result<(), FileError> {
+    let svg = draw(title, x_label, y_label, series).map_err(|e| FileError::new("draw", path, e))?;
+    write_atomic(path, svg.as_bytes())
+}
+
+/// The SVG text of the chart.
+fn draw(title: &str, x_label: &str, y_label: &str, series: &[Series]) -> Result<String, String> {
+    let err = |e: &dyn core::fmt::Display| e.to_string();
     let (mut x_max, mut y_min, mut y_max) = (1.0f64, f64::INFINITY, f64::NEG_INFINITY);
     for s in series {
         for (i, &(x, y)) in s.points.iter().enumerate() {
@@ -52,7 +62,8 @@ pub fn line_chart(
         (y_min, y_max) = (0.0, 1.0);
     }
     let pad = ((y_max - y_min) * 0.05).max(0.01);
-    let root = SVGBackend::new(path, (800, 500)).into_drawing_area();
+    let mut svg = String::new();
+    let root = SVGBackend::with_string(&mut svg, (800, 500)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 22))
@@ -103,5 +114,7 @@ pub fn line_chart(
         .draw()
         .map_err(|e| err(&e))?;
     root.present().map_err(|e| err(&e))?;
-    Ok(())
+    drop(chart);
+    drop(root);
+    Ok(svg)
 }

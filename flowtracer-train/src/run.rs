@@ -10,12 +10,16 @@ use burn::module::Module;
 use burn::tensor::Device;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use flowtracer_core::baselines::SplitMix64;
+
+use crate::atomic::write_atomic;
 use crate::checkpoint;
-use crate::grpo::{StepMetrics, TrainError, Trainer};
+use crate::error::{FileError, TrainError};
+use crate::metrics::StepMetrics;
 use crate::model::{ModelConfig, Transformer};
-use crate::rng::Rng;
 use crate::sft::{self, SftConfig};
 use crate::task::{Problem, TaskConfig};
+use crate::trainer::Trainer;
 
 /// How a GRPO loop is driven.
 #[derive(Debug, Clone)]
@@ -74,7 +78,7 @@ pub fn warmup(
 ) -> Transformer {
     let ad = device.clone().autodiff();
     let model = model_config.init(seed, &ad);
-    let mut rng = Rng::new(seed ^ 0x5F7_0000);
+    let mut rng = SplitMix64::new(seed ^ 0x5F7_0000);
     let bar = progress(sft_config.steps, quiet, "warm-up");
     let model = sft::warmup(model, task, sft_config, held, &mut rng, &ad, |_, loss| {
         bar.inc(1);
@@ -117,11 +121,11 @@ pub fn eval_accuracy(
 }
 
 /// Keeps the lines of `metrics.jsonl` up to `step` (used when resuming).
-fn truncate_metrics(path: &Path, step: usize) -> std::io::Result<Vec<StepMetrics>> {
+fn truncate_metrics(path: &Path, step: usize) -> Result<Vec<StepMetrics>, FileError> {
     let mut kept = Vec::new();
     if let Ok(f) = File::open(path) {
         for line in BufReader::new(f).lines() {
-            let line = line?;
+            let line = line.map_err(|e| FileError::new("read", path, e))?;
             if let Ok(m) = serde_json::from_str::<StepMetrics>(&line)
                 && m.step <= step
             {
@@ -134,7 +138,7 @@ fn truncate_metrics(path: &Path, step: usize) -> std::io::Result<Vec<StepMetrics
         out.push_str(&serde_json::to_string(m).expect("serialisable"));
         out.push('\n');
     }
-    checkpoint::write_atomic(path, out.as_bytes())?;
+    write_atomic(path, out.as_bytes())?;
     Ok(kept)
 }
 
@@ -150,15 +154,15 @@ pub fn grpo_loop(
     eval: &[Problem],
     opts: &LoopOptions,
 ) -> Result<Vec<StepMetrics>, TrainError> {
-    let ioe = |e: std::io::Error| TrainError::Io(e.to_string());
-    fs::create_dir_all(&opts.out_dir).map_err(ioe)?;
+    fs::create_dir_all(&opts.out_dir).map_err(|e| FileError::new("create", &opts.out_dir, e))?;
     let path = opts.out_dir.join("metrics.jsonl");
-    let mut all = truncate_metrics(&path, trainer.step).map_err(ioe)?;
+    let mut all = truncate_metrics(&path, trainer.step)?;
+    let append = |e: std::io::Error| FileError::new("append to", &path, e);
     let mut file = OpenOptions::new()
         .append(true)
         .create(true)
         .open(&path)
-        .map_err(ioe)?;
+        .map_err(append)?;
     let bar = progress(opts.steps, opts.quiet, &opts.label);
     bar.set_position(trainer.step as u64);
     let eval_subset = &eval[..opts.eval_size.min(eval.len())];
@@ -175,8 +179,8 @@ pub fn grpo_loop(
             m.eval_accuracy = Some(g);
             m.eval_sampled_accuracy = Some(s);
         }
-        writeln!(file, "{}", serde_json::to_string(&m).expect("serialisable")).map_err(ioe)?;
-        file.flush().map_err(ioe)?;
+        writeln!(file, "{}", serde_json::to_string(&m).expect("serialisable")).map_err(append)?;
+        file.flush().map_err(append)?;
         bar.inc(1);
         bar.set_message(format!(
             "reward {:.2} acc {:.2}{}",

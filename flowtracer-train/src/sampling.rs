@@ -3,13 +3,13 @@
 //!
 //! Prompts are left-padded so that every row's next token goes to the same column; position
 //! ids count real tokens only, so padding does not shift positions. Sampling happens on the
-//! host from the last column's logits with the crate's [`Rng`], so a run is reproducible from
+//! host from the last column's logits with the core's [`SplitMix64`], so a run is reproducible from
 //! its seed.
 
 use burn::tensor::{Device, Tensor, TensorData};
+use flowtracer_core::baselines::SplitMix64;
 
 use crate::model::{Batch, KvCache, NEG, Transformer, int_tensor};
-use crate::rng::Rng;
 use crate::tokenizer::{EOS, PAD};
 
 /// How completions are drawn.
@@ -53,7 +53,7 @@ pub fn left_pad(prompts: &[Vec<u32>]) -> Batch {
 }
 
 /// Draws one token from a row of logits.
-pub fn sample_token(logits: &[f32], config: &SamplingConfig, rng: &mut Rng) -> u32 {
+pub fn sample_token(logits: &[f32], config: &SamplingConfig, rng: &mut SplitMix64) -> u32 {
     if config.temperature <= 0.0 {
         let mut best = 0;
         for (i, &v) in logits.iter().enumerate() {
@@ -97,7 +97,7 @@ pub fn generate(
     model: &Transformer,
     prompts: &[Vec<u32>],
     config: &SamplingConfig,
-    rng: &mut Rng,
+    rng: &mut SplitMix64,
     device: &Device,
 ) -> Vec<Completion> {
     let b = prompts.len();

@@ -6,15 +6,15 @@ use burn::grad_clipping::GradientClippingConfig;
 use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Tensor, TensorData};
+use flowtracer_core::baselines::SplitMix64;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{Batch, Transformer, int_tensor, token_logps};
-use crate::rng::Rng;
 use crate::sampling::{SamplingConfig, generate};
 use crate::task::{Problem, TaskConfig, generate as gen_problem, reward};
 use crate::tokenizer::PAD;
 
-/// Warm-up settings.
+/// Warm-up settings. `Default` is the demo's warm-up (the `--warmup-*` knobs' defaults).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SftConfig {
     /// Optimizer steps.
@@ -30,13 +30,17 @@ impl Default for SftConfig {
         Self {
             steps: 600,
             batch_size: 32,
-            lr: 2e-3,
+            lr: 3e-3,
         }
     }
 }
 
 /// Draws a training problem whose prompt is not in the held-out set.
-pub fn train_problem(task: &TaskConfig, held_out: &HashSet<Vec<u32>>, rng: &mut Rng) -> Problem {
+pub fn train_problem(
+    task: &TaskConfig,
+    held_out: &HashSet<Vec<u32>>,
+    rng: &mut SplitMix64,
+) -> Problem {
     loop {
         let p = gen_problem(task, rng);
         if !held_out.contains(&p.prompt) {
@@ -110,7 +114,7 @@ pub fn warmup(
     task: &TaskConfig,
     config: &SftConfig,
     held_out: &HashSet<Vec<u32>>,
-    rng: &mut Rng,
+    rng: &mut SplitMix64,
     device: &Device,
     mut on_step: impl FnMut(usize, f32),
 ) -> Transformer {
@@ -148,7 +152,7 @@ pub fn evaluate(
         top_k: 0,
         max_completion_length,
     };
-    let mut rng = Rng::new(0);
+    let mut rng = SplitMix64::new(0);
     let mut correct = 0.0;
     for chunk in problems.chunks(batch_size.max(1)) {
         let prompts: Vec<Vec<u32>> = chunk.iter().map(|p| p.prompt.clone()).collect();
@@ -181,7 +185,7 @@ pub fn evaluate_sampled(
         top_k: 0,
         max_completion_length,
     };
-    let mut rng = Rng::new(seed ^ 0xE7A1);
+    let mut rng = SplitMix64::new(seed ^ 0xE7A1);
     let mut correct = 0.0;
     for chunk in problems.chunks(128) {
         let prompts: Vec<Vec<u32>> = chunk

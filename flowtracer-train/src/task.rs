@@ -13,10 +13,11 @@
 //! truly decisive for the answer: the operand and result digits of the chain steps and the
 //! answer digit. Distractor steps, names, operators, separators and tags are not decisive.
 
+use flowtracer_core::baselines::SplitMix64;
 use serde::{Deserialize, Serialize};
 
 use crate::answer::{AnswerSpan, locate_answer};
-use crate::rng::Rng;
+use crate::error::ConfigError;
 use crate::tokenizer::{self, BOS, EOS, digit_token, token_digit};
 
 /// The difficulty knob of the task.
@@ -63,34 +64,37 @@ impl TaskConfig {
     ///
     /// # Errors
     ///
-    /// A message naming the first field out of range.
-    pub fn validate(&self) -> Result<(), String> {
+    /// A [`ConfigError`] naming the first field out of range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if !(2..=4).contains(&self.num_base) {
-            return Err(format!("num_base must be in 2..=4, got {}", self.num_base));
+            return Err(ConfigError::knob(format!(
+                "num_base must be in 2..=4, got {}",
+                self.num_base
+            )));
         }
         if !(1..=4).contains(&self.chain_steps) {
-            return Err(format!(
+            return Err(ConfigError::knob(format!(
                 "chain_steps must be in 1..=4, got {}",
                 self.chain_steps
-            ));
+            )));
         }
         if self.distractor_steps > 3 {
-            return Err(format!(
+            return Err(ConfigError::knob(format!(
                 "distractor_steps must be in 0..=3, got {}",
                 self.distractor_steps
-            ));
+            )));
         }
         if !(0.0..=1.0).contains(&self.literal_prob) {
-            return Err(format!(
+            return Err(ConfigError::knob(format!(
                 "literal_prob must be in [0, 1], got {}",
                 self.literal_prob
-            ));
+            )));
         }
         if self.ops.is_empty() || !self.ops.chars().all(|c| "+-*".contains(c)) {
-            return Err(format!(
+            return Err(ConfigError::knob(format!(
                 "ops must be a non-empty subset of \"+-*\", got {:?}",
                 self.ops
-            ));
+            )));
         }
         Ok(())
     }
@@ -126,7 +130,7 @@ enum Operand {
 }
 
 /// Generates one problem.
-pub fn generate(config: &TaskConfig, rng: &mut Rng) -> Problem {
+pub fn generate(config: &TaskConfig, rng: &mut SplitMix64) -> Problem {
     let mut names: Vec<u8> = (b'a'..=b'j').collect();
     rng.shuffle(&mut names);
     let mut values: Vec<u8> = Vec::new();
@@ -148,7 +152,7 @@ pub fn generate(config: &TaskConfig, rng: &mut Rng) -> Problem {
     for (s, &is_chain) in kinds.iter().enumerate() {
         let var = config.num_base + s;
         let defined = var; // variables 0..var exist
-        let pick_var = |rng: &mut Rng, allowed: &dyn Fn(usize) -> bool| -> usize {
+        let pick_var = |rng: &mut SplitMix64, allowed: &dyn Fn(usize) -> bool| -> usize {
             loop {
                 let v = rng.below(defined);
                 if allowed(v) {
@@ -249,7 +253,7 @@ pub fn reward(answer: u8, completion: &[u32]) -> f32 {
 
 /// A held-out evaluation set: `n` problems from their own seed stream.
 pub fn eval_set(config: &TaskConfig, n: usize, seed: u64) -> Vec<Problem> {
-    let mut rng = Rng::new(seed ^ 0x5EED_E7A1_0000_0000);
+    let mut rng = SplitMix64::new(seed ^ 0x5EED_E7A1_0000_0000);
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::with_capacity(n);
     let mut tries = 0;

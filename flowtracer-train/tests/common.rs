@@ -1,10 +1,11 @@
 //! Shared fixtures: a tiny model and trainer.
 
 use burn::tensor::Device;
-use flowtracer_train::credit::Credit;
-use flowtracer_train::grpo::{GrpoConfig, Trainer};
+use flowtracer_core::baselines::CreditMethod;
+use flowtracer_train::config::GrpoConfig;
 use flowtracer_train::model::ModelConfig;
 use flowtracer_train::task::TaskConfig;
+use flowtracer_train::trainer::Trainer;
 
 pub(crate) fn model_config() -> ModelConfig {
     ModelConfig {
@@ -20,7 +21,7 @@ pub(crate) fn task() -> TaskConfig {
     TaskConfig::level(1)
 }
 
-pub(crate) fn config(credit: Credit) -> GrpoConfig {
+pub(crate) fn config(credit: CreditMethod) -> GrpoConfig {
     let mut c = GrpoConfig {
         num_generations: 4,
         prompts_per_step: 2,
@@ -33,7 +34,7 @@ pub(crate) fn config(credit: Credit) -> GrpoConfig {
     c
 }
 
-pub(crate) fn trainer(credit: Credit) -> Trainer {
+pub(crate) fn trainer(credit: CreditMethod) -> Trainer {
     let device = Device::flex();
     let model = model_config().init(5, &device.clone().autodiff());
     Trainer::new(config(credit), task(), model, Default::default(), device).expect("valid config")

@@ -2,23 +2,24 @@
 
 use burn::module::Module;
 use flowtracer_core::aggregate::{LayerSelection, Layout, aggregate};
+use flowtracer_core::baselines::{CreditMethod, SplitMix64};
 use flowtracer_core::flow::conservation_residual;
 use flowtracer_core::grpo::{ScaleRewards, group_advantages};
 use flowtracer_core::shaping::{shape_advantage, token_weights};
 use flowtracer_core::{TraceConfig, trace};
-use flowtracer_train::credit::Credit;
-use flowtracer_train::grpo::{Rollout, Trainer};
-use flowtracer_train::rng::Rng;
+use flowtracer_train::config::ADV_EPS;
+use flowtracer_train::rollout::Rollout;
 use flowtracer_train::sampling::Completion;
 use flowtracer_train::task::{generate, reward};
 use flowtracer_train::tokenizer::{EOS, digit_token};
+use flowtracer_train::trainer::Trainer;
 
 use crate::common::{task, trainer};
 
 /// Two problems, four completions each: canonical (reward 1), a wrong answer (reward 0),
 /// a short one without answer (ragged, reward 0) and canonical again.
 fn fixed_rollout(t: &Trainer) -> Rollout {
-    let mut rng = Rng::new(11);
+    let mut rng = SplitMix64::new(11);
     let mut problems = Vec::new();
     let mut completions = Vec::new();
     for _ in 0..2 {
@@ -41,14 +42,14 @@ fn fixed_rollout(t: &Trainer) -> Rollout {
         .map(|(p, c)| f64::from(reward(p.answer, &c.tokens)))
         .collect();
     assert_eq!(rewards, [1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0]);
-    let adv = group_advantages(&rewards, 4, ScaleRewards::Group, 1e-4).unwrap();
+    let adv = group_advantages(&rewards, 4, ScaleRewards::Group, ADV_EPS).unwrap();
     t.score(t.model.valid(), problems, completions, rewards, adv, 7)
         .unwrap()
 }
 
 #[test]
 fn a_few_grpo_steps_lower_the_loss_on_a_fixed_batch() {
-    for credit in [Credit::Uniform, Credit::Flowtracer] {
+    for credit in [CreditMethod::Uniform, CreditMethod::FlowTracer] {
         let mut t = trainer(credit);
         let r = fixed_rollout(&t);
         let before = t.loss_on(&r).unwrap();
@@ -65,7 +66,7 @@ fn a_few_grpo_steps_lower_the_loss_on_a_fixed_batch() {
 
 #[test]
 fn shaped_advantages_equal_the_core() {
-    let t = trainer(Credit::Flowtracer);
+    let t = trainer(CreditMethod::FlowTracer);
     let r = fixed_rollout(&t);
     let shaping = t.config.credit.shaping();
     let c = r.completion_len;
@@ -128,7 +129,7 @@ fn shaped_advantages_equal_the_core() {
 
 #[test]
 fn padding_does_not_change_a_sequence_attention() {
-    let t = trainer(Credit::Flowtracer);
+    let t = trainer(CreditMethod::FlowTracer);
     let r = fixed_rollout(&t);
     // Re-score sequence 2 (the short, ragged one) alone.
     let alone = t
@@ -150,24 +151,24 @@ fn padding_does_not_change_a_sequence_attention() {
 
 #[test]
 fn training_steps_run_for_every_credit_method() {
-    for credit in Credit::ALL {
+    for &credit in CreditMethod::ALL {
         let mut t = trainer(credit);
         let m = t.train_step().unwrap();
         assert_eq!(m.step, 1);
         assert!(m.loss.is_finite());
-        assert!((0.0..=1.0).contains(&m.no_answer_frac));
+        assert!((0.0..=1.0).contains(&m.flow.no_answer_frac));
     }
 }
 
 #[test]
 fn a_non_finite_loss_stops_with_the_step_and_keeps_the_model() {
-    let mut t = trainer(Credit::Flowtracer);
+    let mut t = trainer(CreditMethod::FlowTracer);
     let mut r = fixed_rollout(&t);
     let before = flowtracer_train::model::param_values(&t.model);
     r.advantages[0] = f64::NAN;
     let err = t.update(&r).unwrap_err();
     match &err {
-        flowtracer_train::grpo::TrainError::NonFiniteLoss { step, .. } => assert_eq!(*step, 1),
+        flowtracer_train::error::TrainError::NonFiniteLoss { step, .. } => assert_eq!(*step, 1),
         other => panic!("unexpected error {other}"),
     }
     assert!(err.to_string().contains("step 1"), "{err}");

@@ -1,22 +1,22 @@
 //! Resume after a checkpoint equals an uninterrupted run.
 
 use burn::tensor::Device;
+use flowtracer_core::baselines::CreditMethod;
 use flowtracer_train::checkpoint;
-use flowtracer_train::credit::Credit;
 use flowtracer_train::model::param_values;
 
 use crate::common::{model_config, temp_dir, trainer};
 
 #[test]
 fn resume_after_checkpoint_equals_uninterrupted_run() {
-    let mut straight = trainer(Credit::Flowtracer);
+    let mut straight = trainer(CreditMethod::FlowTracer);
     let mut m_straight = Vec::new();
     for _ in 0..4 {
         m_straight.push(straight.train_step().unwrap());
     }
 
     let dir = temp_dir("resume");
-    let mut first = trainer(Credit::Flowtracer);
+    let mut first = trainer(CreditMethod::FlowTracer);
     first.train_step().unwrap();
     first.train_step().unwrap();
     checkpoint::save(&first, &model_config(), &dir).unwrap();

@@ -11,19 +11,22 @@ use core::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use flowtracer_core::baselines::CreditMethod;
 use serde::{Deserialize, Serialize};
 
+use super::CliError;
 use super::demo::mean_of;
-use super::knobs::Knobs;
+use super::knobs::{Knobs, named};
 use super::train::{grpo_session, warmup};
-use crate::checkpoint::write_atomic;
-use crate::credit::Credit;
-use crate::grpo::Trainer;
+use crate::atomic::write_atomic;
+use crate::credit;
+use crate::error::{FileError, TrainError};
 use crate::model::Transformer;
 use crate::plot::{Series, line_chart};
 use crate::run;
 use crate::sampling::Completion;
 use crate::task::Problem;
+use crate::trainer::Trainer;
 
 /// Arguments of `flowtracer compare`.
 #[derive(Debug, Clone, clap::Args)]
@@ -35,8 +38,8 @@ pub struct Args {
     #[arg(long, default_value_t = 5)]
     pub seeds: u64,
     /// Credit methods to compare.
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![Credit::Uniform, Credit::Flowtracer, Credit::Random, Credit::AttentionReceived, Credit::PredictiveEntropy])]
-    pub methods: Vec<Credit>,
+    #[arg(long, value_parser = named::<CreditMethod>(CreditMethod::NAMES), value_delimiter = ',', default_values_t = vec![CreditMethod::Uniform, CreditMethod::FlowTracer, CreditMethod::Random, CreditMethod::AttentionReceived, CreditMethod::PredictiveEntropy])]
+    pub methods: Vec<CreditMethod>,
     /// Accuracy threshold for "steps to threshold" (absolute, held-out curve).
     #[arg(long)]
     pub threshold: Option<f64>,
@@ -51,7 +54,8 @@ pub struct Args {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct RunResult {
-    method: String,
+    /// Serialised by its name, as `results.json` always has.
+    method: CreditMethod,
     seed: u64,
     warmup_accuracy: f64,
     final_accuracy: f64,
@@ -67,14 +71,14 @@ struct RunResult {
 ///
 /// # Errors
 ///
-/// A message if the trainer cannot be built.
+/// The [`TrainError`] of building the trainer or scoring.
 pub fn fidelity(
     knobs: &Knobs,
-    method: Credit,
+    method: CreditMethod,
     model: &Transformer,
     problems: &[Problem],
-) -> Result<Option<f64>, String> {
-    if method == Credit::Uniform {
+) -> Result<Option<f64>, TrainError> {
+    if method == CreditMethod::Uniform {
         return Ok(None);
     }
     let trainer = Trainer::new(
@@ -83,8 +87,7 @@ pub fn fidelity(
         model.clone(),
         Default::default(),
         knobs.device(),
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     let completions: Vec<Completion> = problems
         .iter()
         .map(|p| Completion {
@@ -93,28 +96,21 @@ pub fn fidelity(
         })
         .collect();
     let zeros = vec![0.0; problems.len()];
-    let r = trainer
-        .score(
-            model.clone().valid_model(),
-            problems.to_vec(),
-            completions,
-            zeros.clone(),
-            zeros,
-            17,
-        )
-        .map_err(|e| e.to_string())?;
+    let r = trainer.score(
+        model.clone().valid_model(),
+        problems.to_vec(),
+        completions,
+        zeros.clone(),
+        zeros,
+        17,
+    )?;
     let shaping = trainer.config.credit.shaping();
     let mut precisions = Vec::new();
     for (i, p) in problems.iter().enumerate() {
-        if let Some(s) = &r.scores[i] {
-            let n = s.len();
-            let pl = p.prompt.len();
-            let sel =
-                flowtracer_core::shaping::select_tokens(s, pl..n, shaping.rho, shaping.select);
-            let decisive: Vec<usize> = p.decisive.iter().map(|d| d + pl).collect();
-            if let Some(x) = crate::credit::precision(&sel, &decisive) {
-                precisions.push(x);
-            }
+        if let Some(s) = &r.scores[i]
+            && let Some(x) = credit::fidelity(s, p.prompt.len(), &p.decisive, &shaping)
+        {
+            precisions.push(x);
         }
     }
     Ok((!precisions.is_empty()).then(|| precisions.iter().sum::<f64>() / precisions.len() as f64))
@@ -145,15 +141,18 @@ fn mean_std(v: &[f64]) -> (f64, f64) {
 ///
 /// # Errors
 ///
-/// A one-line message.
-pub fn run(args: Args) -> Result<(), String> {
+/// A [`CliError`]: bad knobs (exit code 2), a failed run or write (exit code 1); with
+/// `--report-only`, see [`report_only`].
+pub fn run(args: Args) -> Result<(), CliError> {
+    if args.report_only {
+        return report_only(&args);
+    }
     let k = &args.knobs;
     k.validate()?;
     if args.seeds == 0 || args.methods.is_empty() {
-        return Err("compare needs at least one seed and one method".into());
-    }
-    if args.report_only {
-        return report_only(&args);
+        return Err(CliError::bad_input(
+            "compare needs at least one seed and one method",
+        ));
     }
     let t0 = Instant::now();
     let mut results: Vec<RunResult> = Vec::new();
@@ -172,7 +171,7 @@ pub fn run(args: Args) -> Result<(), String> {
         let probe = &eval[..eval.len().min(200)];
         for &m in &args.methods {
             if let Some(p) = fidelity(&ks, m, &model, probe)? {
-                fid.entry(m.name().to_string()).or_default().push(p);
+                fid.entry(m.to_string()).or_default().push(p);
             }
         }
         for &m in &args.methods {
@@ -205,7 +204,7 @@ pub fn run(args: Args) -> Result<(), String> {
                 );
             }
             results.push(RunResult {
-                method: m.name().to_string(),
+                method: m,
                 seed,
                 warmup_accuracy: warm_acc,
                 final_accuracy: sess.final_sampled,
@@ -213,13 +212,13 @@ pub fn run(args: Args) -> Result<(), String> {
                 final_greedy: sess.final_accuracy,
                 curve,
                 mean_step_secs: mean_of(&sess.metrics, |x| Some(x.step_secs)).unwrap_or(0.0),
-                scoring_time_frac: mean_of(&sess.metrics, |x| Some(x.scoring_time_frac))
+                scoring_time_frac: mean_of(&sess.metrics, |x| Some(x.flow.scoring_time_frac))
                     .unwrap_or(0.0),
             });
         }
     }
     let total = t0.elapsed().as_secs_f64();
-    write_report(&args, &results, &fid, Some(total))
+    write_report(&args, &results, &fid, Some(total)).map_err(CliError::failure)
 }
 
 /// `flowtracer compare --report-only`: re-renders the report of an earlier run from its
@@ -227,17 +226,22 @@ pub fn run(args: Args) -> Result<(), String> {
 ///
 /// # Errors
 ///
-/// A one-line message if the file is missing, is not a compare result, or the report
-/// cannot be written.
-pub fn report_only(args: &Args) -> Result<(), String> {
+/// A [`CliError`] (bad input, exit code 2) if the file is missing, is not a compare
+/// result, or the report cannot be written.
+pub fn report_only(args: &Args) -> Result<(), CliError> {
     let path = args.out.join("results.json");
-    let bytes = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let saved: Saved = serde_json::from_slice(&bytes)
-        .map_err(|e| format!("{} is not a compare result: {e}", path.display()))?;
+    let bytes =
+        std::fs::read(&path).map_err(|e| CliError::bad_input(FileError::new("read", &path, e)))?;
+    let saved: Saved = serde_json::from_slice(&bytes).map_err(|e| {
+        CliError::bad_input(format!("{} is not a compare result: {e}", path.display()))
+    })?;
     if saved.runs.is_empty() {
-        return Err(format!("{} holds no runs", path.display()));
+        return Err(CliError::bad_input(format!(
+            "{} holds no runs",
+            path.display()
+        )));
     }
-    write_report(args, &saved.runs, &saved.fidelity, saved.total_secs)
+    write_report(args, &saved.runs, &saved.fidelity, saved.total_secs).map_err(CliError::bad_input)
 }
 
 /// What `results.json` holds, read back by `--report-only`.
@@ -266,7 +270,7 @@ fn write_report(
     results: &[RunResult],
     fid: &BTreeMap<String, Vec<f64>>,
     total: Option<f64>,
-) -> Result<(), String> {
+) -> Result<(), FileError> {
     let k = &args.knobs;
     let warm: Vec<f64> = {
         let mut seen = BTreeMap::new();
@@ -281,11 +285,11 @@ fn write_report(
     let mut table = String::new();
     let uniform_final: Vec<f64> = results
         .iter()
-        .filter(|r| r.method == "uniform")
+        .filter(|r| r.method == CreditMethod::Uniform)
         .map(|r| r.final_accuracy)
         .collect();
     for &m in &args.methods {
-        let runs: Vec<&RunResult> = results.iter().filter(|r| r.method == m.name()).collect();
+        let runs: Vec<&RunResult> = results.iter().filter(|r| r.method == m).collect();
         if runs.is_empty() {
             continue;
         }
@@ -308,7 +312,8 @@ fn write_report(
             let mean = reach.iter().sum::<usize>() as f64 / reach.len() as f64;
             format!("{mean:.0} ({}/{} seeds)", reach.len(), runs.len())
         };
-        let delta_vs_uniform = if m != Credit::Uniform && uniform_final.len() == finals.len() {
+        let delta_vs_uniform = if m != CreditMethod::Uniform && uniform_final.len() == finals.len()
+        {
             let (dm, ds, wins, seeds) = paired_vs_uniform(&finals, &uniform_final);
             format!("{dm:+.1} ± {ds:.1} ({wins}/{seeds} seeds better)")
         } else {
@@ -350,14 +355,14 @@ fn write_report(
             band.push(b);
         }
         // Bands for the two methods the report is about; eight bands would hide the lines.
-        let banded = matches!(m, Credit::Uniform | Credit::Flowtracer);
+        let banded = matches!(m, CreditMethod::Uniform | CreditMethod::FlowTracer);
         series.push(Series {
             label: m.name().to_string(),
             points: pts,
             band: banded.then_some(band),
         });
     }
-    std::fs::create_dir_all(&args.out).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(&args.out).map_err(|e| FileError::new("create", &args.out, e))?;
     line_chart(
         &args.out.join("learning_curves.svg"),
         &format!(
@@ -372,7 +377,7 @@ fn write_report(
     let _ = writeln!(r, "# flowtracer compare\n");
     let _ = writeln!(
         r,
-        "Task level {}; model d={} L={} H={}; warm-up {} steps; GRPO {} steps x {} prompts x G={} (lr {}, temperature {}, beta {}, loss {:?}); rho {}, gamma {}; seeds {}..{}.{}\n",
+        "Task level {}; model d={} L={} H={}; warm-up {} steps; GRPO {} steps x {} prompts x G={} (lr {}, temperature {}, beta {}, loss {}); rho {}, gamma {}; seeds {}..{}.{}\n",
         k.difficulty,
         k.d_model,
         k.layers,
@@ -416,12 +421,13 @@ fn write_report(
         "Learning curves: held-out sampled accuracy ({} problems, every {} steps) minus the seed's warm-up accuracy, in points.\n\n![learning curves](learning_curves.svg)\n",
         k.eval_curve_size, k.eval_every
     );
-    write_atomic(&args.out.join("report.md"), r.as_bytes()).map_err(|e| e.to_string())?;
+    write_atomic(&args.out.join("report.md"), r.as_bytes())?;
+    let results_path = args.out.join("results.json");
     let json = serde_json::to_vec_pretty(
         &serde_json::json!({ "runs": results, "fidelity": fid, "total_secs": total }),
     )
-    .map_err(|e| e.to_string())?;
-    write_atomic(&args.out.join("results.json"), &json).map_err(|e| e.to_string())?;
+    .map_err(|e| FileError::new("encode", &results_path, e))?;
+    write_atomic(&results_path, &json)?;
     println!("{r}");
     println!("wrote {}", args.out.display());
     Ok(())
@@ -430,14 +436,17 @@ fn write_report(
 /// The report's plain-language answer: did FlowTracer beat uniform GRPO, by how much, with
 /// what spread (paired over seeds), and which method ended highest.
 fn verdict(results: &[RunResult]) -> String {
-    let finals = |name: &str| -> Vec<f64> {
+    let finals = |method: CreditMethod| -> Vec<f64> {
         results
             .iter()
-            .filter(|r| r.method == name)
+            .filter(|r| r.method == method)
             .map(|r| r.final_accuracy)
             .collect()
     };
-    let (uniform, flow) = (finals("uniform"), finals("flowtracer"));
+    let (uniform, flow) = (
+        finals(CreditMethod::Uniform),
+        finals(CreditMethod::FlowTracer),
+    );
     let mut out = String::new();
     if !uniform.is_empty() && uniform.len() == flow.len() {
         let (dm, ds, wins, seeds) = paired_vs_uniform(&flow, &uniform);
@@ -451,11 +460,11 @@ fn verdict(results: &[RunResult]) -> String {
              FlowTracer ahead on {wins}/{seeds} seeds). "
         );
     }
-    let mut means: Vec<(String, f64)> = Vec::new();
+    let mut means: Vec<(CreditMethod, f64)> = Vec::new();
     for r in results {
         if !means.iter().any(|(m, _)| *m == r.method) {
-            let v = finals(&r.method);
-            means.push((r.method.clone(), mean_std(&v).0));
+            let v = finals(r.method);
+            means.push((r.method, mean_std(&v).0));
         }
     }
     if let Some((best, acc)) = means.iter().max_by(|a, b| a.1.total_cmp(&b.1)) {

@@ -4,10 +4,11 @@ use core::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use super::CliError;
 use super::knobs::Knobs;
 use super::train::{grpo_session, warmup};
-use crate::checkpoint::write_atomic;
-use crate::grpo::StepMetrics;
+use crate::atomic::write_atomic;
+use crate::metrics::StepMetrics;
 use crate::plot::{Series, line_chart};
 use crate::run;
 
@@ -32,8 +33,9 @@ pub fn mean_of(metrics: &[StepMetrics], f: impl Fn(&StepMetrics) -> Option<f64>)
 ///
 /// # Errors
 ///
-/// A one-line message.
-pub fn run(args: Args) -> Result<(), String> {
+/// A [`CliError`]: bad knobs (exit code 2), a failed write or a non-finite loss (exit
+/// code 1).
+pub fn run(args: Args) -> Result<(), CliError> {
     let k = &args.knobs;
     k.validate()?;
     let t0 = Instant::now();
@@ -108,8 +110,9 @@ pub fn run(args: Args) -> Result<(), String> {
                 band: None,
             },
         ],
-    )?;
-    let frac = mean_of(&s.metrics, |m| Some(m.scoring_time_frac)).unwrap_or(0.0);
+    )
+    .map_err(CliError::failure)?;
+    let frac = mean_of(&s.metrics, |m| Some(m.flow.scoring_time_frac)).unwrap_or(0.0);
     let step = mean_of(&s.metrics, |m| Some(m.step_secs)).unwrap_or(0.0);
     let mut r = String::new();
     let _ = writeln!(r, "# flowtracer demo\n");
@@ -160,35 +163,35 @@ pub fn run(args: Args) -> Result<(), String> {
     let _ = writeln!(
         r,
         "- weight mean: {}",
-        fmt(mean_of(&s.metrics, |m| Some(m.weight_mean)))
+        fmt(mean_of(&s.metrics, |m| Some(m.flow.weight_mean)))
     );
     let _ = writeln!(
         r,
         "- answer mass: {}",
-        fmt(mean_of(&s.metrics, |m| m.answer_mass))
+        fmt(mean_of(&s.metrics, |m| m.flow.answer_mass))
     );
     let _ = writeln!(
         r,
         "- max conservation residual (|sum_k W'[i][k] - 1| over live tokens): {}",
         s.metrics
             .iter()
-            .filter_map(|m| m.conservation_residual)
+            .filter_map(|m| m.flow.conservation_residual)
             .reduce(f64::max)
             .map_or_else(|| "n/a".to_string(), |x| format!("{x:.1e}"))
     );
     let _ = writeln!(
         r,
         "- no-answer fraction: {}",
-        fmt(mean_of(&s.metrics, |m| Some(m.no_answer_frac)))
+        fmt(mean_of(&s.metrics, |m| Some(m.flow.no_answer_frac)))
     );
     let _ = writeln!(
         r,
         "- credit fidelity (precision of shaped tokens vs decisive tokens): {}\n",
-        fmt(mean_of(&s.metrics, |m| m.fidelity))
+        fmt(mean_of(&s.metrics, |m| m.flow.fidelity))
     );
     let _ = writeln!(r, "![learning curve](learning_curve.svg)\n");
     let _ = writeln!(r, "Per-step metrics: `metrics.jsonl`.");
-    write_atomic(&args.out.join("report.md"), r.as_bytes()).map_err(|e| e.to_string())?;
+    write_atomic(&args.out.join("report.md"), r.as_bytes()).map_err(CliError::failure)?;
     println!("wrote {}", args.out.display());
     Ok(())
 }

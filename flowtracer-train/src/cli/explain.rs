@@ -10,12 +10,14 @@
 //! N token strings (for example `tokenizer.convert_ids_to_tokens(ids)` dumped with
 //! `json.dump`). The page (see [`render`](crate::render)) shades each response token by its
 //! throughput, marks hubs and checkpoints, shows each token's numbers on hover, and draws the
-//! backbone as an SVG. It loads nothing from the network. It is written atomically; on any
-//! error nothing is written and the message is one line (exit code 2).
+//! backbone as an SVG. It loads nothing from the network. It is written atomically
+//! ([`write_atomic`](crate::atomic::write_atomic)); on any error nothing is written and the
+//! message is one line (exit code 2).
 
 use std::path::{Path, PathBuf};
 
-use super::score::{CliError, Input, score, write_atomically};
+use super::CliError;
+use super::score::{Input, score, write_out};
 use crate::render::{ExplainPage, render_explain_html};
 
 /// Arguments of `flowtracer explain`.
@@ -46,7 +48,7 @@ pub fn run(args: Args) -> Result<(), CliError> {
     let tokens = read_tokens(&args.tokens)?;
     let scored = score(&args.input)?;
     if tokens.len() != scored.n {
-        return Err(CliError::new(format!(
+        return Err(CliError::bad_input(format!(
             "--tokens {} has {} tokens, but the attention in {} is over {} tokens",
             args.tokens.display(),
             tokens.len(),
@@ -97,7 +99,7 @@ pub fn run(args: Args) -> Result<(), CliError> {
         backbone: &scored.backbone,
         summary: &summary,
     });
-    write_atomically(&args.out, html.as_bytes())
+    write_out(&args.out, html.as_bytes())
 }
 
 /// Reads a JSON list of token strings.
@@ -106,10 +108,11 @@ pub fn run(args: Args) -> Result<(), CliError> {
 ///
 /// A [`CliError`] if the file cannot be read or is not a JSON list of strings.
 pub fn read_tokens(path: &Path) -> Result<Vec<String>, CliError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| CliError::new(format!("cannot read --tokens {}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        CliError::bad_input(format!("cannot read --tokens {}: {e}", path.display()))
+    })?;
     serde_json::from_str(&text).map_err(|e| {
-        CliError::new(format!(
+        CliError::bad_input(format!(
             "bad --tokens {}: expected a JSON list of strings ({e})",
             path.display()
         ))

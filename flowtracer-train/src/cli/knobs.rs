@@ -1,92 +1,113 @@
 //! Command-line knobs shared by `demo`, `train` and `compare`.
+//!
+//! Every default is referenced, not restated: the GRPO and credit defaults are those of
+//! [`GrpoConfig::default`] (which takes the loss, reward-scaling and shaping defaults from
+//! the core), the model's of [`ModelConfig::default`], the warm-up's of
+//! [`SftConfig::default`]. The option enums are the core's, parsed by their names
+//! ([`named`]), so `--help` lists the core's names.
 
+use core::str::FromStr;
 use std::path::PathBuf;
 
 use burn::tensor::Device;
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use flowtracer_core::baselines::CreditMethod;
+use flowtracer_core::grpo::{LossType, ScaleRewards};
 
-use crate::credit::{Credit, CreditConfig};
-use crate::grpo::{GrpoConfig, LossType, ScaleRewards};
+use crate::config::GrpoConfig;
+use crate::credit::CreditConfig;
+use crate::error::ConfigError;
 use crate::model::ModelConfig;
 use crate::sft::SftConfig;
 use crate::task::TaskConfig;
+
+/// A clap value parser for one of the core's option enums: accepts exactly `names` (listed
+/// by `--help` and in the error for any other value) and parses them with `FromStr`.
+pub fn named<T>(names: &'static [&'static str]) -> impl TypedValueParser<Value = T>
+where
+    T: FromStr + Clone + Send + Sync + 'static,
+    T::Err: core::error::Error + Send + Sync + 'static,
+{
+    PossibleValuesParser::new(names).try_map(|name| name.parse::<T>())
+}
 
 /// Every knob of a run (TRL names where TRL has one).
 #[derive(Debug, Clone, clap::Args)]
 pub struct Knobs {
     /// Seed of everything (model init, problems, sampling).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = GrpoConfig::default().seed)]
     pub seed: u64,
     /// Task difficulty level 1..=4 (the chain length; levels 1-2 have one distractor).
     #[arg(long, default_value_t = 1)]
     pub difficulty: usize,
     /// Supervised warm-up steps.
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = SftConfig::default().steps)]
     pub warmup_steps: usize,
     /// Warm-up problems per step.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = SftConfig::default().batch_size)]
     pub warmup_batch: usize,
     /// Warm-up learning rate.
-    #[arg(long, default_value_t = 3e-3)]
+    #[arg(long, default_value_t = SftConfig::default().lr)]
     pub warmup_lr: f64,
     /// GRPO steps.
     #[arg(long, default_value_t = 150)]
     pub steps: usize,
     /// Completions per prompt (G).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = GrpoConfig::default().num_generations)]
     pub num_generations: usize,
     /// Prompts per GRPO step.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = GrpoConfig::default().prompts_per_step)]
     pub prompts_per_step: usize,
     /// KL coefficient to the frozen reference (k3 estimator).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = GrpoConfig::default().beta)]
     pub beta: f64,
     /// Lower clip range.
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, default_value_t = GrpoConfig::default().epsilon)]
     pub epsilon: f64,
     /// Upper clip range (default: `--epsilon`).
     #[arg(long)]
     pub epsilon_high: Option<f64>,
     /// Loss aggregation.
-    #[arg(long, value_enum, default_value_t = LossType::Grpo)]
+    #[arg(long, value_parser = named::<LossType>(LossType::NAMES), default_value_t = GrpoConfig::default().loss_type)]
     pub loss_type: LossType,
     /// Advantage normalisation.
-    #[arg(long, value_enum, default_value_t = ScaleRewards::Group)]
+    #[arg(long, value_parser = named::<ScaleRewards>(ScaleRewards::NAMES), default_value_t = GrpoConfig::default().scale_rewards)]
     pub scale_rewards: ScaleRewards,
     /// Optimizer steps per generated batch.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = GrpoConfig::default().num_iterations)]
     pub num_iterations: usize,
     /// Sampling temperature.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = GrpoConfig::default().temperature)]
     pub temperature: f64,
     /// Top-k sampling (0: off).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = GrpoConfig::default().top_k)]
     pub top_k: usize,
     /// Maximum completion length in tokens.
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, default_value_t = GrpoConfig::default().max_completion_length)]
     pub max_completion_length: usize,
     /// Exclude truncated completions from the loss.
     #[arg(long)]
     pub mask_truncated_completions: bool,
     /// GRPO learning rate.
-    #[arg(long, default_value_t = 3e-4)]
+    #[arg(long, default_value_t = GrpoConfig::default().lr)]
     pub lr: f64,
     /// Credit method.
-    #[arg(long, value_enum, default_value_t = Credit::Flowtracer)]
-    pub credit: Credit,
+    #[arg(long, value_parser = named::<CreditMethod>(CreditMethod::NAMES), default_value_t = CreditConfig::default().method)]
+    pub credit: CreditMethod,
     /// Fraction of response tokens shaped.
-    #[arg(long, default_value_t = 0.4)]
+    #[arg(long, default_value_t = CreditConfig::default().rho)]
     pub rho: f64,
     /// Weight of a shaped token.
-    #[arg(long, default_value_t = 1.5)]
+    #[arg(long, default_value_t = CreditConfig::default().gamma)]
     pub gamma: f64,
     /// Model width.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = ModelConfig::default().d_model)]
     pub d_model: usize,
     /// Model depth (FlowTracer reads the middle third).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = ModelConfig::default().n_layers)]
     pub layers: usize,
     /// Attention heads.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = ModelConfig::default().n_heads)]
     pub heads: usize,
     /// Held-out problems for the final evaluation.
     #[arg(long, default_value_t = 500)]
@@ -120,8 +141,8 @@ impl Knobs {
     ///
     /// # Errors
     ///
-    /// A message naming the first bad knob.
-    pub fn validate(&self) -> Result<(), String> {
+    /// A [`ConfigError`] naming the first bad knob.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         self.task().validate()?;
         self.grpo(self.credit, self.seed).validate()?;
         let m = self.model();
@@ -130,18 +151,22 @@ impl Knobs {
             || !m.d_model.is_multiple_of(m.n_heads)
             || m.n_layers == 0
         {
-            return Err("d_model must be a positive multiple of heads, layers >= 1".into());
+            return Err(ConfigError::knob(
+                "d_model must be a positive multiple of heads, layers >= 1",
+            ));
         }
         if self.task().prompt_len() + self.max_completion_length > m.max_len {
-            return Err(format!(
+            return Err(ConfigError::knob(format!(
                 "prompt ({}) + max_completion_length ({}) exceeds the model's {} positions",
                 self.task().prompt_len(),
                 self.max_completion_length,
                 m.max_len
-            ));
+            )));
         }
         if !(self.warmup_lr > 0.0 && self.warmup_lr.is_finite()) || self.warmup_batch == 0 {
-            return Err("warmup_lr must be positive and warmup_batch >= 1".into());
+            return Err(ConfigError::knob(
+                "warmup_lr must be positive and warmup_batch >= 1",
+            ));
         }
         Ok(())
     }
@@ -171,7 +196,7 @@ impl Knobs {
     }
 
     /// GRPO config for one credit method and seed.
-    pub fn grpo(&self, credit: Credit, seed: u64) -> GrpoConfig {
+    pub fn grpo(&self, credit: CreditMethod, seed: u64) -> GrpoConfig {
         GrpoConfig {
             num_generations: self.num_generations,
             prompts_per_step: self.prompts_per_step,
@@ -186,7 +211,6 @@ impl Knobs {
             max_completion_length: self.max_completion_length,
             mask_truncated_completions: self.mask_truncated_completions,
             lr: self.lr,
-            adv_eps: 1e-4,
             seed,
             credit: CreditConfig {
                 method: credit,
@@ -194,6 +218,7 @@ impl Knobs {
                 gamma: self.gamma,
                 seed,
             },
+            ..GrpoConfig::default()
         }
     }
 }

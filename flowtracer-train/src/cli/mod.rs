@@ -1,11 +1,15 @@
 //! The subcommands of the `flowtracer` binary.
 //!
 //! `demo`, `train` and `compare` run the trainer; `score` and `explain` score attention
-//! dumps from other models.
+//! dumps from other models. Every subcommand returns a [`CliError`], which carries the exit
+//! code the binary returns (1: a run failed, 2: bad input).
 
 pub mod compare;
 pub mod demo;
+mod error;
 pub mod explain;
 pub mod knobs;
 pub mod score;
 pub mod train;
+
+pub use error::{CliError, ExitCode};

@@ -24,23 +24,26 @@
 //!
 //! `--layers` selects the layers that are averaged when the input has a layer axis:
 //! `middle` (the default: layers `floor(L/3)..floor(2L/3)`), `all`, a half-open range `a..b`,
-//! or a list `1,3,5`. Heads are always averaged.
+//! a list `1,3,5`, or `spaced:n` (`n` evenly spaced layers), as the core's
+//! [`LayerSelection`] reads them. Heads are always averaged.
 //!
 //! Spans are half-open token ranges `A..B`: `--question` (where flow is injected),
 //! `--answer` (where it is absorbed) and `--response` (the scored tokens, default
 //! `question.end..N`, which must contain the answer).
 //!
-//! `--config FILE` is a JSON object with any of these keys (default after the `=`):
+//! `--config FILE` is a JSON object with any of these keys (default after the `=`; the
+//! defaults are those of the core's `ShapingConfig`, `TraceConfig` and `BackboneConfig`):
 //! `rho = 0.4`, `gamma_flow = 1.5`, `apply_to = "both"` (or `"nonnegative_only"`),
 //! `mix = 1.0`, `normalize_mean = false`, `select = "top"` (or `"bottom"`),
 //! `answer_mode = "absorbing"` (or `"relay"`), `edge_threshold = 0`,
-//! `row_tolerance = 0.001`, `coverage = 0.8`, `checkpoint_threshold = 0.5`. Unknown keys are
-//! an error.
+//! `row_tolerance = 0.001`, `coverage = 0.8`, `checkpoint_threshold = 0.5`. The option names
+//! are the core's (`ApplyTo`, `Select`, `AnswerMode`). Unknown keys are an error.
 //!
 //! # Output
 //!
-//! One JSON object, on stdout or written atomically to `--out` (a temporary file in the same
-//! directory, renamed into place; nothing is left behind on error):
+//! One JSON object, on stdout or written atomically to `--out` (with
+//! [`write_atomic`]: a temporary file in the same directory, fsynced and renamed into place;
+//! nothing is left behind on error):
 //!
 //! | field | meaning |
 //! |---|---|
@@ -64,10 +67,11 @@
 //! Every problem with the input (missing or unreadable file, truncated or corrupt
 //! `.npy`/`.safetensors`, a non-float dtype, a wrong rank, non-square matrices, spans out of
 //! bounds, NaN or negative attention, rows summing to more than 1, no question token
-//! reaching the answer, a bad config) is a [`CliError`] with a one-line message; the binary
-//! prints it and exits with code 2.
+//! reaching the answer, a bad config) and a failed write of `--out` is a [`CliError`] with a
+//! one-line message and exit code 2 ([`ExitCode::BadInput`]).
+//!
+//! [`ExitCode::BadInput`]: super::ExitCode::BadInput
 
-use core::fmt;
 use core::ops::Range;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -76,11 +80,14 @@ use flowtracer_core::aggregate::{
     LayerAccumulator, LayerSelection, Layout, aggregate, select_layers,
 };
 use flowtracer_core::backbone::{Backbone, BackboneConfig, backbone};
-use flowtracer_core::io::{Array, SafeTensors, read_npy};
+use flowtracer_io::{Array, SafeTensors, read_npy};
 use flowtracer_core::shaping::{ApplyTo, Select, ShapingConfig, token_weights};
 use flowtracer_core::validate::{check_response, check_spans};
 use flowtracer_core::{AnswerMode, Trace, TraceConfig, trace};
 use serde::{Deserialize, Serialize};
+
+use super::CliError;
+use crate::atomic::write_atomic;
 
 /// Arguments of `flowtracer score`.
 #[derive(Debug, Clone, clap::Args)]
@@ -122,31 +129,6 @@ pub struct Input {
     pub config: Option<PathBuf>,
 }
 
-/// A bad input or a failed write, with a one-line message for the user.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CliError {
-    message: String,
-}
-
-impl CliError {
-    /// An error with this message (one line).
-    #[must_use]
-    pub fn new(message: impl Into<String>) -> Self {
-        let message: String = message.into();
-        // Keep the promise of one line whatever a lower layer wrote.
-        let message = message.replace(['\n', '\r'], " ");
-        Self { message }
-    }
-}
-
-impl fmt::Display for CliError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl core::error::Error for CliError {}
-
 /// Runs `flowtracer score`.
 ///
 /// # Errors
@@ -156,14 +138,14 @@ impl core::error::Error for CliError {}
 pub fn run(args: Args) -> Result<(), CliError> {
     let scored = score(&args.input)?;
     let mut json = serde_json::to_string_pretty(&scored.report())
-        .map_err(|e| CliError::new(format!("cannot serialise the scores: {e}")))?;
+        .map_err(|e| CliError::bad_input(format!("cannot serialise the scores: {e}")))?;
     json.push('\n');
     match &args.out {
-        Some(path) => write_atomically(path, json.as_bytes()),
+        Some(path) => write_out(path, json.as_bytes()),
         None => std::io::stdout()
             .lock()
             .write_all(json.as_bytes())
-            .map_err(|e| CliError::new(format!("cannot write to standard output: {e}"))),
+            .map_err(|e| CliError::bad_input(format!("cannot write to standard output: {e}"))),
     }
 }
 
@@ -178,18 +160,18 @@ pub struct Options {
     /// `"both"` or `"nonnegative_only"`: how a trainer applies the weights to negative
     /// advantages. Accepted so one config file serves the trainer and the CLI; it does not
     /// change the weights reported here.
-    pub apply_to: ApplyToOption,
+    pub apply_to: ApplyTo,
     /// Interpolation between plain GRPO (0) and full shaping (1).
     pub mix: f64,
     /// Rescale the weights to mean 1 over the response.
     pub normalize_mean: bool,
     /// `"top"` (default) or `"bottom"` (the paper's ablation).
-    pub select: SelectOption,
+    pub select: Select,
     /// `"absorbing"` (default) or `"relay"`.
-    pub answer_mode: AnswerModeOption,
+    pub answer_mode: AnswerMode,
     /// Edges with weight below this are dropped (default 0).
     pub edge_threshold: f64,
-    /// Allowed excess of a row's mass over 1 (default 1e-3).
+    /// Allowed excess of a row's mass over 1.
     pub row_tolerance: f64,
     /// Fraction of the edge flow the kept backbone edges must cover.
     pub coverage: f64,
@@ -205,11 +187,11 @@ impl Default for Options {
         Self {
             rho: shaping.rho,
             gamma_flow: shaping.gamma_flow,
-            apply_to: ApplyToOption::Both,
+            apply_to: shaping.apply_to,
             mix: shaping.mix,
             normalize_mean: shaping.normalize_mean,
-            select: SelectOption::Top,
-            answer_mode: AnswerModeOption::Absorbing,
+            select: shaping.select,
+            answer_mode: trace.answer_mode,
             edge_threshold: trace.edge_threshold,
             row_tolerance: trace.row_tolerance,
             coverage: bb.coverage,
@@ -218,59 +200,20 @@ impl Default for Options {
     }
 }
 
-/// `apply_to` in a config file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ApplyToOption {
-    /// Shape every advantage.
-    Both,
-    /// Shape non-negative advantages only.
-    NonnegativeOnly,
-}
-
-/// `select` in a config file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SelectOption {
-    /// The highest-throughput tokens.
-    Top,
-    /// The lowest-throughput tokens.
-    Bottom,
-}
-
-/// `answer_mode` in a config file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AnswerModeOption {
-    /// Answer tokens absorb flow.
-    Absorbing,
-    /// Answer tokens relay flow to later answer tokens too.
-    Relay,
-}
-
 impl Options {
     fn shaping(&self) -> ShapingConfig {
         ShapingConfig::default()
             .with_rho(self.rho)
             .with_gamma_flow(self.gamma_flow)
-            .with_apply_to(match self.apply_to {
-                ApplyToOption::Both => ApplyTo::Both,
-                ApplyToOption::NonnegativeOnly => ApplyTo::NonnegativeOnly,
-            })
+            .with_apply_to(self.apply_to)
             .with_mix(self.mix)
             .with_normalize_mean(self.normalize_mean)
-            .with_select(match self.select {
-                SelectOption::Top => Select::Top,
-                SelectOption::Bottom => Select::Bottom,
-            })
+            .with_select(self.select)
     }
 
     fn trace(&self) -> TraceConfig<f64> {
         TraceConfig::default()
-            .with_answer_mode(match self.answer_mode {
-                AnswerModeOption::Absorbing => AnswerMode::Absorbing,
-                AnswerModeOption::Relay => AnswerMode::Relay,
-            })
+            .with_answer_mode(self.answer_mode)
             .with_edge_threshold(self.edge_threshold)
             .with_row_tolerance(self.row_tolerance)
     }
@@ -432,7 +375,14 @@ pub fn score(input: &Input) -> Result<Scored, CliError> {
         Some(path) => read_options(path)?,
         None => Options::default(),
     };
-    let selection = input.layers.as_deref().map(parse_layers).transpose()?;
+    let selection = input
+        .layers
+        .as_deref()
+        .map(|text| {
+            text.parse::<LayerSelection>()
+                .map_err(|e| CliError::bad_input(format!("invalid --layers {text:?}: {e}")))
+        })
+        .transpose()?;
     let question = parse_range("--question", &input.question)?;
     let answer = parse_range("--answer", &input.answer)?;
     let response = input
@@ -443,11 +393,11 @@ pub fn score(input: &Input) -> Result<Scored, CliError> {
 
     let file = AttentionFile::open(&input.attention, &input.tensor)?;
     let n = file.n;
-    check_spans(n, &question, &answer).map_err(|e| CliError::new(e.to_string()))?;
+    check_spans(n, &question, &answer).map_err(|e| CliError::bad_input(e.to_string()))?;
     let response = response.unwrap_or(question.end..n);
-    check_response(n, Some(&answer), &response).map_err(|e| CliError::new(e.to_string()))?;
+    check_response(n, Some(&answer), &response).map_err(|e| CliError::bad_input(e.to_string()))?;
     if file.layers.is_none() && selection.is_some() {
-        return Err(CliError::new(format!(
+        return Err(CliError::bad_input(format!(
             "--layers needs attention with a layer axis ([L,H,N,N] or per-layer tensors), but {} has shape {:?}",
             input.attention.display(),
             file.shape
@@ -455,7 +405,7 @@ pub fn score(input: &Input) -> Result<Scored, CliError> {
     }
     let (attention, layers) = file.aggregate(&selection.unwrap_or_default())?;
 
-    let core = |e: flowtracer_core::Error| CliError::new(e.to_string());
+    let core = |e: flowtracer_core::Error| CliError::bad_input(e.to_string());
     let trace = trace(
         &attention,
         n,
@@ -488,10 +438,11 @@ pub fn score(input: &Input) -> Result<Scored, CliError> {
 }
 
 fn read_options(path: &Path) -> Result<Options, CliError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| CliError::new(format!("cannot read --config {}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        CliError::bad_input(format!("cannot read --config {}: {e}", path.display()))
+    })?;
     serde_json::from_str(&text)
-        .map_err(|e| CliError::new(format!("bad --config {}: {e}", path.display())))
+        .map_err(|e| CliError::bad_input(format!("bad --config {}: {e}", path.display())))
 }
 
 /// Parses a half-open range `A..B` given for `flag`.
@@ -500,7 +451,7 @@ fn read_options(path: &Path) -> Result<Options, CliError> {
 ///
 /// A [`CliError`] naming the flag if the text is not `A..B` with `A <= B`.
 pub fn parse_range(flag: &str, text: &str) -> Result<Range<usize>, CliError> {
-    let bad = |why: &str| CliError::new(format!("invalid {flag} {text:?}: {why}"));
+    let bad = |why: &str| CliError::bad_input(format!("invalid {flag} {text:?}: {why}"));
     let (a, b) = text
         .split_once("..")
         .ok_or_else(|| bad("expected a half-open range A..B such as 3..7"))?;
@@ -516,60 +467,19 @@ pub fn parse_range(flag: &str, text: &str) -> Result<Range<usize>, CliError> {
     Ok(start..end)
 }
 
-/// Parses `--layers`: `middle`, `all`, `a..b` or `1,3,5`.
+/// Writes the output of `score` or `explain` to `--out` with [`write_atomic`].
 ///
 /// # Errors
 ///
-/// A [`CliError`] if the text is none of these.
-pub fn parse_layers(text: &str) -> Result<LayerSelection, CliError> {
-    let t = text.trim();
-    match t {
-        "middle" => return Ok(LayerSelection::Middle),
-        "all" => return Ok(LayerSelection::All),
-        _ => {}
-    }
-    if t.contains("..") {
-        return parse_range("--layers", t).map(LayerSelection::Range);
-    }
-    t.split(',')
-        .map(|s| s.trim().parse::<usize>())
-        .collect::<Result<Vec<_>, _>>()
-        .map(LayerSelection::List)
-        .map_err(|_| {
-            CliError::new(format!(
-                "invalid --layers {text:?}: expected middle, all, a range a..b or a list such as 1,3,5"
-            ))
-        })
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so
-/// that `path` either keeps its old content or gets the whole new content.
-///
-/// # Errors
-///
-/// A [`CliError`] if the temporary file cannot be written or renamed; the temporary file is
-/// removed.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| CliError::new(format!("--out {} is not a file name", path.display())))?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    result.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        CliError::new(format!("cannot write --out {}: {e}", path.display()))
+/// A [`CliError`] (bad input) naming `--out` and the path; no output or temporary file is
+/// left behind.
+pub fn write_out(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
+    write_atomic(path, bytes).map_err(|e| {
+        CliError::bad_input(format!(
+            "cannot write --out {}: {}",
+            e.path.display(),
+            e.source
+        ))
     })
 }
 
@@ -600,15 +510,15 @@ impl AttentionFile {
     fn open(path: &Path, tensors: &[String]) -> Result<Self, CliError> {
         let shown = path.display();
         let bytes = std::fs::read(path)
-            .map_err(|e| CliError::new(format!("cannot read --attention {shown}: {e}")))?;
-        let io = |e: flowtracer_core::io::IoError| CliError::new(format!("{shown}: {e}"));
+            .map_err(|e| CliError::bad_input(format!("cannot read --attention {shown}: {e}")))?;
+        let io = |e: flowtracer_io::Error| CliError::bad_input(format!("{shown}: {e}"));
         let is_npy = bytes.starts_with(b"\x93NUMPY")
             || path
                 .extension()
                 .is_some_and(|e| e.eq_ignore_ascii_case("npy"));
         if is_npy {
             if !tensors.is_empty() {
-                return Err(CliError::new(format!(
+                return Err(CliError::bad_input(format!(
                     "--tensor applies to .safetensors files, but {shown} is a .npy file"
                 )));
             }
@@ -619,11 +529,13 @@ impl AttentionFile {
         let infos = file.tensors();
         let names: Vec<String> = match tensors {
             [] if infos.is_empty() => {
-                return Err(CliError::new(format!("{shown}: the file holds no tensors")));
+                return Err(CliError::bad_input(format!(
+                    "{shown}: the file holds no tensors"
+                )));
             }
             [] if infos.len() == 1 => vec![infos[0].name.clone()],
             [] => layer_order(infos.iter().map(|t| t.name.as_str()))
-                .map_err(|e| CliError::new(format!("{shown}: {e}")))?,
+                .map_err(|e| CliError::bad_input(format!("{shown}: {e}")))?,
             names => names.to_vec(),
         };
         if names.len() == 1 {
@@ -634,10 +546,10 @@ impl AttentionFile {
         let mut layer_shape: Option<(usize, usize, Vec<usize>)> = None;
         for name in &names {
             let info = infos.iter().find(|t| &t.name == name).ok_or_else(|| {
-                io(flowtracer_core::io::IoError::TensorNotFound { name: name.clone() })
+                io(flowtracer_io::Error::TensorNotFound { name: name.clone() })
             })?;
             if !matches!(info.dtype.as_str(), "F64" | "F32" | "F16" | "BF16") {
-                return Err(io(flowtracer_core::io::IoError::UnsupportedDtype {
+                return Err(io(flowtracer_io::Error::UnsupportedDtype {
                     dtype: info.dtype.clone(),
                 }));
             }
@@ -645,7 +557,7 @@ impl AttentionFile {
                 &[a, b] if a == b => (1, a),
                 &[h, a, b] | &[1, h, a, b] if a == b => (h, a),
                 s => {
-                    return Err(CliError::new(format!(
+                    return Err(CliError::bad_input(format!(
                         "{shown}: per-layer tensor {name:?} has shape {s:?}; expected [N,N], [H,N,N] or [1,H,N,N] with square matrices"
                     )));
                 }
@@ -653,7 +565,7 @@ impl AttentionFile {
             match &layer_shape {
                 None => layer_shape = Some((heads, n, info.shape.clone())),
                 Some((h0, n0, s0)) if (*h0, *n0) != (heads, n) => {
-                    return Err(CliError::new(format!(
+                    return Err(CliError::bad_input(format!(
                         "{shown}: per-layer tensor {name:?} has shape {:?}, but the first one has {s0:?}",
                         info.shape
                     )));
@@ -683,7 +595,7 @@ impl AttentionFile {
             [h, a, b] => (None, h, (a, b)),
             [l, h, a, b] => (Some(l), h, (a, b)),
             _ => {
-                return Err(CliError::new(format!(
+                return Err(CliError::bad_input(format!(
                     "{}: attention has shape {shape:?} (rank {}); expected [N,N], [H,N,N] or [L,H,N,N]",
                     path.display(),
                     shape.len()
@@ -691,14 +603,14 @@ impl AttentionFile {
             }
         };
         if n.0 != n.1 {
-            return Err(CliError::new(format!(
+            return Err(CliError::bad_input(format!(
                 "{}: attention matrices must be square, but the shape is {shape:?}",
                 path.display()
             )));
         }
         check_n(path, n.0, &shape)?;
         if heads == 0 || layers == Some(0) {
-            return Err(CliError::new(format!(
+            return Err(CliError::bad_input(format!(
                 "{}: attention has shape {shape:?}, with no {}",
                 path.display(),
                 if heads == 0 { "heads" } else { "layers" }
@@ -719,7 +631,7 @@ impl AttentionFile {
         self,
         selection: &LayerSelection,
     ) -> Result<(Vec<f64>, Option<Vec<usize>>), CliError> {
-        let core = |e: flowtracer_core::Error| CliError::new(e.to_string());
+        let core = |e: flowtracer_core::Error| CliError::bad_input(e.to_string());
         let n = self.n;
         match self.source {
             Source::Dense(data) => match self.layers {
@@ -740,12 +652,12 @@ impl AttentionFile {
             Source::PerLayer { bytes, names } => {
                 let selected = select_layers(names.len(), selection).map_err(core)?;
                 let file = SafeTensors::parse(&bytes)
-                    .map_err(|e| CliError::new(format!("{}: {e}", self.path.display())))?;
+                    .map_err(|e| CliError::bad_input(format!("{}: {e}", self.path.display())))?;
                 let mut acc = LayerAccumulator::new(self.heads, n, Layout::Dense).map_err(core)?;
                 for &l in &selected {
-                    let array = file
-                        .read(&names[l])
-                        .map_err(|e| CliError::new(format!("{}: {e}", self.path.display())))?;
+                    let array = file.read(&names[l]).map_err(|e| {
+                        CliError::bad_input(format!("{}: {e}", self.path.display()))
+                    })?;
                     acc.add_layer(l, &array.data.into_f64()).map_err(core)?;
                 }
                 Ok((acc.finish().map_err(core)?, Some(selected)))
@@ -756,7 +668,7 @@ impl AttentionFile {
 
 fn check_n(path: &Path, n: usize, shape: &[usize]) -> Result<(), CliError> {
     if n == 0 {
-        return Err(CliError::new(format!(
+        return Err(CliError::bad_input(format!(
             "{}: attention has shape {shape:?}, with no tokens",
             path.display()
         )));

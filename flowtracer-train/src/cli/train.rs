@@ -4,14 +4,19 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::Module;
+use flowtracer_core::baselines::CreditMethod;
 use serde::Serialize;
 
+use super::CliError;
 use super::knobs::Knobs;
+use crate::atomic::write_atomic;
 use crate::checkpoint;
-use crate::grpo::{StepMetrics, Trainer};
+use crate::error::{FileError, TrainError};
+use crate::metrics::StepMetrics;
 use crate::model::Transformer;
 use crate::run::{self, LoopOptions};
 use crate::task::Problem;
+use crate::trainer::Trainer;
 
 /// Arguments of `flowtracer train`.
 #[derive(Debug, Clone, clap::Args)]
@@ -48,17 +53,18 @@ pub struct Session {
     pub grpo_secs: f64,
 }
 
-/// Warm-up (fresh model) and its held-out accuracy; saves `warmup.bpk` into `out`.
+/// Warm-up (fresh model) and its held-out accuracy; saves `warmup.bpk` into `out` with
+/// [`write_atomic`].
 ///
 /// # Errors
 ///
-/// A message on I/O failure.
+/// [`TrainError::File`] if `out` or `warmup.bpk` cannot be written.
 pub fn warmup(
     knobs: &Knobs,
     held: &std::collections::HashSet<Vec<u32>>,
     eval: &[Problem],
     out: &Path,
-) -> Result<(Transformer, (f64, f64), f64), String> {
+) -> Result<(Transformer, (f64, f64), f64), TrainError> {
     let device = knobs.device();
     let t0 = Instant::now();
     let model = run::warmup(
@@ -71,15 +77,14 @@ pub fn warmup(
         knobs.quiet,
     );
     let secs = t0.elapsed().as_secs_f64();
-    std::fs::create_dir_all(out).map_err(|e| format!("create {}: {e}", out.display()))?;
-    let tmp = out.join("warmup.bpk.tmp");
-    model
+    std::fs::create_dir_all(out).map_err(|e| FileError::new("create", out, e))?;
+    let path = out.join("warmup.bpk");
+    let bytes = model
         .clone()
         .into_record()
-        .save(&tmp)
-        .map_err(|e| format!("save warm-up model: {e}"))?;
-    std::fs::rename(&tmp, out.join("warmup.bpk"))
-        .map_err(|e| format!("save warm-up model: {e}"))?;
+        .into_bytes()
+        .map_err(|e| FileError::new("encode the warm-up model for", &path, e))?;
+    write_atomic(&path, &bytes)?;
     let acc = run::eval_both(&model, &knobs.task(), eval, knobs.temperature, &device);
     Ok((model, acc, secs))
 }
@@ -88,11 +93,11 @@ pub fn warmup(
 ///
 /// # Errors
 ///
-/// The trainer's error message (a non-finite loss names its step).
+/// The trainer's [`TrainError`] (a non-finite loss names its step).
 #[allow(clippy::too_many_arguments)]
 pub fn grpo_session(
     knobs: &Knobs,
-    credit: crate::credit::Credit,
+    credit: CreditMethod,
     seed: u64,
     model: Option<Transformer>,
     held: std::collections::HashSet<Vec<u32>>,
@@ -100,7 +105,7 @@ pub fn grpo_session(
     out: &Path,
     checkpoint_every: usize,
     label: &str,
-) -> Result<Session, String> {
+) -> Result<Session, TrainError> {
     let device = knobs.device();
     let model_config = knobs.model();
     let mut trainer = match (model, checkpoint::latest(out)) {
@@ -110,17 +115,16 @@ pub fn grpo_session(
             m,
             held,
             device.clone(),
-        )
-        .map_err(|e| e.to_string())?,
+        )?,
         (None, Some(path)) => {
             if !knobs.quiet {
                 eprintln!("resuming from {}", path.display());
             }
-            checkpoint::load(&path, held, device.clone())
-                .map_err(|e| e.to_string())?
-                .0
+            checkpoint::load(&path, held, device.clone())?.0
         }
-        (None, None) => return Err(format!("no checkpoint to resume in {}", out.display())),
+        (None, None) => {
+            return Err(FileError::new("resume from", out, "no complete checkpoint").into());
+        }
     };
     let opts = LoopOptions {
         out_dir: out.to_path_buf(),
@@ -132,8 +136,7 @@ pub fn grpo_session(
         label: label.to_string(),
     };
     let t0 = Instant::now();
-    let metrics =
-        run::grpo_loop(&mut trainer, &model_config, eval, &opts).map_err(|e| e.to_string())?;
+    let metrics = run::grpo_loop(&mut trainer, &model_config, eval, &opts)?;
     let grpo_secs = t0.elapsed().as_secs_f64();
     let (final_accuracy, final_sampled) = run::eval_both(
         &trainer.model,
@@ -155,8 +158,9 @@ pub fn grpo_session(
 ///
 /// # Errors
 ///
-/// A one-line message (bad knobs, I/O, non-finite loss naming the step).
-pub fn run(args: Args) -> Result<(), String> {
+/// A [`CliError`]: bad knobs or a bad `--init` file (exit code 2), a failed write or a
+/// non-finite loss naming the step (exit code 1).
+pub fn run(args: Args) -> Result<(), CliError> {
     let k = &args.knobs;
     k.validate()?;
     let (eval, held) = run::held_out(&k.task(), k.eval_size, k.seed);
@@ -173,13 +177,13 @@ pub fn run(args: Args) -> Result<(), String> {
         let _ = std::fs::remove_file(args.out.join("metrics.jsonl"));
         let (m, acc) = match &args.init {
             Some(path) => {
-                let record = burn::store::ModuleRecord::load(path)
-                    .map_err(|e| format!("load {}: {e}", path.display()))?;
+                let bad_init = |e| CliError::bad_input(FileError::new("load --init", path, e));
+                let record = burn::store::ModuleRecord::load(path).map_err(bad_init)?;
                 let m = k
                     .model()
                     .init(0, &k.device().autodiff())
                     .try_load_record(record)
-                    .map_err(|e| format!("load {}: {e}", path.display()))?;
+                    .map_err(bad_init)?;
                 let acc = run::eval_both(&m, &k.task(), &eval, k.temperature, &k.device());
                 (m, acc)
             }
@@ -222,7 +226,7 @@ pub fn run(args: Args) -> Result<(), String> {
         "grpo_secs": s.grpo_secs,
         "credit": k.credit.name(),
     }))
-    .map_err(|e| e.to_string())?;
-    checkpoint::write_atomic(&args.out.join("summary.json"), &json).map_err(|e| e.to_string())?;
+    .map_err(CliError::failure)?;
+    write_atomic(&args.out.join("summary.json"), &json).map_err(CliError::failure)?;
     Ok(())
 }

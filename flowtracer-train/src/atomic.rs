@@ -1,0 +1,141 @@
+//! Durable, atomic file writes: every file the trainer and the CLI write goes through
+//! [`write_atomic`], so a reader (or a crash) sees either the old content or the whole new
+//! content, never a partial file.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+use std::ffi::OsString;
+use std::fs::{self, File};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use crate::error::FileError;
+
+/// Writes `bytes` to `path` atomically and durably.
+///
+/// The bytes go to a temporary file in the same directory (`.NAME.tmp-PID-K`), which is
+/// fsynced, renamed over `path`, and then the directory is fsynced so that the rename itself
+/// survives a crash. On error the temporary file is removed and `path` is unchanged.
+///
+/// # Errors
+///
+/// A [`FileError`] (action "write") naming `path` if `path` has no file name or any step
+/// fails.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let fail = |e: std::io::Error| FileError::new("write", path, e);
+    let name = path.file_name().ok_or_else(|| {
+        fail(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a file name",
+        ))
+    })?;
+    let dir = parent_dir(path);
+    let mut tmp_name = OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(
+        ".tmp-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let tmp = dir.join(tmp_name);
+    let result = (|| {
+        let mut file = File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&tmp, path)?;
+        sync_dir(&dir)
+    })();
+    if result.is_err() {
+        // Gone already if the rename succeeded and only the directory sync failed.
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(fail)
+}
+
+/// Renames `from` to `to` (a file or a directory) and fsyncs the directory of `to`, so the
+/// rename survives a crash. `from` should already be durable (its files fsynced).
+///
+/// # Errors
+///
+/// A [`FileError`] (action "publish") naming `to`.
+pub fn rename_durable(from: &Path, to: &Path) -> Result<(), FileError> {
+    fs::rename(from, to)
+        .and_then(|()| sync_dir(&parent_dir(to)))
+        .map_err(|e| FileError::new("publish", to, e))
+}
+
+/// Fsyncs a directory, making the creation, renaming and removal of its entries durable.
+///
+/// # Errors
+///
+/// The I/O error of opening or syncing `dir` (on Unix; elsewhere this does nothing).
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        File::open(dir)?.sync_all()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Ok(())
+    }
+}
+
+/// The directory holding `path` (`.` for a bare file name).
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let d =
+            std::env::temp_dir().join(format!("flowtracer-atomic-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn writes_and_replaces_leaving_no_temporary() {
+        let dir = temp_dir("replace");
+        let path = dir.join("out.json");
+        write_atomic(&path, b"first").unwrap();
+        write_atomic(&path, b"second").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"second");
+        assert_eq!(entries(&dir), ["out.json"]);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_failed_write_names_the_path_and_leaves_nothing() {
+        let dir = temp_dir("fail");
+        // The target is a non-empty directory: the rename fails after the temporary exists.
+        let path = dir.join("taken");
+        fs::create_dir_all(path.join("inside")).unwrap();
+        let err = write_atomic(&path, b"x").unwrap_err();
+        assert_eq!(err.action, "write");
+        assert_eq!(err.path, path);
+        assert!(err.to_string().starts_with("cannot write "), "{err}");
+        assert_eq!(entries(&dir), ["taken"]);
+        let missing = dir.join("no-such-dir").join("out.json");
+        assert!(write_atomic(&missing, b"x").is_err());
+        assert_eq!(entries(&dir), ["taken"]);
+        let _ = fs::remove_dir_all(&dir);
+    }
+}
