@@ -10,7 +10,7 @@ use flowtracer_core::{Error, Position};
 
 use crate::buffer::DeviceBuffer;
 use crate::kernels::aggregate as k;
-use crate::plan::{GpuOptions, Launch, LaunchPlan, to_u32};
+use crate::plan::{GpuOptions, Kernel, Launch, LaunchPlan, to_u32};
 use crate::trace::{MAX_N, TraceInput};
 
 /// Where one sequence's `[heads][N][N]` attention of a layer lives in a layer buffer.
@@ -178,7 +178,7 @@ impl LayerAccumulator {
         let n_max = self.inputs.iter().map(|i| i.n).max().unwrap_or(0);
         let cubes = (n_max * n_max).div_ceil(self.options.units as usize).max(1);
         Launch::new(
-            "aggregate_layer",
+            Kernel::AggregateLayer,
             (to_u32(cubes), to_u32(self.inputs.len()), 1),
             (self.options.units, 1, 1),
         )
@@ -191,7 +191,9 @@ impl LayerAccumulator {
     ///
     /// # Errors
     ///
-    /// [`Error::ShapeMismatch`] if some sequence's heads do not fit in `layer`.
+    /// [`Error::ShapeMismatch`] if some sequence's heads do not fit in `layer`;
+    /// [`Error::InvalidConfig`] (field `"layer_offset"`) if one ends at or past element
+    /// 2^32 of it (the kernels index with `u32`).
     pub fn add_layer(
         &mut self,
         client: &Client,
@@ -206,6 +208,13 @@ impl LayerAccumulator {
                     what: "layer attention",
                     expected: extent,
                     actual: layer.len(),
+                });
+            }
+            if u32::try_from(extent).is_err() {
+                return Err(Error::InvalidConfig {
+                    field: "layer_offset",
+                    reason: "the GPU kernels index with u32: every sequence must end below \
+                             element 2^32 of the layer buffer",
                 });
             }
         }
@@ -232,7 +241,7 @@ impl LayerAccumulator {
         let pairs = self.inputs.len() * self.heads;
         let values = DeviceBuffer::uninit(client, pairs);
         let gather = self.plan.push(Launch::elementwise(
-            "aggregate_negative",
+            Kernel::AggregateNegative,
             pairs,
             self.options.units,
         ));
@@ -265,7 +274,7 @@ impl LayerAccumulator {
         let scale = (1.0 / (self.statuses.len() * self.heads) as f64) as f32;
         if !self.out.is_empty() {
             let launch = self.plan.push(Launch::elementwise(
-                "aggregate_scale",
+                Kernel::AggregateScale,
                 self.out.len(),
                 self.options.units,
             ));

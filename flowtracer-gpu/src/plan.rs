@@ -8,31 +8,6 @@ use alloc::vec::Vec;
 
 use cubecl::prelude::*;
 
-/// Number of `u32` fields per sequence in the metadata buffer of the trace kernels.
-pub(crate) const META_LEN: usize = 9;
-
-/// Field indices of one sequence's metadata record.
-pub(crate) mod meta {
-    /// Sequence length `n`.
-    pub(crate) const N: usize = 0;
-    /// Element offset of `Ā[0][0]` in the attention buffer.
-    pub(crate) const OFFSET: usize = 1;
-    /// Elements between `Ā[k][0]` and `Ā[k + 1][0]`.
-    pub(crate) const ROW_STRIDE: usize = 2;
-    /// Element offset of token 0 in the per-token output buffers.
-    pub(crate) const VEC_OFFSET: usize = 3;
-    /// Question span start.
-    pub(crate) const Q_START: usize = 4;
-    /// Question span end.
-    pub(crate) const Q_END: usize = 5;
-    /// Answer span start.
-    pub(crate) const A_START: usize = 6;
-    /// Answer span end.
-    pub(crate) const A_END: usize = 7;
-    /// `1` when the sequence passed host validation and is traced, `0` when it is skipped.
-    pub(crate) const ACTIVE: usize = 8;
-}
-
 /// Tuning knobs of the kernels.
 ///
 /// `block` is the side of the triangular block solved inside one cube (one unit per row);
@@ -101,11 +76,73 @@ fn pow2_floor(x: u32) -> u32 {
     }
 }
 
+/// Every kernel this crate launches (one variant per `#[cube]` kernel).
+///
+/// [`Launch::kernel`] names one; [`LaunchPlan::count`] and [`LaunchPlan::of`] select by it.
+/// `Display` writes the kernel's snake-case name (`"reach_block"`), as in `docs/gpu.md`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Kernel {
+    /// The data checks of a trace (non-finite, negative, row mass), one unit per row.
+    Check,
+    /// Zeroes the reach accumulator `h`.
+    ReachZero,
+    /// One diagonal block of the backward (reach) sweep.
+    ReachBlock,
+    /// The rows before a reach block: adds the block's contribution.
+    ReachUpdate,
+    /// Counts the sources `|Q+|` and zeroes `u`.
+    FlowInit,
+    /// One diagonal block of the forward (flow) sweep.
+    FlowBlock,
+    /// The rows after a flow block: adds the block's contribution.
+    FlowUpdate,
+    /// `tau = 2 f` where `h > 0`.
+    Throughput,
+    /// Adds one layer's heads into `Ā`.
+    AggregateLayer,
+    /// Gathers the first negative value a layer launch found.
+    AggregateNegative,
+    /// Scales `Ā` by `1 / (layers * heads)`.
+    AggregateScale,
+    /// Per-response top-ρ selection and token weights.
+    TokenWeights,
+    /// Shaped advantages `w * A`.
+    ShapeAdvantage,
+}
+
+impl Kernel {
+    /// The kernel's snake-case name (`"reach_block"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Check => "check",
+            Kernel::ReachZero => "reach_zero",
+            Kernel::ReachBlock => "reach_block",
+            Kernel::ReachUpdate => "reach_update",
+            Kernel::FlowInit => "flow_init",
+            Kernel::FlowBlock => "flow_block",
+            Kernel::FlowUpdate => "flow_update",
+            Kernel::Throughput => "throughput",
+            Kernel::AggregateLayer => "aggregate_layer",
+            Kernel::AggregateNegative => "aggregate_negative",
+            Kernel::AggregateScale => "aggregate_scale",
+            Kernel::TokenWeights => "token_weights",
+            Kernel::ShapeAdvantage => "shape_advantage",
+        }
+    }
+}
+
+impl core::fmt::Display for Kernel {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// One kernel launch: which kernel, how many cubes, how many units per cube.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Launch {
-    /// Kernel name (e.g. `"reach_block"`).
-    pub kernel: &'static str,
+    /// Which kernel.
+    pub kernel: Kernel,
     /// Cubes along x, y, z.
     pub cubes: (u32, u32, u32),
     /// Units per cube along x, y, z.
@@ -116,11 +153,7 @@ pub struct Launch {
 
 impl Launch {
     /// A launch of `cubes` cubes of `cube_dim` units.
-    pub(crate) fn new(
-        kernel: &'static str,
-        cubes: (u32, u32, u32),
-        cube_dim: (u32, u32, u32),
-    ) -> Self {
+    pub(crate) fn new(kernel: Kernel, cubes: (u32, u32, u32), cube_dim: (u32, u32, u32)) -> Self {
         Self {
             kernel,
             cubes,
@@ -137,7 +170,7 @@ impl Launch {
 
     /// An element-wise launch covering `len` items with `units` units per cube (at least
     /// one cube, so the launch is never empty).
-    pub(crate) fn elementwise(kernel: &'static str, len: usize, units: u32) -> Self {
+    pub(crate) fn elementwise(kernel: Kernel, len: usize, units: u32) -> Self {
         let cubes = len.div_ceil(units as usize).max(1);
         Self::new(kernel, (to_u32(cubes), 1, 1), (units, 1, 1))
     }
@@ -182,12 +215,12 @@ impl LaunchPlan {
     }
 
     /// Number of launches of `kernel`.
-    pub fn count(&self, kernel: &str) -> usize {
-        self.launches.iter().filter(|l| l.kernel == kernel).count()
+    pub fn count(&self, kernel: Kernel) -> usize {
+        self.of(kernel).count()
     }
 
     /// The launches of `kernel`, in order.
-    pub fn of<'a>(&'a self, kernel: &'a str) -> impl Iterator<Item = &'a Launch> + 'a {
+    pub fn of(&self, kernel: Kernel) -> impl Iterator<Item = &Launch> + '_ {
         self.launches.iter().filter(move |l| l.kernel == kernel)
     }
 

@@ -12,7 +12,7 @@ use flowtracer_core::validate::check_response;
 
 use crate::buffer::DeviceBuffer;
 use crate::kernels::shaping as k;
-use crate::plan::{GpuOptions, Launch, LaunchPlan, to_u32};
+use crate::plan::{GpuOptions, Kernel, Launch, LaunchPlan, to_u32};
 
 /// One sequence of a shaping batch: its tokens are elements `offset..offset + n` of the
 /// score and weight buffers (e.g. [`crate::GpuTrace::range`]).
@@ -38,6 +38,18 @@ pub struct TokenWeights {
     pub plan: LaunchPlan,
 }
 
+/// The kernels index with `u32`: a sequence must end below element 2^32 of its buffer.
+fn check_u32_end(input: &ShapingInput) -> Result<(), Error> {
+    if u32::try_from(input.offset + input.n).is_err() {
+        return Err(Error::InvalidConfig {
+            field: "offset",
+            reason: "the GPU kernels index with u32: every sequence must end below element \
+                     2^32 of the score and weight buffers",
+        });
+    }
+    Ok(())
+}
+
 fn metadata(
     inputs: &[ShapingInput],
     config: &ShapingConfig,
@@ -55,6 +67,7 @@ fn metadata(
             });
         }
         check_response(input.n, None, &input.response)?;
+        check_u32_end(input)?;
         let kk = num_selected(config.rho, input.response.len());
         let m = &mut meta[b * k::SHAPE_META..(b + 1) * k::SHAPE_META];
         m[k::N] = to_u32(input.n);
@@ -74,7 +87,7 @@ fn metadata(
     Ok((meta, inv_mean))
 }
 
-fn grid(kernel: &'static str, inputs: &[ShapingInput], options: &GpuOptions) -> Launch {
+fn grid(kernel: Kernel, inputs: &[ShapingInput], options: &GpuOptions) -> Launch {
     let n_max = inputs.iter().map(|i| i.n).max().unwrap_or(0);
     Launch::new(
         kernel,
@@ -94,7 +107,9 @@ fn grid(kernel: &'static str, inputs: &[ShapingInput], options: &GpuOptions) -> 
 ///
 /// The core's: [`Error::InvalidConfig`] for a bad `config`, [`Error::ShapeMismatch`] if a
 /// sequence does not fit in `scores`, then [`Error::EmptySpan`] /
-/// [`Error::SpanOutOfRange`] for a bad response span (first failing sequence).
+/// [`Error::SpanOutOfRange`] for a bad response span (first failing sequence). Also
+/// [`Error::InvalidConfig`] (field `"offset"`) if a sequence ends at or past element 2^32
+/// (the kernels index with `u32`).
 ///
 /// # Complexity
 ///
@@ -115,7 +130,7 @@ pub fn token_weights(
         return Ok(TokenWeights { weights, plan });
     }
     let high = (1.0 + config.mix * (config.gamma_flow - 1.0)) as f32;
-    let launch = plan.push(grid("token_weights", inputs, &options));
+    let launch = plan.push(grid(Kernel::TokenWeights, inputs, &options));
     let meta = DeviceBuffer::from_u32(client, &meta);
     let inv_mean = DeviceBuffer::from_f32(client, &inv_mean);
     k::launch_weights(
@@ -138,7 +153,8 @@ pub fn token_weights(
 /// # Errors
 ///
 /// [`Error::ShapeMismatch`] if `advantages` does not have one value per sequence or a
-/// sequence does not fit in `weights`.
+/// sequence does not fit in `weights`; [`Error::InvalidConfig`] (field `"offset"`) if one
+/// ends at or past element 2^32 (the kernels index with `u32`).
 ///
 /// # Complexity
 ///
@@ -168,6 +184,7 @@ pub fn shape_advantage(
                 actual: weights.len(),
             });
         }
+        check_u32_end(input)?;
         meta[b * k::SHAPE_META + k::N] = to_u32(input.n);
         meta[b * k::SHAPE_META + k::OFFSET] = to_u32(input.offset);
     }
@@ -175,7 +192,7 @@ pub fn shape_advantage(
     if inputs.is_empty() {
         return Ok(out);
     }
-    let launch = grid("shape_advantage", inputs, &options);
+    let launch = grid(Kernel::ShapeAdvantage, inputs, &options);
     let meta = DeviceBuffer::from_u32(client, &meta);
     let adv = DeviceBuffer::from_f32(client, advantages);
     k::launch_advantage(

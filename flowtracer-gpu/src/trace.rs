@@ -10,8 +10,9 @@ use flowtracer_core::validate::{check_matrix_shape, check_spans};
 use flowtracer_core::{AnswerMode, Error, Position, TraceConfig};
 
 use crate::buffer::DeviceBuffer;
+use crate::kernels::seq_meta::SeqMeta;
 use crate::kernels::{check, flow, reach, throughput};
-use crate::plan::{GpuOptions, Launch, LaunchPlan, META_LEN, meta, to_u32};
+use crate::plan::{GpuOptions, Kernel, Launch, LaunchPlan, to_u32};
 
 /// Largest sequence the kernels accept: flat indices `k * n + i` are `u32`.
 pub const MAX_N: usize = 65_535;
@@ -149,28 +150,34 @@ pub fn trace_plan(lengths: &[usize], tokens: usize, options: &GpuOptions) -> Lau
             .unwrap_or(0)
     };
     let row_grid = |rows: usize| to_u32(rows.div_ceil(units as usize).max(1));
-    plan.push(Launch::new("check", (row_grid(n_max), s, 1), (units, 1, 1)));
-    plan.push(Launch::elementwise("reach_zero", tokens, units));
+    plan.push(Launch::new(
+        Kernel::Check,
+        (row_grid(n_max), s, 1),
+        (units, 1, 1),
+    ));
+    plan.push(Launch::elementwise(Kernel::ReachZero, tokens, units));
     for step in 0..steps {
-        plan.push(Launch::new("reach_block", (s, 1, 1), (options.block, 1, 1)).at_step(step));
+        plan.push(Launch::new(Kernel::ReachBlock, (s, 1, 1), (options.block, 1, 1)).at_step(step));
         let rows = rows_after(step);
         if rows > 0 {
             plan.push(
-                Launch::new("reach_update", (row_grid(rows), s, 1), (units, 1, 1)).at_step(step),
+                Launch::new(Kernel::ReachUpdate, (row_grid(rows), s, 1), (units, 1, 1))
+                    .at_step(step),
             );
         }
     }
-    plan.push(Launch::new("flow_init", (s, 1, 1), (units, 1, 1)));
+    plan.push(Launch::new(Kernel::FlowInit, (s, 1, 1), (units, 1, 1)));
     for step in 0..steps {
-        plan.push(Launch::new("flow_block", (s, 1, 1), (options.block, 1, 1)).at_step(step));
+        plan.push(Launch::new(Kernel::FlowBlock, (s, 1, 1), (options.block, 1, 1)).at_step(step));
         let rows = rows_after(step);
         if rows > 0 {
             plan.push(
-                Launch::new("flow_update", (row_grid(rows), s, 1), (units, 1, 1)).at_step(step),
+                Launch::new(Kernel::FlowUpdate, (row_grid(rows), s, 1), (units, 1, 1))
+                    .at_step(step),
             );
         }
     }
-    plan.push(Launch::elementwise("throughput", tokens, units));
+    plan.push(Launch::elementwise(Kernel::Throughput, tokens, units));
     plan
 }
 
@@ -475,28 +482,34 @@ pub fn trace_batch_with_workspace(
     validate_config(config)?;
     let options = options.fit(client);
     let mut host: Vec<Result<(), Error>> = Vec::with_capacity(inputs.len());
-    let mut metadata = vec![0u32; inputs.len().max(1) * META_LEN];
+    // One record per sequence (an all-zero, inactive one for an empty batch, so the buffer
+    // is never empty). Only a sequence `validate_input` accepted gets an active record:
+    // that is what makes the kernels' unchecked indexing safe (see `kernels::seq_meta`).
+    let mut metadata = vec![0u32; inputs.len().max(1) * SeqMeta::WORDS];
     let mut lengths = Vec::with_capacity(inputs.len());
     let mut ranges = Vec::with_capacity(inputs.len());
     let mut tokens = 0usize;
     for (b, input) in inputs.iter().enumerate() {
         let ok = validate_input(input, attention.len());
-        let m = &mut metadata[b * META_LEN..(b + 1) * META_LEN];
         ranges.push(tokens..tokens + input.n);
-        if ok.is_ok() {
-            m[meta::N] = to_u32(input.n);
-            m[meta::OFFSET] = to_u32(input.offset);
-            m[meta::ROW_STRIDE] = to_u32(input.row_stride);
-            m[meta::VEC_OFFSET] = to_u32(tokens);
-            m[meta::Q_START] = to_u32(input.question.start);
-            m[meta::Q_END] = to_u32(input.question.end);
-            m[meta::A_START] = to_u32(input.answer.start);
-            m[meta::A_END] = to_u32(input.answer.end);
-            m[meta::ACTIVE] = 1;
+        let record = if ok.is_ok() {
             lengths.push(input.n);
+            SeqMeta {
+                n: input.n,
+                offset: input.offset,
+                row_stride: input.row_stride,
+                vec_offset: tokens,
+                q_start: input.question.start,
+                q_end: input.question.end,
+                a_start: input.answer.start,
+                a_end: input.answer.end,
+                active: true,
+            }
         } else {
             lengths.push(0);
-        }
+            SeqMeta::default()
+        };
+        metadata[b * SeqMeta::WORDS..(b + 1) * SeqMeta::WORDS].copy_from_slice(&record.encode());
         tokens += input.n;
         host.push(ok);
     }
@@ -534,7 +547,7 @@ pub fn trace_batch_with_workspace(
     for l in &plan.launches {
         let step = l.step;
         match l.kernel {
-            "check" => check::launch(
+            Kernel::Check => check::launch(
                 client,
                 l,
                 attention,
@@ -542,27 +555,36 @@ pub fn trace_batch_with_workspace(
                 &status,
                 config.row_tolerance,
             ),
-            "reach_zero" => reach::launch_zero(client, l, &out.reach),
-            "reach_block" => {
+            Kernel::ReachZero => reach::launch_zero(client, l, &out.reach),
+            Kernel::ReachBlock => {
                 reach::launch_block(
                     client, l, attention, &metadata, &out.reach, step, threshold, block, relay,
                 );
             }
-            "reach_update" => {
+            Kernel::ReachUpdate => {
                 reach::launch_update(
                     client, l, attention, &metadata, &out.reach, step, threshold, block,
                 );
             }
-            "flow_init" => flow::launch_init(client, l, &metadata, &out.reach, &u, &sources),
-            "flow_block" => flow::launch_block(
+            Kernel::FlowInit => flow::launch_init(client, l, &metadata, &out.reach, &u, &sources),
+            Kernel::FlowBlock => flow::launch_block(
                 client, l, attention, &metadata, &out.reach, &sources, &u, &out.flow, step,
                 threshold, block, relay,
             ),
-            "flow_update" => {
+            Kernel::FlowUpdate => {
                 flow::launch_update(client, l, attention, &metadata, &u, step, threshold, block);
             }
-            "throughput" => throughput::launch(client, l, &out.reach, &out.flow, &out.throughput),
-            other => unreachable!("unknown kernel {other} in a trace plan"),
+            Kernel::Throughput => {
+                throughput::launch(client, l, &out.reach, &out.flow, &out.throughput);
+            }
+            // Listed, not wildcarded: a new kernel must be placed here or there.
+            Kernel::AggregateLayer
+            | Kernel::AggregateNegative
+            | Kernel::AggregateScale
+            | Kernel::TokenWeights
+            | Kernel::ShapeAdvantage => {
+                unreachable!("`trace_plan` never lists {}", l.kernel)
+            }
         }
     }
 

@@ -139,11 +139,16 @@ pub(crate) fn launch_layer(
     first: bool,
     packed: bool,
 ) {
-    // SAFETY: every buffer is declared with its true element count; the host checked that
-    // every sequence's heads and rows (`layer_offset + in_offset + (heads - 1) * head_stride`
-    // plus the matrix extent) lie inside `layer`, that `out_offset + n * n` lies inside
-    // `out`, and `status` has `2 * heads` slots per sequence; the kernel guards the
-    // sequence index against `metadata.len()` and the entry index against `n * n`.
+    // SAFETY: `DeviceBuffer::arg` declares each buffer with its true element count. The
+    // kernel guards the sequence index against the records in `metadata` and the entry
+    // index `p = k * n + i` against `n * n`. `LayerAccumulator::new` (in `aggregate.rs`)
+    // checked `n <= MAX_N` (so `n * n` fits in `u32`) and laid the outputs out back to
+    // back, so `out_offset + n * n <= out.len()` and the total fits in `u32`;
+    // `LayerAccumulator::add_layer` checked, before this launch, that every sequence's last
+    // head and row, `layer_offset + in_offset + (heads - 1) * head_stride` plus the matrix
+    // extent, lies inside `layer` and below 2^32, so every `layer[at + h * head_stride]`
+    // with `i <= k < n`, `h < heads` is in bounds; and it allocated `status` with `2 * heads`
+    // words per sequence.
     unsafe {
         aggregate_layer_kernel::launch_unchecked(
             client,
@@ -174,9 +179,12 @@ pub(crate) fn launch_negative(
     heads: u32,
     packed: bool,
 ) {
-    // SAFETY: buffers are declared with their true lengths; `values` has one slot and
-    // `status` two per (sequence, head), the kernel guards `ABSOLUTE_POS < values.len()`,
-    // and a recorded position is an entry the layer kernel read, so it is inside `layer`.
+    // SAFETY: `DeviceBuffer::arg` declares each buffer with its true length.
+    // `LayerAccumulator::add_layer` allocates `values` with one word and `status` with two
+    // per (sequence, head), and the kernel guards `ABSOLUTE_POS < values.len()`, so the
+    // sequence index `ABSOLUTE_POS / heads` has a record. A recorded position is an entry
+    // `(k, i)`, `i <= k < n`, that `aggregate_layer` read with the same `layer_offset`,
+    // `heads` and layout, so it lies inside `layer` (see `launch_layer`).
     unsafe {
         aggregate_negative_kernel::launch_unchecked(
             client,
@@ -195,8 +203,8 @@ pub(crate) fn launch_negative(
 
 /// Launches `aggregate_scale` over all of `out`.
 pub(crate) fn launch_scale(client: &Client, launch: &Launch, out: &DeviceBuffer, scale: f32) {
-    // SAFETY: `out` is declared with its true length and the kernel guards
-    // `ABSOLUTE_POS < out.len()`.
+    // SAFETY: `DeviceBuffer::arg` declares `out` with its true length and the kernel
+    // guards `ABSOLUTE_POS < out.len()`.
     unsafe {
         aggregate_scale_kernel::launch_unchecked(
             client,

@@ -14,8 +14,9 @@
 
 use cubecl::prelude::*;
 
+use super::seq_meta::SeqMeta;
 use crate::buffer::DeviceBuffer;
-use crate::plan::{Launch, META_LEN, meta};
+use crate::plan::Launch;
 
 /// Slots per sequence in the status buffer.
 pub(crate) const SLOTS: usize = 3;
@@ -24,16 +25,15 @@ pub(crate) const SLOTS: usize = 3;
 fn check_kernel(attention: &[f32], metadata: &[u32], status: &[Atomic<u32>], tolerance: f32) {
     let seq = CUBE_POS_Y as usize;
     let k = (CUBE_POS_X * CUBE_DIM_X + UNIT_POS_X) as usize;
-    if seq >= metadata.len() / META_LEN {
+    if seq >= SeqMeta::count(metadata) {
         terminate!();
     }
-    let base = seq * META_LEN;
-    let n = metadata[base + meta::N] as usize;
-    if metadata[base + meta::ACTIVE] == 0 || k >= n {
+    let m = SeqMeta::read(metadata, seq);
+    let n = m.n;
+    if !m.active || k >= n {
         terminate!();
     }
-    let row =
-        metadata[base + meta::OFFSET] as usize + k * (metadata[base + meta::ROW_STRIDE] as usize);
+    let row = m.offset + k * m.row_stride;
     let none = n * n;
     let mut first_bad = none;
     let mut first_negative = none;
@@ -74,10 +74,14 @@ pub(crate) fn launch(
     status: &DeviceBuffer,
     tolerance: f32,
 ) {
-    // SAFETY: every buffer is declared with its true element count; host validation put
-    // each active sequence's rows inside `attention` and limited `n` so that `n * n` fits
-    // in u32; the kernel guards the sequence index against `metadata.len()` (`status` has
-    // `SLOTS` entries per sequence) and the row index against `n`.
+    // SAFETY: `DeviceBuffer::arg` declares each buffer with its true element count. The
+    // kernel reads record `seq` with `SeqMeta::read` only after its guard
+    // `seq < SeqMeta::count(metadata)`, and exits on an inactive record or a row `k >= n`.
+    // An active record carries the bounds listed in `kernels::seq_meta`: the row's entries
+    // `Ā[k][i]`, `i <= k < n`, lie inside `attention` below 2^32, and `n <= MAX_N` keeps the
+    // flat indices `k * n + i < n * n` inside `u32`. `status` holds `SLOTS` words per
+    // sequence (allocated so by `trace_batch_with_workspace`), indexed at
+    // `seq * SLOTS + 0..3`.
     unsafe {
         check_kernel::launch_unchecked(
             client,

@@ -17,8 +17,9 @@
 
 use cubecl::prelude::*;
 
+use super::seq_meta::SeqMeta;
 use crate::buffer::DeviceBuffer;
-use crate::plan::{Launch, META_LEN, meta};
+use crate::plan::Launch;
 
 #[cube(launch_unchecked)]
 fn flow_init_kernel(
@@ -29,19 +30,19 @@ fn flow_init_kernel(
     #[comptime] units: usize,
 ) {
     let seq = CUBE_POS_X as usize;
-    if seq >= metadata.len() / META_LEN {
+    if seq >= SeqMeta::count(metadata) {
         terminate!();
     }
-    let base = seq * META_LEN;
-    if metadata[base + meta::ACTIVE] == 0 {
+    let m = SeqMeta::read(metadata, seq);
+    if !m.active {
         terminate!();
     }
-    let n = metadata[base + meta::N] as usize;
-    let voff = metadata[base + meta::VEC_OFFSET] as usize;
-    let q_start = metadata[base + meta::Q_START] as usize;
-    let q_end = metadata[base + meta::Q_END] as usize;
-    let a_start = metadata[base + meta::A_START] as usize;
-    let a_end = metadata[base + meta::A_END] as usize;
+    let n = m.n;
+    let voff = m.vec_offset;
+    let q_start = m.q_start;
+    let q_end = m.q_end;
+    let a_start = m.a_start;
+    let a_end = m.a_end;
     let j = UNIT_POS_X as usize;
 
     let mut i = j;
@@ -90,23 +91,23 @@ fn flow_block_kernel(
     #[comptime] relay: bool,
 ) {
     let seq = CUBE_POS_X as usize;
-    if seq >= metadata.len() / META_LEN {
+    if seq >= SeqMeta::count(metadata) {
         terminate!();
     }
-    let base = seq * META_LEN;
-    let n = metadata[base + meta::N] as usize;
+    let m = SeqMeta::read(metadata, seq);
+    let n = m.n;
     let lo = step as usize * block;
     // Cube-uniform exits only: every unit of the cube takes the same branch.
-    if metadata[base + meta::ACTIVE] == 0 || lo >= n {
+    if !m.active || lo >= n {
         terminate!();
     }
-    let offset = metadata[base + meta::OFFSET] as usize;
-    let ld = metadata[base + meta::ROW_STRIDE] as usize;
-    let voff = metadata[base + meta::VEC_OFFSET] as usize;
-    let q_start = metadata[base + meta::Q_START] as usize;
-    let q_end = metadata[base + meta::Q_END] as usize;
-    let a_start = metadata[base + meta::A_START] as usize;
-    let a_end = metadata[base + meta::A_END] as usize;
+    let offset = m.offset;
+    let ld = m.row_stride;
+    let voff = m.vec_offset;
+    let q_start = m.q_start;
+    let q_end = m.q_end;
+    let a_start = m.a_start;
+    let a_end = m.a_end;
     let hi = if lo + block < n { lo + block } else { n };
     let len = hi - lo;
     let num_sources = sources[seq];
@@ -168,20 +169,20 @@ fn flow_update_kernel(
 ) {
     let seq = CUBE_POS_Y as usize;
     let r = (CUBE_POS_X * CUBE_DIM_X + UNIT_POS_X) as usize;
-    if seq >= metadata.len() / META_LEN {
+    if seq >= SeqMeta::count(metadata) {
         terminate!();
     }
-    let base = seq * META_LEN;
-    let n = metadata[base + meta::N] as usize;
+    let m = SeqMeta::read(metadata, seq);
+    let n = m.n;
     let lo = step as usize * block;
     let hi = lo + block;
     let k = hi + r;
-    if metadata[base + meta::ACTIVE] == 0 || k >= n {
+    if !m.active || k >= n {
         terminate!();
     }
-    let offset = metadata[base + meta::OFFSET] as usize;
-    let ld = metadata[base + meta::ROW_STRIDE] as usize;
-    let voff = metadata[base + meta::VEC_OFFSET] as usize;
+    let offset = m.offset;
+    let ld = m.row_stride;
+    let voff = m.vec_offset;
     let row = offset + k * ld;
     let mut acc = u[voff + k];
     for i in lo..hi {
@@ -205,11 +206,16 @@ pub(crate) fn launch_init(
     sources: &DeviceBuffer,
 ) {
     let units = launch.cube_dim.0 as usize;
-    // SAFETY: every buffer is declared with its true element count; host validation put
-    // each active sequence's vector range `vec_offset..vec_offset + n` inside `h` and `u`,
-    // the kernel guards the sequence index against `metadata.len()` (and `sources` has one
-    // slot per sequence), and the cube dimension equals the comptime `units` that sizes the
-    // shared reduction buffer (a power of two).
+    // SAFETY: `DeviceBuffer::arg` declares each buffer with its true element count. The
+    // kernel reads record `seq` with `SeqMeta::read` only after its guard
+    // `seq < SeqMeta::count(metadata)` and exits on an inactive record; `sources` has one
+    // slot per sequence (`Workspace::reserve`), so `sources[seq]` is in bounds. An active
+    // record carries the bounds listed in `kernels::seq_meta`: the kernel writes
+    // `u[vec_offset + i]` for `i < n` and reads `h[vec_offset + q]` for `q` in the question
+    // span, inside `0..n`, and both buffers hold the batch's tokens. The shared `partial`
+    // holds `units` values, and `units` is this launch's cube dimension (read from `launch`
+    // above), so `partial[j]` with `j < CUBE_DIM_X` and `partial[j + stride]` with
+    // `j < stride <= CUBE_DIM_X / 2` are in bounds.
     unsafe {
         flow_init_kernel::launch_unchecked(
             client,
@@ -240,10 +246,16 @@ pub(crate) fn launch_block(
     block: usize,
     relay: bool,
 ) {
-    // SAFETY: every buffer is declared with its true element count; host validation put
-    // each active sequence's rows and vector range inside them; the kernel guards the
-    // sequence index, and the cube dimension equals the comptime `block` that sizes the
-    // shared tile (`block * block` f32, checked against the device limit by `GpuOptions::fit`).
+    // SAFETY: `DeviceBuffer::arg` declares each buffer with its true element count. The
+    // kernel reads record `seq` with `SeqMeta::read` only after its guard
+    // `seq < SeqMeta::count(metadata)` and exits on an inactive record; `sources` has one
+    // slot per sequence. An active record carries the bounds listed in `kernels::seq_meta`,
+    // so every entry read, `Ā[lo + t][lo + j]` with `j < t < len` and `lo + len <= n`, lies
+    // inside `attention`, and `h`, `u`, `f` are indexed at `vec_offset + i` with `i < n`,
+    // all below 2^32. The shared `tile` (`block * block` f32) is indexed at `t * block + j`
+    // and `j * block + t` with `j, t < len <= block`, and `value` at `t < len`, whatever
+    // the cube dimension (`GpuOptions::fit` keeps the tile within the device's shared
+    // memory).
     unsafe {
         flow_block_kernel::launch_unchecked(
             client,
@@ -275,8 +287,10 @@ pub(crate) fn launch_update(
     threshold: f32,
     block: usize,
 ) {
-    // SAFETY: as for `launch_block`; the kernel guards the row index `k < n`, so units past
-    // the end of a shorter sequence write nothing.
+    // SAFETY: as for `launch_block` (buffers, the record guard, the bounds of an active
+    // record). After its guard `k < n` the kernel reads `Ā[k][i]` with
+    // `lo <= i < hi <= k < n` and `u[vec_offset + i]`, `u[vec_offset + k]`, all in bounds;
+    // it uses no shared memory.
     unsafe {
         flow_update_kernel::launch_unchecked(
             client,

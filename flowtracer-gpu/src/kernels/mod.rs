@@ -6,5 +6,6 @@ pub(crate) mod aggregate;
 pub(crate) mod check;
 pub(crate) mod flow;
 pub(crate) mod reach;
+pub(crate) mod seq_meta;
 pub(crate) mod shaping;
 pub(crate) mod throughput;

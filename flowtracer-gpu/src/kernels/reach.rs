@@ -16,8 +16,9 @@
 
 use cubecl::prelude::*;
 
+use super::seq_meta::SeqMeta;
 use crate::buffer::DeviceBuffer;
-use crate::plan::{Launch, META_LEN, meta};
+use crate::plan::Launch;
 
 /// `h[p] = 0` for every element of the ragged output (the accumulator starts clean).
 #[cube(launch_unchecked)]
@@ -39,21 +40,21 @@ fn reach_block_kernel(
     #[comptime] relay: bool,
 ) {
     let seq = CUBE_POS_X as usize;
-    if seq >= metadata.len() / META_LEN {
+    if seq >= SeqMeta::count(metadata) {
         terminate!();
     }
-    let base = seq * META_LEN;
-    let n = metadata[base + meta::N] as usize;
+    let m = SeqMeta::read(metadata, seq);
+    let n = m.n;
     let done = step as usize * block;
     // Cube-uniform exits only: every unit of the cube takes the same branch.
-    if metadata[base + meta::ACTIVE] == 0 || done >= n {
+    if !m.active || done >= n {
         terminate!();
     }
-    let offset = metadata[base + meta::OFFSET] as usize;
-    let ld = metadata[base + meta::ROW_STRIDE] as usize;
-    let voff = metadata[base + meta::VEC_OFFSET] as usize;
-    let a_start = metadata[base + meta::A_START] as usize;
-    let a_end = metadata[base + meta::A_END] as usize;
+    let offset = m.offset;
+    let ld = m.row_stride;
+    let voff = m.vec_offset;
+    let a_start = m.a_start;
+    let a_end = m.a_end;
     let hi = n - done;
     let mut lo = 0usize;
     if hi > block {
@@ -105,13 +106,13 @@ fn reach_update_kernel(
 ) {
     let seq = CUBE_POS_Y as usize;
     let i = (CUBE_POS_X * CUBE_DIM_X + UNIT_POS_X) as usize;
-    if seq >= metadata.len() / META_LEN {
+    if seq >= SeqMeta::count(metadata) {
         terminate!();
     }
-    let base = seq * META_LEN;
-    let n = metadata[base + meta::N] as usize;
+    let m = SeqMeta::read(metadata, seq);
+    let n = m.n;
     let done = step as usize * block;
-    if metadata[base + meta::ACTIVE] == 0 || done >= n {
+    if !m.active || done >= n {
         terminate!();
     }
     let hi = n - done;
@@ -122,9 +123,9 @@ fn reach_update_kernel(
     if i >= lo {
         terminate!();
     }
-    let offset = metadata[base + meta::OFFSET] as usize;
-    let ld = metadata[base + meta::ROW_STRIDE] as usize;
-    let voff = metadata[base + meta::VEC_OFFSET] as usize;
+    let offset = m.offset;
+    let ld = m.row_stride;
+    let voff = m.vec_offset;
     let mut acc = h[voff + i];
     for k in lo..hi {
         let x = attention[offset + k * ld + i];
@@ -139,8 +140,8 @@ fn reach_update_kernel(
 
 /// Zeroes `out` with the geometry of `launch`.
 pub(crate) fn launch_zero(client: &Client, launch: &Launch, out: &DeviceBuffer) {
-    // SAFETY: the buffer argument is declared with its true length, and the kernel guards
-    // `ABSOLUTE_POS < out.len()` before writing.
+    // SAFETY: `DeviceBuffer::arg` declares `out` with its true length, and the kernel
+    // guards `ABSOLUTE_POS < out.len()` before writing.
     unsafe {
         zero_kernel::launch_unchecked(client, launch.cube_count(), launch.cube_dim(), out.arg());
     }
@@ -159,11 +160,15 @@ pub(crate) fn launch_block(
     block: usize,
     relay: bool,
 ) {
-    // SAFETY: every buffer is declared with its true element count; the host validated that
-    // each active sequence's rows (`offset + k * row_stride + i` for `i <= k < n`) and
-    // vector range (`vec_offset + n`) lie inside those lengths (see `plan::SeqMeta`), the
-    // kernel guards the sequence index against `metadata.len()`, and the cube dimension
-    // equals the comptime `block` that sizes the shared memory.
+    // SAFETY: `DeviceBuffer::arg` declares each buffer with its true element count. The
+    // kernel reads record `seq` with `SeqMeta::read` only after its guard
+    // `seq < SeqMeta::count(metadata)`, and exits on an inactive record. An active record
+    // carries the bounds listed in `kernels::seq_meta` (checked by `validate_input` in
+    // `trace.rs`), so every entry the kernel reads, `Ā[lo + t][lo + j]` with
+    // `j < t < len` and `lo + len <= n`, lies inside `attention`, every `h[vec_offset + i]`
+    // with `i < n` inside `h` (sized to the batch's tokens by `Workspace::reserve`), and all
+    // of these indices are below 2^32 (the kernel's `usize` is 32-bit). The shared `value`
+    // (`block` f32) is indexed by `t < len <= block` only, whatever the cube dimension.
     unsafe {
         reach_block_kernel::launch_unchecked(
             client,
@@ -192,8 +197,10 @@ pub(crate) fn launch_update(
     threshold: f32,
     block: usize,
 ) {
-    // SAFETY: as for `launch_block`; the kernel additionally guards the row index `i < lo`
-    // so units past the rows still to be updated write nothing.
+    // SAFETY: as for `launch_block` (buffers, the record guard, the bounds of an active
+    // record). After its guard `i < lo` the kernel reads `Ā[k][i]` with
+    // `i < lo <= k < hi <= n` and `h[vec_offset + i]`, `h[vec_offset + k]`, all in bounds;
+    // it uses no shared memory.
     unsafe {
         reach_update_kernel::launch_unchecked(
             client,

@@ -128,10 +128,13 @@ pub(crate) fn launch_weights(
     high: f32,
     bottom: bool,
 ) {
-    // SAFETY: buffers are declared with their true lengths; the host checked that every
-    // sequence's tokens `offset..offset + n` lie inside `scores` and `weights` and that
-    // the response lies inside `0..n`; `inv_mean` has one slot per sequence; the kernel
-    // guards the sequence index against `metadata.len()` and the token index against `n`.
+    // SAFETY: `DeviceBuffer::arg` declares each buffer with its true length. The kernel
+    // guards the sequence index against the records in `metadata` and the token index
+    // against `n`. `shaping::metadata` (in `shaping.rs`) wrote a record only after checking
+    // `offset + n <= scores.len()` (= `weights.len()`, allocated so by `token_weights`) and
+    // that `offset + n` fits in `u32`, and `check_response` put the response inside `0..n`,
+    // so `scores[offset + s]` and `weights[offset + t]` are in bounds; `inv_mean` has one
+    // slot per record.
     unsafe {
         token_weights_kernel::launch_unchecked(
             client,
@@ -157,7 +160,11 @@ pub(crate) fn launch_advantage(
     out: &DeviceBuffer,
     nonnegative_only: bool,
 ) {
-    // SAFETY: as for `launch_weights`; `advantages` has one slot per sequence.
+    // SAFETY: `DeviceBuffer::arg` declares each buffer with its true length. The kernel
+    // guards the sequence index against the records in `metadata` and the token index
+    // against `n`. `shape_advantage` (in `shaping.rs`) wrote a record only after checking
+    // `offset + n <= weights.len()` (= `out.len()`) and that `offset + n` fits in `u32`, and
+    // checked that `advantages` has one value per sequence.
     unsafe {
         shape_advantage_kernel::launch_unchecked(
             client,

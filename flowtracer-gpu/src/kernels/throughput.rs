@@ -27,8 +27,10 @@ pub(crate) fn launch(
     f: &DeviceBuffer,
     tau: &DeviceBuffer,
 ) {
-    // SAFETY: the three buffers are declared with their true lengths, which are equal (one
-    // f32 per token of the batch); the kernel guards `ABSOLUTE_POS < tau.len()`.
+    // SAFETY: `DeviceBuffer::arg` declares the three buffers with their true lengths, which
+    // are equal: they are the reach, flow and throughput buffers of one `Workspace`, each
+    // sized to the batch's tokens by `Workspace::reserve`. The kernel guards
+    // `ABSOLUTE_POS < tau.len()` before touching any of them.
     unsafe {
         throughput_kernel::launch_unchecked(
             client,

@@ -1,6 +1,6 @@
 //! The launch plan's shape: launches grow as N / block, each launch covers many units.
 
-use flowtracer_gpu::{GpuOptions, trace_plan};
+use flowtracer_gpu::{GpuOptions, Kernel, trace_plan};
 
 #[test]
 fn launches_scale_with_n_over_block() {
@@ -8,14 +8,17 @@ fn launches_scale_with_n_over_block() {
     for n in [1usize, 64, 65, 1000, 8192, 32768] {
         let plan = trace_plan(&[n], n, &options);
         let steps = n.div_ceil(64);
-        assert_eq!(plan.count("reach_block"), steps, "n = {n}");
-        assert_eq!(plan.count("flow_block"), steps, "n = {n}");
-        assert_eq!(plan.count("reach_update"), steps - 1, "n = {n}");
-        assert_eq!(plan.count("flow_update"), steps - 1, "n = {n}");
+        assert_eq!(plan.count(Kernel::ReachBlock), steps, "n = {n}");
+        assert_eq!(plan.count(Kernel::FlowBlock), steps, "n = {n}");
+        assert_eq!(plan.count(Kernel::ReachUpdate), steps - 1, "n = {n}");
+        assert_eq!(plan.count(Kernel::FlowUpdate), steps - 1, "n = {n}");
         assert_eq!(plan.len(), 4 * steps + 2, "n = {n}");
         // No single-unit kernels: every launch has at least a block's worth of units.
         assert!(plan.min_units() >= 64, "n = {n}: {:?}", plan.launches);
-        for l in plan.of("reach_block").chain(plan.of("flow_block")) {
+        for l in plan
+            .of(Kernel::ReachBlock)
+            .chain(plan.of(Kernel::FlowBlock))
+        {
             assert_eq!(l.units_per_cube(), 64);
         }
     }
@@ -32,7 +35,7 @@ fn batch_size_does_not_add_launches() {
     let many = trace_plan(&[500, 20, 499, 1, 300], 1320, &options);
     assert_eq!(one.len(), many.len());
     // The update of step s covers every remaining row of every sequence.
-    let first_update = many.of("reach_update").next().unwrap();
+    let first_update = many.of(Kernel::ReachUpdate).next().unwrap();
     assert_eq!(first_update.cubes.1, 5);
     assert!(first_update.units() >= 500 - 64);
 }
