@@ -59,8 +59,6 @@ mod error;
 mod float;
 pub mod flow;
 pub mod grpo;
-#[cfg(feature = "io")]
-pub mod io;
 mod kernels;
 pub mod reach;
 pub mod reference;

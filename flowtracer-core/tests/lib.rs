@@ -4,8 +4,6 @@
 mod common;
 mod errors;
 mod grpo;
-#[cfg(feature = "io")]
-mod io;
 mod properties;
 mod regressions;
 mod stages;

@@ -9,7 +9,7 @@ use libfuzzer_sys::fuzz_target;
 static GLOBAL: Counting = Counting;
 
 fuzz_target!(|bytes: &[u8]| {
-    let (result, peak) = peak_during(|| flowtracer_core::io::read_safetensors(bytes));
+    let (result, peak) = peak_during(|| flowtracer_io::read_safetensors(bytes));
     let cap = 4 * bytes.len() + 64 * 1024;
     assert!(peak <= cap, "allocated {peak} bytes for a {}-byte file", bytes.len());
     match result {

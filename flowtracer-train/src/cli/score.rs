@@ -80,10 +80,10 @@ use flowtracer_core::aggregate::{
     LayerAccumulator, LayerSelection, Layout, aggregate, select_layers,
 };
 use flowtracer_core::backbone::{Backbone, BackboneConfig, backbone};
-use flowtracer_io::{Array, SafeTensors, read_npy};
 use flowtracer_core::shaping::{ApplyTo, Select, ShapingConfig, token_weights};
 use flowtracer_core::validate::{check_response, check_spans};
 use flowtracer_core::{AnswerMode, Trace, TraceConfig, trace};
+use flowtracer_io::{Array, SafeTensors, read_npy};
 use serde::{Deserialize, Serialize};
 
 use super::CliError;
@@ -545,9 +545,10 @@ impl AttentionFile {
         // Per-layer tensors: check every shape (and dtype) before reading any data.
         let mut layer_shape: Option<(usize, usize, Vec<usize>)> = None;
         for name in &names {
-            let info = infos.iter().find(|t| &t.name == name).ok_or_else(|| {
-                io(flowtracer_io::Error::TensorNotFound { name: name.clone() })
-            })?;
+            let info = infos
+                .iter()
+                .find(|t| &t.name == name)
+                .ok_or_else(|| io(flowtracer_io::Error::TensorNotFound { name: name.clone() }))?;
             if !matches!(info.dtype.as_str(), "F64" | "F32" | "F16" | "BF16") {
                 return Err(io(flowtracer_io::Error::UnsupportedDtype {
                     dtype: info.dtype.clone(),

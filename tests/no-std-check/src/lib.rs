@@ -1,6 +1,6 @@
 //! A `#![no_std]` library with its own `#[panic_handler]`. If anything in the dependency
-//! graph of `flowtracer-core` links `std`, the handler clashes with std's and the build
-//! fails with E0152 (duplicate lang item `panic_impl`). A host build with
+//! graph of `flowtracer-core` or `flowtracer-io` links `std`, the handler clashes with std's
+//! and the build fails with E0152 (duplicate lang item `panic_impl`). A host build with
 //! `--no-default-features` cannot prove this; this crate can.
 #![no_std]
 
@@ -24,7 +24,9 @@ pub fn score(attention: &[f32], n: usize, question: Range<usize>, answer: Range<
     }
 }
 
-/// Uses the byte readers of the `io` feature.
+/// Uses both byte readers of flowtracer-io (serde_json with `alloc` only included).
 pub fn parse(bytes: &[u8]) -> usize {
-    flowtracer_core::io::read_npy(bytes).map(|a| a.data.len()).unwrap_or(0)
+    let npy = flowtracer_io::read_npy(bytes).map(|a| a.data.len()).unwrap_or(0);
+    let st = flowtracer_io::read_safetensors(bytes).map(|t| t.len()).unwrap_or(0);
+    npy + st
 }

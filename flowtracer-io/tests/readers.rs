@@ -1,10 +1,9 @@
-//! The `.npy` and `.safetensors` readers (feature `io`).
+//! The `.npy` and `.safetensors` readers on valid and bad files.
 //!
 //! The files are produced by small writers in this module, written from the format
 //! descriptions independently of the readers.
-#![cfg(feature = "io")]
 
-use flowtracer_core::io::{Array, Data, IoError, SafeTensors, read_npy, read_safetensors};
+use flowtracer_io::{Array, Data, Error, SafeTensors, read_npy, read_safetensors};
 
 /// Writes a `.npy` file the way `numpy.save` does: header padded with spaces to a multiple of
 /// 64 bytes and ended by a newline.
@@ -80,7 +79,7 @@ fn safetensors(entries: &[Entry<'_>], metadata: bool) -> Vec<u8> {
     raw_safetensors(&header, &buffer)
 }
 
-fn raw_safetensors(header: &str, buffer: &[u8]) -> Vec<u8> {
+pub(crate) fn raw_safetensors(header: &str, buffer: &[u8]) -> Vec<u8> {
     let mut out = (header.len() as u64).to_le_bytes().to_vec();
     out.extend_from_slice(header.as_bytes());
     out.extend_from_slice(buffer);
@@ -189,16 +188,16 @@ fn data_into_f64_is_exact() {
 
 #[test]
 fn npy_bad_magic_and_version() {
-    assert_eq!(read_npy(b""), Err(IoError::BadMagic { format: "npy" }));
+    assert_eq!(read_npy(b""), Err(Error::BadMagic { format: "npy" }));
     assert_eq!(
         read_npy(b"\x93NUMPZ\x01\x00"),
-        Err(IoError::BadMagic { format: "npy" })
+        Err(Error::BadMagic { format: "npy" })
     );
     let mut file = npy(1, "<f8", false, &[1], &f64_le(&[1.0]));
     file[6] = 4;
     assert_eq!(
         read_npy(&file),
-        Err(IoError::UnsupportedVersion { major: 4, minor: 0 })
+        Err(Error::UnsupportedVersion { major: 4, minor: 0 })
     );
 }
 
@@ -208,7 +207,7 @@ fn npy_truncated_data_names_the_sizes() {
     let err = read_npy(&file).unwrap_err();
     assert_eq!(
         err,
-        IoError::Truncated {
+        Error::Truncated {
             what: "data".to_owned(),
             needed: 32,
             available: 24
@@ -225,7 +224,7 @@ fn npy_truncated_header() {
     let file = npy(1, "<f8", false, &[1], &f64_le(&[1.0]));
     let err = read_npy(&file[..20]).unwrap_err();
     assert!(
-        matches!(&err, IoError::Truncated { what, .. } if what == "header"),
+        matches!(&err, Error::Truncated { what, .. } if what == "header"),
         "{err:?}"
     );
 }
@@ -235,7 +234,7 @@ fn npy_trailing_bytes() {
     let mut file = npy(1, "<f8", false, &[1], &f64_le(&[1.0]));
     file.push(0);
     let err = read_npy(&file).unwrap_err();
-    assert!(matches!(err, IoError::TrailingBytes { .. }), "{err:?}");
+    assert!(matches!(err, Error::TrailingBytes { .. }), "{err:?}");
     assert!(err.to_string().contains("1 unexpected bytes"), "{err}");
 }
 
@@ -245,13 +244,13 @@ fn npy_wrong_dtype_is_named() {
     let err = read_npy(&file).unwrap_err();
     assert_eq!(
         err,
-        IoError::UnsupportedDtype {
+        Error::UnsupportedDtype {
             dtype: "<i8".to_owned()
         }
     );
     assert_eq!(
         err.to_string(),
-        "unsupported dtype \"<i8\": expected a float type (float32 or float64)"
+        "unsupported dtype \"<i8\": expected a float type (float16, bfloat16, float32 or float64)"
     );
     // A structured dtype.
     let header = "{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (1,), }";
@@ -261,7 +260,7 @@ fn npy_wrong_dtype_is_named() {
     file.extend_from_slice(&1.0f32.to_le_bytes());
     assert_eq!(
         read_npy(&file),
-        Err(IoError::UnsupportedDtype {
+        Err(Error::UnsupportedDtype {
             dtype: "[('a', '<f4')]".to_owned()
         })
     );
@@ -272,24 +271,18 @@ fn npy_huge_shape_is_rejected_without_allocating() {
     // A tiny file claiming 2^62 elements: the reader must compare with the bytes present
     // instead of allocating (an allocation this large would abort the test process).
     let file = npy(1, "<f8", false, &[1 << 31, 1 << 31], &[]);
-    assert!(matches!(
-        read_npy(&file),
-        Err(IoError::ShapeOverflow { .. })
-    ));
+    assert!(matches!(read_npy(&file), Err(Error::ShapeOverflow { .. })));
     let file = npy(1, "<f8", false, &[1 << 20, 1 << 20], &[]);
     assert_eq!(
         read_npy(&file),
-        Err(IoError::Truncated {
+        Err(Error::Truncated {
             what: "data".to_owned(),
             needed: 8 << 40,
             available: 0
         })
     );
     let file = npy(1, "<f8", false, &[usize::MAX, 2], &[]);
-    assert!(matches!(
-        read_npy(&file),
-        Err(IoError::ShapeOverflow { .. })
-    ));
+    assert!(matches!(read_npy(&file), Err(Error::ShapeOverflow { .. })));
 }
 
 #[test]
@@ -336,7 +329,7 @@ fn npy_bad_headers() {
         file.extend_from_slice(&f64_le(&[1.0]));
         assert_eq!(
             read_npy(&file),
-            Err(IoError::BadHeader {
+            Err(Error::BadHeader {
                 format: "npy",
                 reason: reason.to_owned()
             }),
@@ -428,20 +421,20 @@ fn safetensors_index_and_selective_read() {
     assert_eq!(parsed.read("attn").unwrap().data, Data::F64(vec![1.0]));
     assert_eq!(
         parsed.read("ids"),
-        Err(IoError::UnsupportedDtype {
+        Err(Error::UnsupportedDtype {
             dtype: "I64".to_owned()
         })
     );
     assert_eq!(
         parsed.read("nope"),
-        Err(IoError::TensorNotFound {
+        Err(Error::TensorNotFound {
             name: "nope".to_owned()
         })
     );
     // The all-tensors reader fails on the integer tensor.
     assert!(matches!(
         read_safetensors(&file),
-        Err(IoError::UnsupportedDtype { .. })
+        Err(Error::UnsupportedDtype { .. })
     ));
 }
 
@@ -471,7 +464,7 @@ fn safetensors_empty_file_has_no_tensors() {
 fn safetensors_truncated_header_and_data() {
     assert_eq!(
         read_safetensors(b"\x10\x00"),
-        Err(IoError::BadMagic {
+        Err(Error::BadMagic {
             format: "safetensors"
         })
     );
@@ -480,7 +473,7 @@ fn safetensors_truncated_header_and_data() {
     file.extend_from_slice(b"{}");
     assert_eq!(
         read_safetensors(&file),
-        Err(IoError::Truncated {
+        Err(Error::Truncated {
             what: "header".to_owned(),
             needed: u64::MAX,
             available: 2
@@ -503,17 +496,17 @@ fn safetensors_offsets_must_tile_the_buffer() {
     let gap = r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#;
     assert!(matches!(
         read_safetensors(&raw_safetensors(gap, &two)),
-        Err(IoError::BadOffsets { ref reason, .. }) if reason.contains("gap")
+        Err(Error::BadOffsets { ref reason, .. }) if reason.contains("gap")
     ));
     let overlap = r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#;
     assert!(matches!(
         read_safetensors(&raw_safetensors(overlap, &two)),
-        Err(IoError::BadOffsets { ref reason, .. }) if reason.contains("overlaps")
+        Err(Error::BadOffsets { ref reason, .. }) if reason.contains("overlaps")
     ));
     let short = r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
     assert_eq!(
         read_safetensors(&raw_safetensors(short, &two)),
-        Err(IoError::TrailingBytes {
+        Err(Error::TrailingBytes {
             expected: 8 + short.len() as u64 + 4,
             actual: 8 + short.len() as u64 + 8
         })
@@ -521,7 +514,7 @@ fn safetensors_offsets_must_tile_the_buffer() {
     let mismatch = r#"{"a":{"dtype":"F64","shape":[2],"data_offsets":[0,8]}}"#;
     assert_eq!(
         read_safetensors(&raw_safetensors(mismatch, &two)),
-        Err(IoError::SizeMismatch {
+        Err(Error::SizeMismatch {
             name: "a".to_owned(),
             expected: 16,
             actual: 8
@@ -530,7 +523,7 @@ fn safetensors_offsets_must_tile_the_buffer() {
     let reversed = r#"{"a":{"dtype":"F32","shape":[0],"data_offsets":[8,0]}}"#;
     assert!(matches!(
         read_safetensors(&raw_safetensors(reversed, &two)),
-        Err(IoError::BadOffsets { .. })
+        Err(Error::BadOffsets { .. })
     ));
 }
 
@@ -562,12 +555,43 @@ fn safetensors_bad_headers() {
         ),
         (r#"{"__metadata__":[]}"#, "__metadata__ is not an object"),
         (r#"{} x"#, "unexpected text after the JSON object"),
-        ("{\"a\u{1}\":{}}", "control character in string"),
+        (
+            r#"{"a":{"dtype":"F32","dtype":"F32","shape":[0],"data_offsets":[0,0]}}"#,
+            "tensor \"a\" repeats key \"dtype\"",
+        ),
+        (
+            r#"{"a":{"shape":[0],"data_offsets":[0,0]}}"#,
+            "tensor \"a\" has no string dtype",
+        ),
+        (
+            r#"{"a":{"dtype":"F32","data_offsets":[0,0]}}"#,
+            "tensor \"a\" has a bad shape",
+        ),
+        (
+            r#"{"a":{"dtype":"F32","shape":[1e400],"data_offsets":[0,0]}}"#,
+            "tensor \"a\" has a bad shape",
+        ),
+        (
+            r#"{"a":{"dtype":"F32","shape":[0],"data_offsets":[0,0,0]}}"#,
+            "tensor \"a\" has bad data_offsets",
+        ),
+        (
+            r#"{"a":{"dtype":"F32","shape":[0],"data_offsets":[0]}}"#,
+            "tensor \"a\" has bad data_offsets",
+        ),
+        (
+            r#"{"a":{"dtype":"F32","shape":[0],"data_offsets":[-0,0]}}"#,
+            "tensor \"a\" has bad data_offsets",
+        ),
+        (
+            r#"{"a":{"dtype":"F32","shape":[0],"data_offsets":[0,18446744073709551616]}}"#,
+            "tensor \"a\" has bad data_offsets",
+        ),
     ];
     for (header, reason) in cases {
         assert_eq!(
             read_safetensors(&raw_safetensors(header, &[])),
-            Err(IoError::BadHeader {
+            Err(Error::BadHeader {
                 format: "safetensors",
                 reason: reason.to_owned()
             }),
@@ -577,13 +601,18 @@ fn safetensors_bad_headers() {
     let dup = r#"{"a":{"dtype":"F32","shape":[0],"data_offsets":[0,0]},"a":{"dtype":"F32","shape":[0],"data_offsets":[0,0]}}"#;
     assert!(matches!(
         read_safetensors(&raw_safetensors(dup, &[])),
-        Err(IoError::BadHeader { ref reason, .. }) if reason.contains("duplicate")
+        Err(Error::BadHeader { ref reason, .. }) if reason.contains("duplicate")
+    ));
+    // JSON syntax errors carry serde_json's one-line message.
+    assert!(matches!(
+        read_safetensors(&raw_safetensors("{\"a\u{1}\":{}}", &[])),
+        Err(Error::BadHeader { ref reason, .. }) if reason.starts_with("control character")
     ));
     let mut bad_utf8 = 2u64.to_le_bytes().to_vec();
     bad_utf8.extend_from_slice(&[0xff, 0xfe]);
     assert!(matches!(
         read_safetensors(&bad_utf8),
-        Err(IoError::BadHeader { ref reason, .. }) if reason.contains("UTF-8")
+        Err(Error::BadHeader { ref reason, .. }) if reason.contains("UTF-8")
     ));
 }
 
@@ -596,7 +625,7 @@ fn safetensors_deep_nesting_is_rejected_not_a_stack_overflow() {
     );
     assert_eq!(
         read_safetensors(&raw_safetensors(&deep, &[])),
-        Err(IoError::BadHeader {
+        Err(Error::BadHeader {
             format: "safetensors",
             reason: "JSON nested too deeply".to_owned()
         })
@@ -631,4 +660,105 @@ fn safetensors_every_prefix_and_every_byte_flip_is_handled() {
         }
         mutated[at] = file[at];
     }
+}
+
+#[test]
+fn safetensors_nesting_depth_boundary() {
+    // The root object and `__metadata__` are two levels; then `k` arrays.
+    let nested = |k: usize| {
+        format!(
+            "{{\"__metadata__\":{{\"x\":{}{}}}}}",
+            "[".repeat(k),
+            "]".repeat(k)
+        )
+    };
+    let limit = flowtracer_io::MAX_JSON_DEPTH;
+    assert_eq!(
+        read_safetensors(&raw_safetensors(&nested(limit - 2), &[])),
+        Ok(vec![])
+    );
+    assert_eq!(
+        read_safetensors(&raw_safetensors(&nested(limit - 1), &[])),
+        Err(Error::BadHeader {
+            format: "safetensors",
+            reason: "JSON nested too deeply".to_owned()
+        })
+    );
+}
+
+#[test]
+fn safetensors_metadata_may_hold_any_json_values() {
+    let header = r#"{"__metadata__":{"format":"pt","n":1e400,"list":[1,-2.5,true,null,{"k":"v"}],"k\u00e9":{}},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
+    let tensors = read_safetensors(&raw_safetensors(header, &f32_le(&[0.5]))).unwrap();
+    assert_eq!(tensors.len(), 1);
+    assert_eq!(tensors[0].1.data, Data::F32(vec![0.5]));
+}
+
+#[test]
+fn safetensors_duplicate_reported_at_the_first_repeat_in_header_order() {
+    let entry =
+        |name: &str| format!(r#""{name}":{{"dtype":"F32","shape":[0],"data_offsets":[0,0]}}"#);
+    let header = format!(
+        "{{{},{},{},{}}}",
+        entry("b"),
+        entry("a"),
+        entry("b"),
+        entry("a")
+    );
+    assert_eq!(
+        read_safetensors(&raw_safetensors(&header, &[])),
+        Err(Error::BadHeader {
+            format: "safetensors",
+            reason: "duplicate tensor \"b\"".to_owned()
+        })
+    );
+    // An escaped spelling of the same name is the same name.
+    let header = format!("{{{},{}}}", entry("a"), entry("\\u0061"));
+    assert!(matches!(
+        read_safetensors(&raw_safetensors(&header, &[])),
+        Err(Error::BadHeader { ref reason, .. }) if reason == "duplicate tensor \"a\""
+    ));
+}
+
+#[test]
+fn safetensors_rank_boundary() {
+    let shape = |rank: usize| vec!["1"; rank].join(",");
+    let header = |rank: usize| {
+        format!(
+            r#"{{"a":{{"dtype":"F32","shape":[{}],"data_offsets":[0,4]}}}}"#,
+            shape(rank)
+        )
+    };
+    let max = flowtracer_io::MAX_RANK;
+    let ok = read_safetensors(&raw_safetensors(&header(max), &f32_le(&[1.0]))).unwrap();
+    assert_eq!(ok[0].1.shape, vec![1; max]);
+    assert_eq!(
+        read_safetensors(&raw_safetensors(&header(max + 1), &f32_le(&[1.0]))),
+        Err(Error::BadHeader {
+            format: "safetensors",
+            reason: "tensor \"a\" has a bad shape".to_owned()
+        })
+    );
+}
+
+#[test]
+fn safetensors_lookup_by_name() {
+    let file = safetensors(
+        &[
+            ("layers.10", "F32", &[1], f32_le(&[10.0])),
+            ("layers.2", "F32", &[1], f32_le(&[2.0])),
+            ("layers.1", "F64", &[1], f64_le(&[1.0])),
+        ],
+        true,
+    );
+    let parsed = SafeTensors::parse(&file).unwrap();
+    let names: Vec<&str> = parsed.tensors().iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["layers.10", "layers.2", "layers.1"]);
+    assert_eq!(parsed.get("layers.1").unwrap().dtype, "F64");
+    assert_eq!(parsed.get("layers.2").unwrap().shape, [1]);
+    assert!(parsed.get("layers.3").is_none());
+    assert_eq!(
+        parsed.read("layers.10").unwrap().data,
+        Data::F32(vec![10.0])
+    );
 }
