@@ -62,8 +62,9 @@ pub mod grpo;
 #[cfg(feature = "io")]
 pub mod io;
 mod kernels;
-pub mod reach;
+mod reach;
 pub mod reference;
+pub mod sequence;
 pub mod shaping;
 pub mod trace;
 pub mod validate;
@@ -72,12 +73,8 @@ pub mod vocabulary;
 pub use error::{Error, Position, Span, Stage};
 pub use float::FlowFloat;
 pub use reach::AnswerMode;
-pub use trace::{
-    Trace, TraceConfig, TraceInput, Workspace, trace, trace_batch, trace_with_workspace,
-};
-
-#[cfg(feature = "parallel")]
-pub use trace::trace_batch_parallel;
+pub use sequence::{LayerShape, Sequence, Spans, Tokens};
+pub use trace::{Config, Trace, TraceConfig, Tracer, trace};
 
 /// The README's example, compiled and run as a doctest.
 #[doc = include_str!("../../README.md")]
