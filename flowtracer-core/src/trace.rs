@@ -293,7 +293,7 @@ impl Workspace {
 /// assert_eq!(w, [1.0, 1.0, 1.5, 1.0, 1.5]);
 /// // Two responses of 3 completion tokens each, rewards 1 and 0.
 /// let adv = tracer.shape_advantages(&[1.0, 0.0], 2, &[1.0, 1.5, 1.5, 1.0, 1.0, 1.0])?;
-/// let a0 = 1.0 / (2.0f64.sqrt() + 1e-4); // (1 - 0.5) / (sample std + eps)
+/// let a0 = 0.5 / (0.5f64.sqrt() + 1e-4); // (1 - 0.5) / (sample std + eps)
 /// for (x, y) in adv.iter().zip([a0, 1.5 * a0, 1.5 * a0, -a0, -a0, -a0]) {
 ///     assert!((x - y).abs() < 1e-12);
 /// }
