@@ -3,6 +3,7 @@
 
 mod common;
 mod errors;
+mod front_door;
 mod grpo;
 #[cfg(feature = "io")]
 mod io;
