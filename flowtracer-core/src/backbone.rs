@@ -10,8 +10,8 @@ use core::cmp::Ordering;
 use crate::error::Error;
 use crate::float::FlowFloat;
 use crate::reach::AnswerMode;
-use crate::shaping::{Select, select_tokens};
 use crate::sequence::Sequence;
+use crate::shaping::{Select, select_tokens};
 use crate::trace::Trace;
 
 /// Configuration of [`backbone`]. `Default` is the spec's setting.
@@ -191,7 +191,12 @@ pub fn backbone<F: FlowFloat>(
     };
     let (path, path_probability) = best_path(trace, &h, &fp, &w);
     let (edges, total_edge_flow) = covering_edges(n, &h, &fp, &w, config.coverage);
-    let hubs = select_tokens(trace.throughput(), trace.response(), config.rho, Select::Top);
+    let hubs = select_tokens(
+        trace.throughput(),
+        trace.response(),
+        config.rho,
+        Select::Top,
+    );
     let checkpoints = (0..n)
         .filter(|&k| trace.flow()[k].widen() >= config.checkpoint_threshold)
         .collect();

@@ -6,8 +6,8 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use crate::error::Error;
-use crate::float::FlowFloat;
 use crate::error::Span;
+use crate::float::FlowFloat;
 use crate::sequence::{Sequence, Tokens};
 use crate::validate::{check_data, check_response, check_rows};
 

@@ -266,8 +266,8 @@ pub fn conservation_residual<F: FlowFloat, H: FlowFloat>(
     let (n, answer, threshold) = (seq.n(), seq.answer(), edge_threshold);
     assert_eq!(h.len(), n, "h must have length n");
     let mut out = alloc::vec![0.0f64; n];
-    for k in 0..n {
-        let hk = h[k].widen();
+    for (k, hk) in h.iter().enumerate() {
+        let hk = hk.widen();
         if hk <= 0.0 {
             continue;
         }

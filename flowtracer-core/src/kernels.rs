@@ -303,7 +303,13 @@ mod tests {
     fn values(len: usize, seed: u64) -> Vec<f64> {
         let mut g = crate::baselines::SplitMix64::new(seed);
         (0..len)
-            .map(|i| if i % 7 == 3 { 0.0 } else { g.next_f64() * 1.25 - 0.25 })
+            .map(|i| {
+                if i % 7 == 3 {
+                    0.0
+                } else {
+                    g.next_f64() * 1.25 - 0.25
+                }
+            })
             .collect()
     }
 
@@ -343,7 +349,10 @@ mod tests {
     fn axpy4_summary_matches_naive() {
         for len in LENS {
             let rows: [Vec<f32>; ROWS] = core::array::from_fn(|r| {
-                values(len, 20 + r as u64).into_iter().map(|x| x as f32).collect()
+                values(len, 20 + r as u64)
+                    .into_iter()
+                    .map(|x| x as f32)
+                    .collect()
             });
             let hs = [0.5, 1.0, 0.25, 2.0];
             let start = values(len, 30);
@@ -357,7 +366,11 @@ mod tests {
                 };
                 let w = |a: f32| {
                     let a = f64::from(a);
-                    if threshold > 0.0 && a < threshold { 0.0 } else { a }
+                    if threshold > 0.0 && a < threshold {
+                        0.0
+                    } else {
+                        a
+                    }
                 };
                 for i in 0..len {
                     let want = start[i] + (0..ROWS).map(|r| w(rows[r][i]) * hs[r]).sum::<f64>();
@@ -368,7 +381,10 @@ mod tests {
                     let sum: f64 = row.iter().map(|&x| f64::from(x)).sum();
                     let min = row.iter().fold(0.0f32, |m, &x| if x < m { x } else { m });
                     let got = f64::from(sums[r].sum);
-                    assert!((got - sum).abs() <= 1e-5 * (1.0 + sum.abs()), "sum len {len}");
+                    assert!(
+                        (got - sum).abs() <= 1e-5 * (1.0 + sum.abs()),
+                        "sum len {len}"
+                    );
                     assert_eq!(sums[r].min, min, "min len {len} row {r}");
                 }
             }
@@ -382,14 +398,20 @@ mod tests {
             let (sum, min) = row_stats(&row);
             let naive_sum: f64 = row.iter().sum();
             let naive_min = row.iter().fold(0.0f64, |m, &x| m.min(x));
-            assert!(close(sum, naive_sum) && min == naive_min, "row_stats len {len}");
+            assert!(
+                close(sum, naive_sum) && min == naive_min,
+                "row_stats len {len}"
+            );
             let mut acc = values(len, 41);
             let before = acc.clone();
             let s = add_summary(&row, &mut acc);
             for i in 0..len {
                 assert_eq!(acc[i], before[i] + row[i]);
             }
-            assert!(close(s.sum, naive_sum) && s.min == naive_min, "add_summary len {len}");
+            assert!(
+                close(s.sum, naive_sum) && s.min == naive_min,
+                "add_summary len {len}"
+            );
         }
     }
 }

@@ -21,8 +21,8 @@
 
 use crate::error::{Error, Stage};
 use crate::float::FlowFloat;
-use crate::sequence::Sequence;
 use crate::kernels::{ROWS, axpy4_summary, keep, row_stats};
+use crate::sequence::Sequence;
 use crate::validate::DataCheck;
 
 /// How answer tokens treat incoming flow (spec §4, §6).

@@ -223,11 +223,7 @@ pub fn covering_edges(t: &NaiveTrace, coverage: f64) -> Vec<(usize, usize, f64)>
 
 /// Most probable path by exhaustive dynamic programming in probability space (products, no
 /// logarithms): returns the path and its probability.
-pub fn best_path(
-    t: &NaiveTrace,
-    question: &[usize],
-    answer: &[usize],
-) -> (Vec<usize>, f64) {
+pub fn best_path(t: &NaiveTrace, question: &[usize], answer: &[usize]) -> (Vec<usize>, f64) {
     let n = t.h.len();
     let mut p = vec![0.0f64; n];
     let mut pred: Vec<Option<usize>> = vec![None; n];

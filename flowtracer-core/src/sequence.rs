@@ -1,8 +1,8 @@
 //! The validated input of every stage: one sequence's aggregated attention `Ā` and its
-//! question, answer and response tokens ([method §1](../../docs/method.md#s1)).
+//! question, answer and response tokens ([method §1](docs/method.md#s1)).
 //!
 //! A [`Sequence`] is checked once, when it is built: the shape of the attention, then the
-//! spans (checks 1 and 2 of [method §13](../../docs/method.md#s13)). The stages take it and
+//! spans (checks 1 and 2 of [method §13](docs/method.md#s13)). The stages take it and
 //! never check shapes or spans again. The data checks (non-finite, negative, row mass) stay
 //! fused into the backward pass, where the rows are read anyway.
 //!
@@ -173,11 +173,12 @@ impl Spans {
     }
 
     /// Checks the spans against a sequence of `n` tokens (check 2 of
-    /// [method §13](../../docs/method.md#s13)) and fills in the default response.
+    /// [method §13](docs/method.md#s13)).
     ///
-    /// Order: empty (question, answer, response), unsorted lists (same order), out of
-    /// range (same order), the answer starting before the question ends, the response not
-    /// containing every answer token.
+    /// Order: empty (question, answer, then the response if given), a list not strictly
+    /// ascending (same order), out of range (same order), the answer starting before the
+    /// question ends, the response not containing every answer token. A response left to its
+    /// default (every token after the question) cannot fail once the others pass.
     pub(crate) fn check(&self, n: usize) -> Result<(), Error> {
         self.clone().resolve(n).map(|_| ())
     }
@@ -188,18 +189,28 @@ impl Spans {
             answer,
             response,
         } = self;
-        let response = response.unwrap_or(Tokens::Range(question.end()..n));
-        let spans = [
-            (Span::Question, &question),
-            (Span::Answer, &answer),
-            (Span::Response, &response),
+        let given = [
+            Some((Span::Question, &question)),
+            Some((Span::Answer, &answer)),
+            response.as_ref().map(|r| (Span::Response, r)),
         ];
-        for (span, t) in spans {
+        let spans = || given.iter().flatten().copied();
+        for (span, t) in spans() {
             if t.is_empty() {
                 return Err(Error::EmptySpan { span });
             }
         }
-        for (span, t) in spans {
+        for (span, t) in spans() {
+            if let Tokens::List(v) = t
+                && let Some(index) = v.windows(2).position(|w| w[0] >= w[1])
+            {
+                return Err(Error::UnsortedSpan {
+                    span,
+                    index: index + 1,
+                });
+            }
+        }
+        for (span, t) in spans() {
             t.check(span, n)?;
         }
         if answer.first() < Some(question.end()) {
@@ -208,6 +219,7 @@ impl Spans {
                 answer: answer.hull(),
             });
         }
+        let response = response.unwrap_or(Tokens::Range(question.end()..n));
         if answer.iter().any(|a| !response.contains(a)) {
             return Err(Error::ResponseMissesAnswer {
                 response: response.hull(),
@@ -256,8 +268,7 @@ fn dense_side(len: usize) -> Option<usize> {
 /// The `N` with `len = N (N + 1) / 2`, if any.
 fn packed_side(len: usize) -> Option<usize> {
     let n = num_traits::Float::sqrt(2.0 * len as f64) as usize;
-    (n.saturating_sub(1)..=n + 1)
-        .find(|&m| m.checked_mul(m + 1).map(|x| x / 2) == Some(len))
+    (n.saturating_sub(1)..=n + 1).find(|&m| m.checked_mul(m + 1).map(|x| x / 2) == Some(len))
 }
 
 impl<'a, F: FlowFloat> Sequence<'a, F> {
@@ -320,9 +331,9 @@ impl<'a, F: FlowFloat> Sequence<'a, F> {
 
     /// A sequence from per-layer, per-head attention `[layers][heads][N][N]` (each matrix in
     /// `layout`): the selected layers and every head are averaged into `Ā`
-    /// ([method §2](../../docs/method.md#s2)), which the sequence then owns.
+    /// ([method §2](docs/method.md#s2)), which the sequence then owns.
     ///
-    /// Checks run in the order of [method §13](../../docs/method.md#s13): the shape, the
+    /// Checks run in the order of [method §13](docs/method.md#s13): the shape, the
     /// layer selection, the spans, then the data of the selected layers (first non-finite
     /// value, then first negative value, by lowest `(layer, head, row, column)`).
     ///
@@ -348,7 +359,10 @@ impl<'a, F: FlowFloat> Sequence<'a, F> {
             layout,
         } = shape;
         let per_layer = check_shape(attention.len(), layers, heads, n, layout)?;
-        let selected = select_layers(layers, selection)?;
+        // Ascending, as `aggregate` sums them: the same `Ā` to the last bit, and the first
+        // defect by lowest layer.
+        let mut selected = select_layers(layers, selection)?;
+        selected.sort_unstable();
         let resolved = spans.resolve(n)?;
         let mut acc = LayerAccumulator::new(heads, n, layout)?;
         for &l in &selected {
@@ -368,12 +382,21 @@ impl<'a, F: FlowFloat> Sequence<'a, F> {
     /// # Errors
     ///
     /// As [`borrowed`](Self::borrowed).
-    pub fn owned(attention: Vec<F>, layout: Layout, spans: Spans) -> Result<Sequence<'static, F>, Error> {
+    pub fn owned(
+        attention: Vec<F>,
+        layout: Layout,
+        spans: Spans,
+    ) -> Result<Sequence<'static, F>, Error> {
         let n = Sequence::borrowed(&attention, layout, spans.clone())?.n;
         Sequence::with_n(Cow::Owned(attention), layout, n, spans)
     }
 
-    fn with_n(attention: Cow<'a, [F]>, layout: Layout, n: usize, spans: Spans) -> Result<Self, Error> {
+    fn with_n(
+        attention: Cow<'a, [F]>,
+        layout: Layout,
+        n: usize,
+        spans: Spans,
+    ) -> Result<Self, Error> {
         let resolved = spans.resolve(n)?;
         Ok(Self::from_resolved(attention, layout, n, resolved))
     }
@@ -535,7 +558,10 @@ mod tests {
     #[test]
     fn tokens() {
         let l = Tokens::from([2usize, 5, 9]);
-        assert_eq!((l.first(), l.end(), l.len(), l.hull()), (Some(2), 10, 3, 2..10));
+        assert_eq!(
+            (l.first(), l.end(), l.len(), l.hull()),
+            (Some(2), 10, 3, 2..10)
+        );
         assert!(l.contains(5) && !l.contains(4));
         assert_eq!(l.iter().collect::<Vec<_>>(), [2, 5, 9]);
         let r = Tokens::from(3..3);
@@ -548,27 +574,45 @@ mod tests {
         let make = |s: Spans| Sequence::dense(&a, s).map(|_| ());
         assert_eq!(
             make(Spans::new(0..0, 9..9)),
-            Err(Error::EmptySpan { span: Span::Question })
+            Err(Error::EmptySpan {
+                span: Span::Question
+            })
         );
         assert_eq!(
             make(Spans::new([1usize, 0], 9..10)),
-            Err(Error::UnsortedSpan { span: Span::Question, index: 1 })
+            Err(Error::UnsortedSpan {
+                span: Span::Question,
+                index: 1
+            })
         );
         assert_eq!(
             make(Spans::new(0..1, [2usize, 2])),
-            Err(Error::UnsortedSpan { span: Span::Answer, index: 1 })
+            Err(Error::UnsortedSpan {
+                span: Span::Answer,
+                index: 1
+            })
         );
         assert_eq!(
             make(Spans::new(0..1, 3..5)),
-            Err(Error::SpanOutOfRange { span: Span::Answer, range: 3..5, n: 4 })
+            Err(Error::SpanOutOfRange {
+                span: Span::Answer,
+                range: 3..5,
+                n: 4
+            })
         );
         assert_eq!(
             make(Spans::new([0usize, 2], [1usize, 3])),
-            Err(Error::AnswerNotAfterQuestion { question: 0..3, answer: 1..4 })
+            Err(Error::AnswerNotAfterQuestion {
+                question: 0..3,
+                answer: 1..4
+            })
         );
         assert_eq!(
             make(Spans::new(0..1, [2usize, 3]).with_response([1usize, 2])),
-            Err(Error::ResponseMissesAnswer { response: 1..3, answer: 2..4 })
+            Err(Error::ResponseMissesAnswer {
+                response: 1..3,
+                answer: 2..4
+            })
         );
         // The default response is everything after the question.
         let s = Sequence::dense(&a, Spans::new([0usize, 1], 3..4)).unwrap();

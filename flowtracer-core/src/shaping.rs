@@ -257,7 +257,11 @@ pub fn token_weights<F: FlowFloat>(
 }
 
 /// [`token_weights`] for a valid configuration and response.
-pub(crate) fn weights<F: FlowFloat>(scores: &[F], response: &Tokens, config: &ShapingConfig) -> Vec<F> {
+pub(crate) fn weights<F: FlowFloat>(
+    scores: &[F],
+    response: &Tokens,
+    config: &ShapingConfig,
+) -> Vec<F> {
     let mut w = vec![F::one(); scores.len()];
     let high = F::from_f64_lossy(1.0 + config.mix * (config.gamma_flow - 1.0));
     for p in select_tokens(scores, response, config.rho, config.select) {

@@ -84,11 +84,11 @@ impl Default for TraceConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 #[non_exhaustive]
 pub struct Config {
-    /// Reach and flow ([method §4–6](../../docs/method.md#s4)).
+    /// Reach and flow ([method §4–6](docs/method.md#s4)).
     pub trace: TraceConfig,
-    /// Token selection and weights ([method §9](../../docs/method.md#s9)).
+    /// Token selection and weights ([method §9](docs/method.md#s9)).
     pub shaping: ShapingConfig,
-    /// Group advantages and the loss ([method §10](../../docs/method.md#s10)).
+    /// Group advantages and the loss ([method §10](docs/method.md#s10)).
     pub grpo: GrpoConfig,
 }
 
@@ -177,18 +177,18 @@ impl<F: FlowFloat> Trace<F> {
         self.num_sources
     }
 
-    /// Reach `h` ([method §4](../../docs/method.md#s4)), length `N`. Positive exactly for
+    /// Reach `h` ([method §4](docs/method.md#s4)), length `N`. Positive exactly for
     /// live tokens (a live reach too small for `F` is stored as `F`'s smallest subnormal).
     pub fn reach(&self) -> &[F] {
         &self.reach
     }
 
-    /// Flow `f` ([method §6](../../docs/method.md#s6)), length `N`, each in `[0, 1]`.
+    /// Flow `f` ([method §6](docs/method.md#s6)), length `N`, each in `[0, 1]`.
     pub fn flow(&self) -> &[F] {
         &self.flow
     }
 
-    /// Throughput `tau` ([method §7](../../docs/method.md#s7)), length `N`: `2 f` for live
+    /// Throughput `tau` ([method §7](docs/method.md#s7)), length `N`: `2 f` for live
     /// tokens, 0 otherwise.
     pub fn throughput(&self) -> &[F] {
         &self.throughput
@@ -237,7 +237,13 @@ impl Workspace {
         for v in [&mut *h, &mut *u, &mut *f] {
             v.resize(n, 0.0);
         }
-        reach_into(seq, config.answer_mode, config.edge_threshold, config.row_tolerance, h)?;
+        reach_into(
+            seq,
+            config.answer_mode,
+            config.edge_threshold,
+            config.row_tolerance,
+            h,
+        )?;
         let sources = flow_into(seq, config.answer_mode, config.edge_threshold, h, u, f)?;
         out.n = n;
         out.question.clone_from(seq.question());
@@ -332,11 +338,11 @@ impl Tracer {
     }
 
     /// Reach, flow and throughput of one sequence
-    /// ([method §4–7](../../docs/method.md#s4)).
+    /// ([method §4–7](docs/method.md#s4)).
     ///
     /// # Errors
     ///
-    /// The data checks of [method §13](../../docs/method.md#s13) (first non-finite entry,
+    /// The data checks of [method §13](docs/method.md#s13) (first non-finite entry,
     /// then first negative entry, then first row heavier than `1 + row_tolerance`), then
     /// [`Error::NoSourceMass`]; [`Error::Overflow`] only with rows far heavier than 1.
     ///
@@ -397,7 +403,7 @@ impl Tracer {
     }
 
     /// Per-token weights of a traced sequence, length `N`: `gamma_flow` for the top-`rho`
-    /// response tokens by throughput, 1 elsewhere ([method §9](../../docs/method.md#s9)).
+    /// response tokens by throughput, 1 elsewhere ([method §9](docs/method.md#s9)).
     ///
     /// # Complexity
     ///
@@ -407,9 +413,9 @@ impl Tracer {
     }
 
     /// Shaped per-token advantages of whole groups: the group advantages of `rewards`
-    /// ([method §10](../../docs/method.md#s10), `scale_rewards` and `advantage_eps` of the
+    /// ([method §10](docs/method.md#s10), `scale_rewards` and `advantage_eps` of the
     /// configuration), each spread over its sequence's weights
-    /// ([method §9](../../docs/method.md#s9), `apply_to`).
+    /// ([method §9](docs/method.md#s9), `apply_to`).
     ///
     /// `weights` is row-major `[B][T]` with `B = rewards.len()` (the `(B, T)` layout of TRL
     /// and verl: weight 1 at padding); the result has the same layout.
@@ -429,7 +435,12 @@ impl Tracer {
         weights: &[F],
     ) -> Result<Vec<F>, Error> {
         let grpo = &self.config.grpo;
-        let adv = group_advantages(rewards, num_generations, grpo.scale_rewards, grpo.advantage_eps)?;
+        let adv = group_advantages(
+            rewards,
+            num_generations,
+            grpo.scale_rewards,
+            grpo.advantage_eps,
+        )?;
         let b = rewards.len();
         if !weights.len().is_multiple_of(b) {
             return Err(Error::ShapeMismatch {
@@ -442,7 +453,12 @@ impl Tracer {
         let mut out = vec![F::zero(); weights.len()];
         for (r, &a) in adv.iter().enumerate() {
             let row = r * t..(r + 1) * t;
-            shape_advantage(a, &weights[row.clone()], &self.config.shaping, &mut out[row]);
+            shape_advantage(
+                a,
+                &weights[row.clone()],
+                &self.config.shaping,
+                &mut out[row],
+            );
         }
         Ok(out)
     }
@@ -461,7 +477,7 @@ impl Tracer {
 ///
 /// # Examples
 ///
-/// The worked example of [method §12](../../docs/method.md#s12):
+/// The worked example of [method §12](docs/method.md#s12):
 ///
 /// ```
 /// use flowtracer_core::{trace, Sequence, Spans};

@@ -17,8 +17,8 @@
 
 use crate::error::{Error, Position, Span};
 use crate::float::FlowFloat;
-use crate::sequence::{Sequence, Spans, Tokens};
 use crate::kernels::{RowSummary, row_stats};
+use crate::sequence::{Sequence, Spans, Tokens};
 
 /// Checks that `attention` holds exactly `n * n` values and that `n > 0`.
 ///
@@ -64,7 +64,7 @@ pub fn check_response(n: usize, response: &Tokens) -> Result<(), Error> {
 }
 
 /// Checks the data of a sequence's `Ā` (checks 3 to 5 of
-/// [method §13](../../docs/method.md#s13)), for the stages that read `Ā` without the
+/// [method §13](docs/method.md#s13)), for the stages that read `Ā` without the
 /// backward pass (the point-wise baselines).
 ///
 /// # Errors

@@ -580,11 +580,13 @@ fn list_span_checks_in_order() {
             span: Span::Response
         })
     );
-    // The default response after a question that ends the sequence is empty.
+    // A defaulted response is never what fails: the question and answer are checked first
+    // (here the answer starts inside the question, which also ends the sequence).
     assert_eq!(
         make(Spans::new([1usize, 3], [2usize])),
-        Err(Error::EmptySpan {
-            span: Span::Response
+        Err(Error::AnswerNotAfterQuestion {
+            question: 1..4,
+            answer: 2..3
         })
     );
     // Unsorted (a repeat is unsorted too), with the index of the first entry not above
