@@ -1,10 +1,13 @@
 //! Scoring benchmarks (`cargo bench -p flowtracer-core --features parallel`).
 //!
-//! - `trace_f32/N`: reach + flow + throughput from a dense f32 `Ā` (two streaming passes);
+//! - `trace_f32/N`: reach + flow + throughput from a dense f32 `Ā` (two streaming passes),
+//!   through `Tracer::trace_into` (no allocation once warm);
+//! - `trace_f32_packed/N`: the same from the packed lower triangle;
 //! - `floor_two_passes_dense/N`, `floor_two_passes_packed/N`: two vectorised f32 sums
 //!   over the same dense rows, and over the packed triangle (compare.py's floor);
 //! - `aggregate/N`: `[layers][heads][N][N]` f32 into `Ā`;
-//! - `batch16_sequential/N` / `batch16_parallel/N`: 16 responses of length N.
+//! - `batch16_sequential/N` / `batch16_parallel/N`: 16 responses of length N, one
+//!   `trace_into` after another / `Tracer::trace_batch` (on every core).
 //!
 //! The inputs are random causal row-stochastic matrices (SplitMix64, fixed seed).
 
@@ -13,10 +16,7 @@ use core::hint::black_box;
 use divan::Bencher;
 use flowtracer_core::aggregate::{LayerSelection, Layout, aggregate};
 use flowtracer_core::baselines::SplitMix64;
-use flowtracer_core::{
-    Trace, TraceConfig, TraceInput, Workspace, trace_batch, trace_batch_parallel,
-    trace_with_workspace,
-};
+use flowtracer_core::{Config, Sequence, Spans, Trace, Tracer};
 
 fn main() {
     divan::main();
@@ -43,24 +43,41 @@ fn attention(n: usize, seed: u64) -> Vec<f32> {
 
 const SIZES: [usize; 3] = [1024, 4096, 8192];
 
+/// Question: the first eighth; answer: the last 8 tokens.
+fn spans(n: usize) -> Spans {
+    Spans::new(0..n / 8, n - 8..n)
+}
+
 #[divan::bench(args = SIZES, sample_count = 20)]
 fn trace_f32(bencher: Bencher<'_, '_>, n: usize) {
     let a = attention(n, 1);
-    let cfg = TraceConfig::default();
-    let mut ws = Workspace::new();
-    let mut out = Trace::new();
+    let mut tracer = Tracer::new(Config::default()).unwrap();
+    let mut out = Trace::default();
     bencher.bench_local(|| {
-        trace_with_workspace(
-            black_box(&a),
-            n,
-            0..n / 8,
-            n - 8..n,
-            &cfg,
-            &mut ws,
-            &mut out,
-        )
-        .unwrap();
+        let seq = Sequence::dense(black_box(&a), spans(n)).unwrap();
+        tracer.trace_into(&seq, &mut out).unwrap();
     });
+}
+
+#[divan::bench(args = SIZES, sample_count = 20)]
+fn trace_f32_packed(bencher: Bencher<'_, '_>, n: usize) {
+    let a = attention(n, 1);
+    let packed = pack(&a, n);
+    let mut tracer = Tracer::new(Config::default()).unwrap();
+    let mut out = Trace::default();
+    bencher.bench_local(|| {
+        let seq = Sequence::packed(black_box(&packed), spans(n)).unwrap();
+        tracer.trace_into(&seq, &mut out).unwrap();
+    });
+}
+
+/// The lower triangle of a dense `n x n` matrix, row after row.
+fn pack(a: &[f32], n: usize) -> Vec<f32> {
+    let mut packed = Vec::with_capacity(n * (n + 1) / 2);
+    for k in 0..n {
+        packed.extend_from_slice(&a[k * n..=k * n + k]);
+    }
+    packed
 }
 
 /// Sum of a slice in sixteen f32 lanes (vectorised, not latency-bound).
@@ -93,11 +110,7 @@ fn floor_two_passes_dense(bencher: Bencher<'_, '_>, n: usize) {
 /// The floor of compare.py: two vectorised sums over the packed triangle.
 #[divan::bench(args = SIZES, sample_count = 20)]
 fn floor_two_passes_packed(bencher: Bencher<'_, '_>, n: usize) {
-    let a = attention(n, 1);
-    let mut packed = Vec::with_capacity(n * (n + 1) / 2);
-    for k in 0..n {
-        packed.extend_from_slice(&a[k * n..=k * n + k]);
-    }
+    let packed = pack(&attention(n, 1), n);
     bencher.bench_local(|| {
         let mut total = 0.0f32;
         for _ in 0..2 {
@@ -131,27 +144,29 @@ fn batch(n: usize) -> Vec<Vec<f32>> {
     (0..16).map(|s| attention(n, s)).collect()
 }
 
-fn inputs(b: &[Vec<f32>], n: usize) -> Vec<TraceInput<'_, f32>> {
+fn sequences(b: &[Vec<f32>], n: usize) -> Vec<Sequence<'_, f32>> {
     b.iter()
-        .map(|a| TraceInput {
-            attention: a,
-            n,
-            question: 0..n / 8,
-            answer: n - 8..n,
-        })
+        .map(|a| Sequence::dense(a, spans(n)).unwrap())
         .collect()
 }
 
 #[divan::bench(args = SIZES, sample_count = 10)]
 fn batch16_sequential(bencher: Bencher<'_, '_>, n: usize) {
     let b = batch(n);
-    let x = inputs(&b, n);
-    bencher.bench_local(|| trace_batch(black_box(&x), &TraceConfig::default()));
+    let x = sequences(&b, n);
+    let mut tracer = Tracer::new(Config::default()).unwrap();
+    bencher.bench_local(|| {
+        black_box(&x)
+            .iter()
+            .map(|seq| tracer.trace(seq))
+            .collect::<Vec<_>>()
+    });
 }
 
 #[divan::bench(args = SIZES, sample_count = 10)]
 fn batch16_parallel(bencher: Bencher<'_, '_>, n: usize) {
     let b = batch(n);
-    let x = inputs(&b, n);
-    bencher.bench_local(|| trace_batch_parallel(black_box(&x), &TraceConfig::default()));
+    let x = sequences(&b, n);
+    let tracer = Tracer::new(Config::default()).unwrap();
+    bencher.bench_local(|| tracer.trace_batch(black_box(&x)));
 }

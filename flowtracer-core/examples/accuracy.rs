@@ -7,7 +7,7 @@
 //! ```
 
 use flowtracer_core::baselines::SplitMix64;
-use flowtracer_core::{AnswerMode, TraceConfig, reference, trace};
+use flowtracer_core::{AnswerMode, Sequence, Spans, reference, trace};
 
 fn attention(n: usize, seed: u64) -> Vec<f64> {
     let mut rng = SplitMix64::new(seed);
@@ -38,10 +38,12 @@ fn main() {
     for n in [256, 1024, 4096] {
         let a = attention(n, n as u64);
         let (q, ans) = (0..n / 8, n - 8..n);
-        let t64 = trace(&a, n, q.clone(), ans.clone(), &TraceConfig::default()).expect("valid");
+        let spans = Spans::new(q.clone(), ans.clone());
+        let t64 = trace(&Sequence::dense(&a, spans.clone()).expect("valid")).expect("valid");
         let a32: Vec<f32> = a.iter().map(|&x| x as f32).collect();
-        let t32 = trace(&a32, n, q.clone(), ans.clone(), &TraceConfig::default()).expect("valid");
-        let naive = reference::trace(&a, n, q, ans, AnswerMode::Absorbing, 0.0);
+        let t32 = trace(&Sequence::dense(&a32, spans).expect("valid")).expect("valid");
+        let (q, ans): (Vec<usize>, Vec<usize>) = (q.collect(), ans.collect());
+        let naive = reference::trace(&a, n, &q, &ans, AnswerMode::Absorbing, 0.0);
         println!(
             "| {n} | {:.1e} | {:.1e} | {:.1e} | {:.1e} | {:.1e} | {:.1e} |",
             max_rel(t64.reach().iter().copied(), &naive.h),

@@ -14,7 +14,7 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 use std::alloc::System;
 use std::time::Instant;
 
-use flowtracer_core::{Trace, TraceConfig, Workspace, trace_with_workspace};
+use flowtracer_core::{Config, Sequence, Spans, Trace, Tracer};
 
 /// Counts live heap bytes and their high-water mark.
 struct Counting;
@@ -64,37 +64,20 @@ fn main() {
         .collect();
     drop(bytes);
 
-    let cfg = TraceConfig::default();
-    // First call: measures the allocation of a cold workspace and output.
+    // First call: measures the allocation of a cold tracer, sequence and output.
     let before = LIVE.load(Ordering::Relaxed);
     PEAK.store(before, Ordering::Relaxed);
-    let mut ws = Workspace::new();
-    let mut out = Trace::new();
-    trace_with_workspace(
-        &a,
-        n,
-        question.clone(),
-        answer.clone(),
-        &cfg,
-        &mut ws,
-        &mut out,
-    )
-    .expect("trace");
+    let mut tracer = Tracer::new(Config::default()).expect("config");
+    let seq = Sequence::dense(&a, Spans::new(question, answer)).expect("sequence");
+    assert_eq!(seq.n(), n, "input must be N x N f32");
+    let mut out = Trace::default();
+    tracer.trace_into(&seq, &mut out).expect("trace");
     let peak_extra = PEAK.load(Ordering::Relaxed) - before;
 
     let mut times = Vec::with_capacity(reps);
     for _ in 0..reps {
         let t = Instant::now();
-        trace_with_workspace(
-            &a,
-            n,
-            question.clone(),
-            answer.clone(),
-            &cfg,
-            &mut ws,
-            &mut out,
-        )
-        .expect("trace");
+        tracer.trace_into(&seq, &mut out).expect("trace");
         times.push(t.elapsed().as_secs_f64());
     }
     times.sort_by(f64::total_cmp);
@@ -106,7 +89,7 @@ fn main() {
     );
     if let Some(path) = get("--out") {
         let mut buf = Vec::with_capacity(16 * n);
-        for &x in ws.h().iter().chain(
+        for &x in tracer.last_reach().iter().chain(
             out.flow()
                 .iter()
                 .map(|&f| f as f64)

@@ -6,14 +6,13 @@
 use alloc::vec;
 use alloc::vec::Vec;
 use core::cmp::Ordering;
-use core::ops::Range;
 
 use crate::error::Error;
 use crate::float::FlowFloat;
 use crate::reach::AnswerMode;
+use crate::sequence::Sequence;
 use crate::shaping::{Select, select_tokens};
 use crate::trace::Trace;
-use crate::validate::{check_matrix_shape, check_response};
 
 /// Configuration of [`backbone`]. `Default` is the spec's setting.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -95,7 +94,7 @@ pub(crate) fn h_and_passing_flow<F: FlowFloat>(trace: &Trace<F>) -> (Vec<f64>, V
         .zip(&h)
         .enumerate()
         .map(|(i, (f, &hi))| {
-            let passes = trace.answer_mode() == AnswerMode::Relay || !answer.contains(&i);
+            let passes = trace.answer_mode() == AnswerMode::Relay || !answer.contains(i);
             if hi > 0.0 && passes { f.widen() } else { 0.0 }
         })
         .collect();
@@ -119,9 +118,9 @@ pub(crate) fn edge_order(a: &Edge, b: &Edge) -> Ordering {
 ///
 /// # Errors
 ///
-/// [`Error::ShapeMismatch`] if `attention` is not `N x N` for the trace's `N`; errors of
-/// [`check_response`] for `response`; [`Error::InvalidConfig`] for `coverage` or `rho`
-/// outside `[0, 1]` or a non-finite `checkpoint_threshold`.
+/// [`Error::ShapeMismatch`] if the trace is not of the sequence's length;
+/// [`Error::InvalidConfig`] for `coverage` or `rho` outside `[0, 1]` or a non-finite
+/// `checkpoint_threshold`. The hubs are taken over the trace's response.
 ///
 /// # Complexity
 ///
@@ -131,7 +130,7 @@ pub(crate) fn edge_order(a: &Edge, b: &Edge) -> Ordering {
 /// # Examples
 ///
 /// ```
-/// use flowtracer_core::{trace, TraceConfig};
+/// use flowtracer_core::{trace, Sequence, Spans};
 /// use flowtracer_core::backbone::{backbone, BackboneConfig};
 /// let a: [f64; 25] = [
 ///     1.0, 0.0, 0.0, 0.0, 0.0,
@@ -140,8 +139,9 @@ pub(crate) fn edge_order(a: &Edge, b: &Edge) -> Ordering {
 ///     0.1, 0.2, 0.3, 0.4, 0.0,
 ///     0.1, 0.1, 0.6, 0.1, 0.1,
 /// ];
-/// let t = trace(&a, 5, 0..2, 4..5, &TraceConfig::default())?;
-/// let b = backbone(&a, &t, 2..5, &BackboneConfig::default())?;
+/// let seq = Sequence::dense(&a, Spans::new(0..2, 4..5))?;
+/// let t = trace(&seq)?;
+/// let b = backbone(&seq, &t, &BackboneConfig::default())?;
 /// assert_eq!(b.path, vec![1, 2, 4]);
 /// assert!((b.path_probability - 10.0 / 29.0).abs() < 1e-12);
 /// assert_eq!(b.edges.len(), 5);
@@ -149,14 +149,18 @@ pub(crate) fn edge_order(a: &Edge, b: &Edge) -> Ordering {
 /// # Ok::<(), flowtracer_core::Error>(())
 /// ```
 pub fn backbone<F: FlowFloat>(
-    attention: &[F],
+    seq: &Sequence<'_, F>,
     trace: &Trace<F>,
-    response: Range<usize>,
     config: &BackboneConfig,
 ) -> Result<Backbone, Error> {
-    let n = trace.n();
-    check_matrix_shape(attention.len(), n)?;
-    check_response(n, Some(&trace.answer()), &response)?;
+    let n = seq.n();
+    if trace.n() != n {
+        return Err(Error::ShapeMismatch {
+            what: "trace",
+            expected: n,
+            actual: trace.n(),
+        });
+    }
     if !(0.0..=1.0).contains(&config.coverage) {
         return Err(Error::InvalidConfig {
             field: "coverage",
@@ -176,9 +180,9 @@ pub fn backbone<F: FlowFloat>(
         });
     }
     let (h, fp) = h_and_passing_flow(trace);
-    let threshold = trace.edge_threshold().widen();
+    let threshold = trace.edge_threshold();
     let w = |k: usize, i: usize| {
-        let x = attention[k * n + i].widen();
+        let x = seq.at(k, i).widen();
         if threshold > 0.0 && x < threshold {
             0.0
         } else {
@@ -187,7 +191,12 @@ pub fn backbone<F: FlowFloat>(
     };
     let (path, path_probability) = best_path(trace, &h, &fp, &w);
     let (edges, total_edge_flow) = covering_edges(n, &h, &fp, &w, config.coverage);
-    let hubs = select_tokens(trace.throughput(), response, config.rho, Select::Top);
+    let hubs = select_tokens(
+        trace.throughput(),
+        trace.response(),
+        config.rho,
+        Select::Top,
+    );
     let checkpoints = (0..n)
         .filter(|&k| trace.flow()[k].widen() >= config.checkpoint_threshold)
         .collect();
@@ -212,14 +221,15 @@ fn best_path<F: FlowFloat>(
     let mut best = vec![f64::NEG_INFINITY; n];
     let mut pred = vec![usize::MAX; n];
     let start = -num_traits::Float::ln(trace.num_sources() as f64);
-    for k in question.start..answer.end {
+    let lo = question.first().unwrap_or(0);
+    for k in lo..answer.end() {
         if h[k] <= 0.0 {
             continue;
         }
-        if question.contains(&k) && !answer.contains(&k) {
+        if question.contains(k) && !answer.contains(k) {
             best[k] = start;
         }
-        for i in question.start..k {
+        for i in lo..k {
             // Only tokens that pass flow on and carry some.
             if fp[i] <= 0.0 || best[i] == f64::NEG_INFINITY {
                 continue;
@@ -238,7 +248,7 @@ fn best_path<F: FlowFloat>(
         }
     }
     let mut end = None;
-    for a in answer {
+    for a in answer.iter() {
         if best[a] > end.map_or(f64::NEG_INFINITY, |e: usize| best[e]) {
             end = Some(a);
         }

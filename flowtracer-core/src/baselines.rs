@@ -4,15 +4,16 @@
 
 use alloc::vec;
 use alloc::vec::Vec;
-use core::ops::Range;
 
 use crate::error::Error;
+use crate::error::Span;
 use crate::float::FlowFloat;
-use crate::validate::{check_data, check_matrix_shape, check_response};
+use crate::sequence::{Sequence, Tokens};
+use crate::validate::{check_data, check_response, check_rows};
 
 /// Row tolerance of the data checks the baselines run (the default of
 /// [`TraceConfig`](crate::TraceConfig)).
-const ROW_TOLERANCE: f64 = 1e-3;
+const ROW_TOLERANCE: f64 = crate::TraceConfig::DEFAULT.row_tolerance;
 
 /// Which score selects the shaped tokens (spec §11).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -162,12 +163,12 @@ impl<'de> serde::Deserialize<'de> for SplitMix64 {
 /// # Complexity
 ///
 /// O(N).
-pub fn random_scores(n: usize, response: Range<usize>, seed: u64) -> Result<Vec<f64>, Error> {
-    check_response(n, None, &response)?;
+pub fn random_scores(n: usize, response: &Tokens, seed: u64) -> Result<Vec<f64>, Error> {
+    check_response(n, response)?;
     let mut rng = SplitMix64::new(seed);
     let mut s = vec![0.0; n];
-    for x in &mut s[response] {
-        *x = rng.next_unit();
+    for p in response.iter() {
+        s[p] = rng.next_unit();
     }
     Ok(s)
 }
@@ -176,23 +177,16 @@ pub fn random_scores(n: usize, response: Range<usize>, seed: u64) -> Result<Vec<
 ///
 /// # Errors
 ///
-/// [`Error::ShapeMismatch`] / [`Error::EmptySequence`] for the matrix, errors of
-/// [`check_response`] for `response`, then the data checks of [`check_data`].
+/// The data checks of [`check_data`].
 ///
 /// # Complexity
 ///
 /// O(|R| · N) time (a streaming read of the response rows), O(N) memory.
-pub fn attention_received<F: FlowFloat>(
-    attention: &[F],
-    n: usize,
-    response: Range<usize>,
-) -> Result<Vec<F>, Error> {
-    check_matrix_shape(attention.len(), n)?;
-    check_response(n, None, &response)?;
-    check_data(attention, n, ROW_TOLERANCE)?;
-    let mut acc = vec![0.0f64; n];
-    for k in response {
-        for (a, x) in acc[..k].iter_mut().zip(&attention[k * n..k * n + k]) {
+pub fn attention_received<F: FlowFloat>(seq: &Sequence<'_, F>) -> Result<Vec<F>, Error> {
+    check_data(seq, ROW_TOLERANCE)?;
+    let mut acc = vec![0.0f64; seq.n()];
+    for k in seq.response().iter() {
+        for (a, x) in acc[..k].iter_mut().zip(&seq.row(k)[..k]) {
             *a += x.widen();
         }
     }
@@ -204,21 +198,20 @@ pub fn attention_received<F: FlowFloat>(
 ///
 /// # Errors
 ///
-/// [`Error::ShapeMismatch`] / [`Error::EmptySequence`] for the matrix, then the data checks
-/// of [`check_data`].
+/// The data checks of [`check_data`].
 ///
 /// # Complexity
 ///
 /// O(N²) time, O(N) memory.
-pub fn attention_entropy<F: FlowFloat>(attention: &[F], n: usize) -> Result<Vec<F>, Error> {
-    check_matrix_shape(attention.len(), n)?;
-    check_data(attention, n, ROW_TOLERANCE)?;
-    Ok((0..n)
+pub fn attention_entropy<F: FlowFloat>(seq: &Sequence<'_, F>) -> Result<Vec<F>, Error> {
+    check_data(seq, ROW_TOLERANCE)?;
+    Ok((0..seq.n())
         .map(|t| {
             if t == 0 {
                 return F::zero();
             }
-            let e: f64 = attention[t * n..=t * n + t]
+            let e: f64 = seq
+                .row(t)
                 .iter()
                 .map(|x| x.widen())
                 .filter(|&x| x > 0.0)
@@ -250,7 +243,7 @@ pub fn rollout<F: FlowFloat>(
     layer_means: &[F],
     num_layers: usize,
     n: usize,
-    answer: Range<usize>,
+    answer: &Tokens,
 ) -> Result<Vec<F>, Error> {
     if num_layers == 0 {
         return Err(Error::ZeroDimension { what: "layers" });
@@ -267,14 +260,15 @@ pub fn rollout<F: FlowFloat>(
     if n == 0 {
         return Err(Error::EmptySequence);
     }
-    check_response(n, None, &answer)?;
+    answer.check(Span::Answer, n)?;
     for l in 0..num_layers {
-        check_data(&layer_means[l * m..(l + 1) * m], n, ROW_TOLERANCE)?;
+        let mat = &layer_means[l * m..(l + 1) * m];
+        check_rows(n, |k| &mat[k * n..=k * n + k], ROW_TOLERANCE)?;
     }
     let mut score = vec![0.0f64; n];
     let mut row = vec![0.0f64; n];
     let mut next = vec![0.0f64; n];
-    for a in answer.clone() {
+    for a in answer.iter() {
         row.fill(0.0);
         row[a] = 1.0;
         for l in (0..num_layers).rev() {

@@ -4,6 +4,8 @@ use alloc::string::String;
 use core::fmt;
 use core::ops::Range;
 
+use crate::aggregate::Layout;
+
 /// The stage of the pipeline where a result left the f64 range ([`Error::Overflow`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -111,6 +113,18 @@ pub enum Error {
     },
     /// The sequence has no tokens (`N = 0`).
     EmptySequence,
+    /// The attention's length is `N²` (dense) or `N (N + 1) / 2` (packed) for no `N`.
+    NotSquare {
+        /// The length given.
+        len: usize,
+        /// The layout it was read as.
+        layout: Layout,
+    },
+    /// Cumulative sequence lengths (`cu_seqlens`) that do not start at 0 or decrease.
+    BadOffsets {
+        /// The first offending entry.
+        index: usize,
+    },
     /// A shape parameter that must be positive is zero (layers or heads).
     ZeroDimension {
         /// Which dimension.
@@ -120,6 +134,13 @@ pub enum Error {
     EmptySpan {
         /// Which span.
         span: Span,
+    },
+    /// A span given as a list of positions is not strictly ascending.
+    UnsortedSpan {
+        /// Which span.
+        span: Span,
+        /// The first entry not above its predecessor.
+        index: usize,
     },
     /// A span reaches past the end of the sequence.
     SpanOutOfRange {
@@ -184,6 +205,11 @@ pub enum Error {
         /// Number of layers in the input.
         num_layers: usize,
     },
+    /// A reward that is NaN or infinite (the first one).
+    NonFiniteReward {
+        /// Its index in the batch of rewards.
+        index: usize,
+    },
     /// A GRPO group has fewer than two responses.
     GroupTooSmall {
         /// The group size given.
@@ -228,6 +254,21 @@ impl fmt::Display for Error {
                 )
             }
             Error::EmptySequence => f.write_str("the sequence is empty (N = 0)"),
+            Error::NotSquare { len, layout } => match layout {
+                Layout::Dense => write!(f, "attention has {len} values, which is N x N for no N"),
+                Layout::Packed => write!(
+                    f,
+                    "packed attention has {len} values, which is N (N + 1) / 2 for no N"
+                ),
+            },
+            Error::BadOffsets { index } => write!(
+                f,
+                "cu_seqlens must start at 0 and never decrease; entry {index} does not"
+            ),
+            Error::UnsortedSpan { span, index } => write!(
+                f,
+                "the {span} positions must be strictly ascending; entry {index} is not"
+            ),
             Error::ZeroDimension { what } => write!(f, "the number of {what} is zero"),
             Error::EmptySpan { span } => write!(f, "the {span} span is empty"),
             Error::SpanOutOfRange { span, range, n } => write!(
@@ -272,6 +313,7 @@ impl fmt::Display for Error {
                 f,
                 "invalid layer selection: {reason} ({value}; the input has {num_layers} layers)"
             ),
+            Error::NonFiniteReward { index } => write!(f, "reward {index} is not finite"),
             Error::GroupTooSmall { num_generations } => write!(
                 f,
                 "GRPO needs at least 2 generations per group, got {num_generations}"

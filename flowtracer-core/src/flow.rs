@@ -16,35 +16,51 @@
 //! block's earlier rows. Throughput is
 //! `tau(k) = inflow + outflow = 2 f(k)` for live tokens and 0 otherwise.
 
-use core::ops::Range;
-
 use crate::error::{Error, Stage};
 use crate::float::FlowFloat;
 use crate::kernels::{ROWS, dot, dot4, keep};
 use crate::reach::AnswerMode;
+use crate::sequence::{Sequence, Tokens};
 
-/// The live question tokens outside the answer (`Q+` of spec §6), counted.
-///
-/// # Panics
-///
-/// If `question` is not inside `0..h.len()`.
-///
-/// # Complexity
-///
-/// O(|Q|).
-pub fn num_sources(h: &[f64], question: &Range<usize>, answer: &Range<usize>) -> usize {
-    h[question.clone()]
+/// The live question tokens outside the answer (`Q+` of [method §6](../../docs/method.md#s6)),
+/// counted.
+fn num_sources(h: &[f64], question: &Tokens, answer: &Tokens) -> usize {
+    question
         .iter()
-        .zip(question.clone())
-        .filter(|&(&hq, q)| hq > 0.0 && !answer.contains(&q))
+        .filter(|&q| h[q] > 0.0 && !answer.contains(q))
         .count()
 }
 
+/// What every forward pass reads: the sequence, the settings, `|Q+|` and the reach.
+struct Pass<'s, 'a, F: Clone> {
+    seq: &'s Sequence<'a, F>,
+    mode: AnswerMode,
+    threshold: f64,
+    sources: usize,
+    h: &'s [f64],
+}
+
+impl<F: FlowFloat> Pass<'_, '_, F> {
+    /// Whether token `k` passes flow on (relay mode, or outside the answer).
+    #[inline]
+    fn passes(&self, k: usize) -> bool {
+        self.mode == AnswerMode::Relay || !self.seq.answer().contains(k)
+    }
+
+    /// The flow injected at `k`, as a share of `|Q+|`.
+    #[inline]
+    fn injected(&self, k: usize) -> f64 {
+        if self.seq.question().contains(k) && !self.seq.answer().contains(k) {
+            1.0 / self.sources as f64
+        } else {
+            0.0
+        }
+    }
+}
+
 /// Computes the flow `f` (and the masked `u = f / h` that the edge flows need) from the
-/// reach `h`.
-///
-/// Inputs are as for [`reach_into`](crate::reach::reach_into), with `h` its output. `u`
-/// receives `v` of the module docs: `f / h` where the token passes flow on, 0 elsewhere.
+/// reach `h` of [`reach_into`](crate::reach::reach_into). `u` receives `v` of the module
+/// docs: `f / h` where the token passes flow on, 0 elsewhere. Returns `|Q+|`.
 ///
 /// # Errors
 ///
@@ -54,74 +70,55 @@ pub fn num_sources(h: &[f64], question: &Range<usize>, answer: &Range<usize>) ->
 ///
 /// # Panics
 ///
-/// If `attention.len() != n * n`, or `h`, `u`, `f` are not of length `n`, or a span is not
-/// inside `0..n`.
+/// If `h`, `u`, `f` are not of length `N`.
 ///
 /// # Complexity
 ///
-/// O(N²) time, one streaming read of the rows `question.start..answer.end` of `Ā`; no extra
-/// memory.
-#[allow(clippy::too_many_arguments)]
-pub fn flow_into<F: FlowFloat>(
-    attention: &[F],
-    n: usize,
-    question: &Range<usize>,
-    answer: &Range<usize>,
+/// O(N²) time, one streaming read of the rows from the question's first token to the
+/// answer's last; no extra memory.
+pub(crate) fn flow_into<F: FlowFloat>(
+    seq: &Sequence<'_, F>,
     mode: AnswerMode,
-    edge_threshold: F,
+    edge_threshold: f64,
     h: &[f64],
     u: &mut [f64],
     f: &mut [f64],
 ) -> Result<usize, Error> {
-    assert_eq!(attention.len(), n * n, "attention must be n x n");
+    let n = seq.n();
     assert!(
         h.len() == n && u.len() == n && f.len() == n,
         "h, u, f must have length n"
     );
-    assert!(
-        question.end <= n && answer.end <= n,
-        "spans must lie in 0..n"
-    );
-    let sources = num_sources(h, question, answer);
+    let sources = num_sources(h, seq.question(), seq.answer());
     if sources == 0 {
         return Err(Error::NoSourceMass);
     }
-    let threshold = edge_threshold.widen();
-    if threshold > 0.0 {
-        forward_checked::<F, true>(
-            attention, n, question, answer, mode, threshold, sources, h, u, f,
-        )?;
+    let pass = Pass {
+        seq,
+        mode,
+        threshold: edge_threshold,
+        sources,
+        h,
+    };
+    if edge_threshold > 0.0 {
+        forward_checked::<F, true>(&pass, u, f)?;
     } else {
-        forward_checked::<F, false>(
-            attention, n, question, answer, mode, threshold, sources, h, u, f,
-        )?;
+        forward_checked::<F, false>(&pass, u, f)?;
     }
     Ok(sources)
 }
 
 /// The fast forward pass, and the overflow-free one if the fast one overflowed.
-#[allow(clippy::too_many_arguments)]
 fn forward_checked<F: FlowFloat, const PRUNE: bool>(
-    attention: &[F],
-    n: usize,
-    question: &Range<usize>,
-    answer: &Range<usize>,
-    mode: AnswerMode,
-    threshold: f64,
-    sources: usize,
-    h: &[f64],
+    pass: &Pass<'_, '_, F>,
     u: &mut [f64],
     f: &mut [f64],
 ) -> Result<(), Error> {
-    forward::<F, PRUNE>(
-        attention, n, question, answer, mode, threshold, sources, h, u, f,
-    );
+    forward::<F, PRUNE>(pass, u, f);
     if !f.iter().all(|x| x.is_finite()) {
         // `u = f / h` overflowed: some live token has a reach below the smallest normal
         // f64 (about 1e-308). Recompute edge by edge, where `W'` itself never overflows.
-        forward_per_edge::<F, PRUNE>(
-            attention, n, question, answer, mode, threshold, sources, h, u, f,
-        );
+        forward_per_edge::<F, PRUNE>(pass, u, f);
         if !f.iter().all(|x| x.is_finite()) {
             return Err(Error::Overflow { stage: Stage::Flow });
         }
@@ -132,85 +129,55 @@ fn forward_checked<F: FlowFloat, const PRUNE: bool>(
 /// The slow, overflow-free forward pass: `f(k) = src + sum_i f(i) (Ā[k][i] h(k)) / h(i)`,
 /// where `Ā[k][i] h(k) <= h(i)` keeps every factor finite. O(N²) divisions; only taken when
 /// the fast pass overflowed. `u` receives `f / h` (infinite where `h` is subnormal).
-#[allow(clippy::too_many_arguments)]
 #[cold]
 fn forward_per_edge<F: FlowFloat, const PRUNE: bool>(
-    attention: &[F],
-    n: usize,
-    question: &Range<usize>,
-    answer: &Range<usize>,
-    mode: AnswerMode,
-    threshold: f64,
-    sources: usize,
-    h: &[f64],
+    pass: &Pass<'_, '_, F>,
     u: &mut [f64],
     f: &mut [f64],
 ) {
+    let (seq, h) = (pass.seq, pass.h);
     u.fill(0.0);
     f.fill(0.0);
-    let passes = |i: usize| h[i] > 0.0 && (mode == AnswerMode::Relay || !answer.contains(&i));
-    for k in question.start..answer.end {
+    let lo = seq.question().first().unwrap_or(0);
+    for k in lo..seq.answer().end() {
         if h[k] <= 0.0 {
             continue;
         }
-        let mut fk = if question.contains(&k) && !answer.contains(&k) {
-            1.0 / sources as f64
-        } else {
-            0.0
-        };
-        for i in question.start..k {
-            if passes(i) {
-                let w = keep::<PRUNE>(attention[k * n + i].widen(), threshold);
+        let mut fk = pass.injected(k);
+        let row = seq.row(k);
+        for i in lo..k {
+            if h[i] > 0.0 && pass.passes(i) {
+                let w = keep::<PRUNE>(row[i].widen(), pass.threshold);
                 fk += f[i] * ((w * h[k]) / h[i]);
             }
         }
         f[k] = fk;
-        if passes(k) {
+        if pass.passes(k) {
             u[k] = fk / h[k];
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn forward<F: FlowFloat, const PRUNE: bool>(
-    attention: &[F],
-    n: usize,
-    question: &Range<usize>,
-    answer: &Range<usize>,
-    mode: AnswerMode,
-    threshold: f64,
-    sources: usize,
-    h: &[f64],
-    u: &mut [f64],
-    f: &mut [f64],
-) {
+fn forward<F: FlowFloat, const PRUNE: bool>(pass: &Pass<'_, '_, F>, u: &mut [f64], f: &mut [f64]) {
+    let (seq, h, threshold) = (pass.seq, pass.h, pass.threshold);
     u.fill(0.0);
     f.fill(0.0);
-    let inject = 1.0 / sources as f64;
-    let lo = question.start;
-    let src = |k: usize, hk: f64| {
-        if question.contains(&k) && !answer.contains(&k) {
-            inject / hk
-        } else {
-            0.0
-        }
-    };
-    let passes = |k: usize| mode == AnswerMode::Relay || !answer.contains(&k);
+    let lo = seq.question().first().unwrap_or(0);
+    let end = seq.answer().end();
     // Row `k` (live, reach `hk`) with its weighted inflow `dot`: its flow, and its `u` if it
     // passes flow on.
     let finish = |k: usize, hk: f64, dot: f64, u: &mut [f64], f: &mut [f64]| {
-        let uk = src(k, hk) + dot;
+        let uk = pass.injected(k) / hk + dot;
         f[k] = hk * uk;
-        if passes(k) {
+        if pass.passes(k) {
             u[k] = uk;
         }
     };
     // Rows in blocks of four, k to k + 3: one sweep over `u[lo..k]` serves all four; within
     // the block each row then adds the block's earlier rows, whose `u` is final by then.
     let mut k = lo;
-    while k + ROWS <= answer.end {
-        let rows: [&[F]; ROWS] =
-            core::array::from_fn(|r| &attention[(k + r) * n + lo..=(k + r) * n + k + r]);
+    while k + ROWS <= end {
+        let rows: [&[F]; ROWS] = core::array::from_fn(|r| &seq.row(k + r)[lo..]);
         let heads = rows.map(|row| &row[..k - lo]);
         let dots = dot4::<F, PRUNE>(heads, &u[lo..k], threshold);
         for (r, (row, dot)) in rows.iter().zip(dots).enumerate() {
@@ -228,12 +195,12 @@ fn forward<F: FlowFloat, const PRUNE: bool>(
         k += ROWS;
     }
     // The last (at most three) rows, one at a time.
-    for k in k..answer.end {
+    for k in k..end {
         let hk = h[k];
         if hk <= 0.0 {
             continue;
         }
-        let row = &attention[k * n + lo..k * n + k];
+        let row = &seq.row(k)[lo..k];
         let inflow = dot::<F, PRUNE>(row, &u[lo..k], threshold);
         finish(k, hk, inflow, u, f);
     }
@@ -252,7 +219,7 @@ fn forward<F: FlowFloat, const PRUNE: bool>(
 /// # Complexity
 ///
 /// O(N).
-pub fn throughput_into<F: FlowFloat>(f: &[F], h: &[f64], tau: &mut [F]) {
+pub(crate) fn throughput_into<F: FlowFloat>(f: &[F], h: &[f64], tau: &mut [F]) {
     assert!(
         f.len() == tau.len() && h.len() == tau.len(),
         "f, h, tau must have one length"
@@ -260,37 +227,6 @@ pub fn throughput_into<F: FlowFloat>(f: &[F], h: &[f64], tau: &mut [F]) {
     for ((t, &fk), &hk) in tau.iter_mut().zip(f).zip(h) {
         *t = if hk > 0.0 { fk + fk } else { F::zero() };
     }
-}
-
-/// Edge flow `phi(i -> k) = f(i) W'[i][k] = v(i) Ā[k][i] h(k)` for `i < k`, from the `h`
-/// and `u` of [`flow_into`] (0 for `i >= k` and for pruned edges).
-///
-/// # Panics
-///
-/// If an index is out of range of `h`, `u` or `attention`.
-///
-/// # Complexity
-///
-/// O(1).
-#[inline]
-pub fn edge_flow<F: FlowFloat>(
-    attention: &[F],
-    n: usize,
-    edge_threshold: F,
-    h: &[f64],
-    u: &[f64],
-    i: usize,
-    k: usize,
-) -> f64 {
-    if i >= k {
-        return 0.0;
-    }
-    let w = attention[k * n + i].widen();
-    let t = edge_threshold.widen();
-    if t > 0.0 && w < t {
-        return 0.0;
-    }
-    u[i] * w * h[k]
 }
 
 /// How far the reach `h` is from conserving flow: the largest `|sum_{k>i} W'[i][k] - 1|`
@@ -305,7 +241,7 @@ pub fn edge_flow<F: FlowFloat>(
 ///
 /// # Panics
 ///
-/// If `attention.len() != n * n`, `h.len() != n`, or `answer` is not inside `0..n`.
+/// If `h.len() != seq.n()`.
 ///
 /// # Complexity
 ///
@@ -315,28 +251,27 @@ pub fn edge_flow<F: FlowFloat>(
 ///
 /// ```
 /// use flowtracer_core::flow::conservation_residual;
+/// use flowtracer_core::{Sequence, Spans};
 /// let a = [1.0, 0.0, 0.5, 0.5];
-/// assert_eq!(conservation_residual(&a, 2, &(1..2), 0.0, &[0.5, 1.0]), 0.0);
-/// assert_eq!(conservation_residual(&a, 2, &(1..2), 0.0, &[0.4, 1.0]), 0.25);
+/// let seq = Sequence::dense(&a, Spans::new(0..1, 1..2))?;
+/// assert_eq!(conservation_residual(&seq, 0.0, &[0.5, 1.0]), 0.0);
+/// assert_eq!(conservation_residual(&seq, 0.0, &[0.4, 1.0]), 0.25);
+/// # Ok::<(), flowtracer_core::Error>(())
 /// ```
 pub fn conservation_residual<F: FlowFloat, H: FlowFloat>(
-    attention: &[F],
-    n: usize,
-    answer: &Range<usize>,
-    edge_threshold: F,
+    seq: &Sequence<'_, F>,
+    edge_threshold: f64,
     h: &[H],
 ) -> f64 {
-    assert_eq!(attention.len(), n * n, "attention must be n x n");
+    let (n, answer, threshold) = (seq.n(), seq.answer(), edge_threshold);
     assert_eq!(h.len(), n, "h must have length n");
-    assert!(answer.end <= n, "answer must lie in 0..n");
-    let threshold = edge_threshold.widen();
     let mut out = alloc::vec![0.0f64; n];
-    for k in 0..n {
-        let hk = h[k].widen();
+    for (k, hk) in h.iter().enumerate() {
+        let hk = hk.widen();
         if hk <= 0.0 {
             continue;
         }
-        for (o, &a) in out.iter_mut().zip(&attention[k * n..k * n + k]) {
+        for (o, &a) in out.iter_mut().zip(&seq.row(k)[..k]) {
             let w = a.widen();
             if threshold <= 0.0 || w >= threshold {
                 *o += w * hk;
@@ -346,7 +281,7 @@ pub fn conservation_residual<F: FlowFloat, H: FlowFloat>(
     out.iter()
         .zip(h)
         .enumerate()
-        .filter(|&(i, (_, hi))| hi.widen() > 0.0 && !answer.contains(&i))
+        .filter(|&(i, (_, hi))| hi.widen() > 0.0 && !answer.contains(i))
         .map(|(_, (&o, hi))| (o / hi.widen() - 1.0).abs())
         .fold(0.0, f64::max)
 }

@@ -101,7 +101,7 @@ impl Centre {
 ///
 /// [`Error::GroupTooSmall`] if `num_generations < 2`; [`Error::GroupSizeMismatch`] if it
 /// does not divide `rewards.len()`; [`Error::InvalidConfig`] for a negative or non-finite
-/// `eps`; [`Error::NonFinite`] (row = response index, col 0) for a non-finite reward;
+/// `eps`; [`Error::NonFiniteReward`] for the first non-finite reward;
 /// [`Error::Overflow`] if a group's rewards are spread beyond the f64 range (e.g. 1.7e308 and
 /// -1.7e308).
 ///
@@ -139,9 +139,7 @@ pub fn group_advantages<F: FlowFloat>(
         });
     }
     if let Some(i) = rewards.iter().position(|r| !r.is_finite()) {
-        return Err(Error::NonFinite {
-            position: crate::error::Position::matrix(i, 0),
-        });
+        return Err(Error::NonFiniteReward { index: i });
     }
     let batch_std = Centre::new(rewards).std;
     let mut out = Vec::with_capacity(rewards.len());
@@ -167,16 +165,17 @@ pub fn group_advantages<F: FlowFloat>(
 }
 
 /// Configuration of [`grpo_loss`], with TRL's knob names. `Default` is TRL's default
-/// (`beta = 0`, `epsilon = epsilon_high = 0.2`, `loss_type = grpo`).
+/// (`beta = 0`, `epsilon = epsilon_high = 0.2`, `loss_type = grpo`, `scale_rewards =
+/// group`, `advantage_eps = 1e-4`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[non_exhaustive]
-pub struct GrpoConfig<F> {
+pub struct GrpoConfig {
     /// KL coefficient against the reference policy (k3 estimator).
-    pub beta: F,
+    pub beta: f64,
     /// Lower clipping range: the ratio is clipped at `1 - epsilon`.
-    pub epsilon: F,
+    pub epsilon: f64,
     /// Upper clipping range: the ratio is clipped at `1 + epsilon_high` (DAPO: 0.28).
-    pub epsilon_high: F,
+    pub epsilon_high: f64,
     /// Aggregation of per-token objectives.
     pub loss_type: LossType,
     /// Completion length bound, the denominator of `dr_grpo`.
@@ -184,34 +183,37 @@ pub struct GrpoConfig<F> {
     /// Token count of the whole batch under gradient accumulation, the denominator of
     /// `dapo` (`None`: this call's unmasked token count).
     pub num_items_in_batch: Option<usize>,
+    /// How rewards are scaled into advantages.
+    pub scale_rewards: ScaleRewards,
+    /// `eps` of `(r - mean) / (std + eps)` (TRL's 1e-4; verl uses 1e-6).
+    pub advantage_eps: f64,
 }
 
-impl<F: FlowFloat> Default for GrpoConfig<F> {
-    fn default() -> Self {
-        Self {
-            beta: F::zero(),
-            epsilon: F::from_f64_lossy(0.2),
-            epsilon_high: F::from_f64_lossy(0.2),
-            loss_type: LossType::Grpo,
-            max_completion_length: 256,
-            num_items_in_batch: None,
-        }
-    }
-}
+impl GrpoConfig {
+    /// The defaults, as a constant (what `Default` returns).
+    pub const DEFAULT: Self = Self {
+        beta: 0.0,
+        epsilon: 0.2,
+        epsilon_high: 0.2,
+        loss_type: LossType::Grpo,
+        max_completion_length: 256,
+        num_items_in_batch: None,
+        scale_rewards: ScaleRewards::Group,
+        advantage_eps: 1e-4,
+    };
 
-impl<F: FlowFloat> GrpoConfig<F> {
     /// Sets [`beta`](Self::beta).
-    pub fn with_beta(mut self, beta: F) -> Self {
+    pub fn with_beta(mut self, beta: f64) -> Self {
         self.beta = beta;
         self
     }
     /// Sets [`epsilon`](Self::epsilon) and, like TRL, nothing else.
-    pub fn with_epsilon(mut self, epsilon: F) -> Self {
+    pub fn with_epsilon(mut self, epsilon: f64) -> Self {
         self.epsilon = epsilon;
         self
     }
     /// Sets [`epsilon_high`](Self::epsilon_high).
-    pub fn with_epsilon_high(mut self, epsilon_high: F) -> Self {
+    pub fn with_epsilon_high(mut self, epsilon_high: f64) -> Self {
         self.epsilon_high = epsilon_high;
         self
     }
@@ -229,6 +231,45 @@ impl<F: FlowFloat> GrpoConfig<F> {
     pub fn with_num_items_in_batch(mut self, count: Option<usize>) -> Self {
         self.num_items_in_batch = count;
         self
+    }
+    /// Sets [`scale_rewards`](Self::scale_rewards).
+    pub fn with_scale_rewards(mut self, scale: ScaleRewards) -> Self {
+        self.scale_rewards = scale;
+        self
+    }
+    /// Sets [`advantage_eps`](Self::advantage_eps).
+    pub fn with_advantage_eps(mut self, eps: f64) -> Self {
+        self.advantage_eps = eps;
+        self
+    }
+
+    /// Checks every field's domain.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for a negative or non-finite `beta`, `epsilon`,
+    /// `epsilon_high` or `advantage_eps`.
+    pub fn validate(&self) -> Result<(), Error> {
+        for (field, v) in [
+            ("beta", self.beta),
+            ("epsilon", self.epsilon),
+            ("epsilon_high", self.epsilon_high),
+            ("advantage_eps", self.advantage_eps),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(Error::InvalidConfig {
+                    field,
+                    reason: "must be finite and >= 0",
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Default for GrpoConfig {
+    fn default() -> Self {
+        Self::DEFAULT
     }
 }
 
@@ -299,7 +340,7 @@ fn check_finite<F: FlowFloat>(batch: &TokenBatch<'_, F>) -> Result<(), Error> {
 /// `loss = -sum_t c_t l_t`.
 fn aggregation_weights<F>(
     batch: &TokenBatch<'_, F>,
-    config: &GrpoConfig<F>,
+    config: &GrpoConfig,
     total: usize,
 ) -> Vec<f64> {
     let nseq = batch.num_sequences as f64;
@@ -360,7 +401,7 @@ fn aggregation_weights<F>(
 /// ```
 pub fn grpo_loss<F: FlowFloat>(
     batch: &TokenBatch<'_, F>,
-    config: &GrpoConfig<F>,
+    config: &GrpoConfig,
 ) -> Result<GrpoOutput<F>, Error> {
     let len = batch.num_sequences.saturating_mul(batch.seq_len);
     let slices: [(&'static str, usize); 4] = [
@@ -387,23 +428,8 @@ pub fn grpo_loss<F: FlowFloat>(
             actual: r.len(),
         });
     }
-    let (beta, eps_low, eps_high) = (
-        config.beta.widen(),
-        config.epsilon.widen(),
-        config.epsilon_high.widen(),
-    );
-    for (field, v) in [
-        ("beta", beta),
-        ("epsilon", eps_low),
-        ("epsilon_high", eps_high),
-    ] {
-        if !(v.is_finite() && v >= 0.0) {
-            return Err(Error::InvalidConfig {
-                field,
-                reason: "must be finite and >= 0",
-            });
-        }
-    }
+    config.validate()?;
+    let (beta, eps_low, eps_high) = (config.beta, config.epsilon, config.epsilon_high);
     if beta != 0.0 && batch.ref_logp.is_none() {
         return Err(Error::InvalidConfig {
             field: "beta",

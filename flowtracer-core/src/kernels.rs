@@ -282,3 +282,136 @@ pub(crate) fn add_summary<F: FlowFloat>(row: &[F], acc: &mut [F]) -> RowSummary<
     }
     r
 }
+
+/// The hot loops against naive one-entry-at-a-time loops, over lengths that cross every
+/// chunk, column-block and summary-block boundary. Sums are compared with a relative
+/// tolerance of 1e-13 (the loops only reassociate f64 sums of at most ~1200 terms); minima,
+/// `acc` updates in `F` and pruning exactly.
+#[cfg(test)]
+mod tests {
+    use alloc::vec::Vec;
+
+    use super::*;
+
+    const TOL: f64 = 1e-13;
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() <= TOL * (1.0 + a.abs().max(b.abs()))
+    }
+
+    /// Deterministic values in [-0.25, 1) with some exact zeros (SplitMix64-like hash).
+    fn values(len: usize, seed: u64) -> Vec<f64> {
+        let mut g = crate::baselines::SplitMix64::new(seed);
+        (0..len)
+            .map(|i| {
+                if i % 7 == 3 {
+                    0.0
+                } else {
+                    g.next_f64() * 1.25 - 0.25
+                }
+            })
+            .collect()
+    }
+
+    const LENS: [usize; 12] = [0, 1, 7, 8, 9, 127, 128, 129, 511, 512, 513, 1200];
+
+    #[test]
+    fn dot_and_dot4_match_naive() {
+        for len in LENS {
+            let v = values(len, 1);
+            let rows: [Vec<f64>; ROWS] = core::array::from_fn(|r| values(len, 10 + r as u64));
+            for threshold in [0.0, 0.3] {
+                let naive = |row: &[f64]| -> f64 {
+                    row.iter()
+                        .zip(&v)
+                        .map(|(&a, &b)| if threshold > 0.0 && a < threshold { 0.0 } else { a } * b)
+                        .sum()
+                };
+                let four = if threshold > 0.0 {
+                    dot4::<f64, true>(rows.each_ref().map(|r| &r[..]), &v, threshold)
+                } else {
+                    dot4::<f64, false>(rows.each_ref().map(|r| &r[..]), &v, threshold)
+                };
+                for (r, row) in rows.iter().enumerate() {
+                    let one = if threshold > 0.0 {
+                        dot::<f64, true>(row, &v, threshold)
+                    } else {
+                        dot::<f64, false>(row, &v, threshold)
+                    };
+                    assert!(close(one, naive(row)), "dot len {len} t {threshold}");
+                    assert!(close(four[r], naive(row)), "dot4 len {len} row {r}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn axpy4_summary_matches_naive() {
+        for len in LENS {
+            let rows: [Vec<f32>; ROWS] = core::array::from_fn(|r| {
+                values(len, 20 + r as u64)
+                    .into_iter()
+                    .map(|x| x as f32)
+                    .collect()
+            });
+            let hs = [0.5, 1.0, 0.25, 2.0];
+            let start = values(len, 30);
+            for threshold in [0.0, 0.3] {
+                let mut acc = start.clone();
+                let refs = rows.each_ref().map(|r| &r[..]);
+                let sums = if threshold > 0.0 {
+                    axpy4_summary::<f32, true>(refs, hs, threshold, &mut acc)
+                } else {
+                    axpy4_summary::<f32, false>(refs, hs, threshold, &mut acc)
+                };
+                let w = |a: f32| {
+                    let a = f64::from(a);
+                    if threshold > 0.0 && a < threshold {
+                        0.0
+                    } else {
+                        a
+                    }
+                };
+                for i in 0..len {
+                    let want = start[i] + (0..ROWS).map(|r| w(rows[r][i]) * hs[r]).sum::<f64>();
+                    assert!(close(acc[i], want), "acc len {len} i {i}");
+                }
+                for (r, row) in rows.iter().enumerate() {
+                    // The summary is of the raw entries (pruning affects only the axpy).
+                    let sum: f64 = row.iter().map(|&x| f64::from(x)).sum();
+                    let min = row.iter().fold(0.0f32, |m, &x| if x < m { x } else { m });
+                    let got = f64::from(sums[r].sum);
+                    assert!(
+                        (got - sum).abs() <= 1e-5 * (1.0 + sum.abs()),
+                        "sum len {len}"
+                    );
+                    assert_eq!(sums[r].min, min, "min len {len} row {r}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn row_stats_and_add_summary_match_naive() {
+        for len in LENS.into_iter().filter(|&l| l > 0) {
+            let row: Vec<f64> = values(len, 40);
+            let (sum, min) = row_stats(&row);
+            let naive_sum: f64 = row.iter().sum();
+            let naive_min = row.iter().fold(0.0f64, |m, &x| m.min(x));
+            assert!(
+                close(sum, naive_sum) && min == naive_min,
+                "row_stats len {len}"
+            );
+            let mut acc = values(len, 41);
+            let before = acc.clone();
+            let s = add_summary(&row, &mut acc);
+            for i in 0..len {
+                assert_eq!(acc[i], before[i] + row[i]);
+            }
+            assert!(
+                close(s.sum, naive_sum) && s.min == naive_min,
+                "add_summary len {len}"
+            );
+        }
+    }
+}

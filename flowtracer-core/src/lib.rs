@@ -5,18 +5,20 @@
 //! conserves it, injects unit flow at the question, and scores every token by the flow that
 //! passes through it; the top 40% of response tokens by flow get 1.5x the advantage.
 //!
-//! The pipeline, one module per stage:
-//! [`aggregate`] → [`reach`] → [`flow`] → [`backbone`] → [`shaping`] → [`grpo`], with
-//! [`baselines`] for the point-wise alternatives, [`reference`](mod@reference) for the naive oracles the
-//! tests check every fast path against, and [`trace()`] as the front door.
+//! The pipeline, one module per stage: [`sequence`] (the validated input: `Ā` and its
+//! spans) → [`aggregate`] → reach → [`flow`] → [`backbone`] → [`shaping`] → [`grpo`], with
+//! [`baselines`] for the point-wise alternatives, [`reference`](mod@reference) for the naive
+//! oracles the tests check every fast path against, [`vocabulary`] for the option names and
+//! metric names every crate shares, and [`Tracer`] as the front door (with [`trace()`] for
+//! the default configuration). The method itself is in
+//! [`docs/method.md`](https://example.invalid/flowtracer/docs/method.md) of the repository.
 //!
 //! # Example
 //!
 //! ```
-//! use flowtracer_core::{trace, TraceConfig};
-//! use flowtracer_core::shaping::{token_weights, ShapingConfig};
+//! use flowtracer_core::{Config, Sequence, Spans, Tracer};
 //!
-//! // Aggregated attention Ā of 5 tokens (row k = query k over keys 0..=k): spec §12.
+//! // Aggregated attention Ā of 5 tokens (row k = query k over keys 0..=k): method §12.
 //! let a: [f32; 25] = [
 //!     1.0, 0.0, 0.0, 0.0, 0.0,
 //!     0.5, 0.5, 0.0, 0.0, 0.0,
@@ -24,9 +26,9 @@
 //!     0.1, 0.2, 0.3, 0.4, 0.0,
 //!     0.1, 0.1, 0.6, 0.1, 0.1,
 //! ];
-//! let t = trace(&a, 5, 0..2, 4..5, &TraceConfig::default())?;
-//! let w = token_weights(Some(t.throughput()), 5, 2..5, &ShapingConfig::default())?;
-//! assert_eq!(w, [1.0, 1.0, 1.5, 1.0, 1.5]);
+//! let mut tracer = Tracer::new(Config::default())?;
+//! let t = tracer.trace(&Sequence::dense(&a, Spans::new(0..2, 4..5))?)?;
+//! assert_eq!(tracer.token_weights(&t), [1.0, 1.0, 1.5, 1.0, 1.5]);
 //! # Ok::<(), flowtracer_core::Error>(())
 //! ```
 //!
@@ -34,9 +36,9 @@
 //!
 //! - **Edge direction.** Tokens are nodes; `Ā[k][i]` (query `k` attends key `i <= k`) is
 //!   the capacity of the edge `i -> k`, forward in time. The diagonal is not an edge.
-//! - **Layout.** `Ā` is dense row-major `N x N` (row = query); entries above the diagonal
-//!   are ignored and never read. Per-layer input is `[layers][heads][N][N]` or packed
-//!   lower-triangular rows ([`aggregate::Layout`]).
+//! - **Layout.** `Ā` is dense row-major `N x N` (row = query; entries above the diagonal
+//!   are ignored and never read) or packed lower-triangular rows ([`aggregate::Layout`]);
+//!   per-layer input is `[layers][heads][N][N]` of either.
 //! - **Normalisation.** Nothing is renormalised: rows of `Ā` may sum to less than 1
 //!   (truncated or sparse attention) and at most `1 + row_tolerance` (default `1e-3`).
 //!   The conserved kernel `W'` is normalised implicitly through the reach `h`.
@@ -60,8 +62,9 @@ mod float;
 pub mod flow;
 pub mod grpo;
 mod kernels;
-pub mod reach;
+mod reach;
 pub mod reference;
+pub mod sequence;
 pub mod shaping;
 pub mod trace;
 pub mod validate;
@@ -70,12 +73,8 @@ pub mod vocabulary;
 pub use error::{Error, Position, Span, Stage};
 pub use float::FlowFloat;
 pub use reach::AnswerMode;
-pub use trace::{
-    Trace, TraceConfig, TraceInput, Workspace, trace, trace_batch, trace_with_workspace,
-};
-
-#[cfg(feature = "parallel")]
-pub use trace::trace_batch_parallel;
+pub use sequence::{LayerShape, Sequence, Spans, Tokens};
+pub use trace::{Config, Trace, TraceConfig, Tracer, trace};
 
 /// The README's example, compiled and run as a doctest.
 #[doc = include_str!("../../README.md")]

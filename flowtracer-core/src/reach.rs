@@ -1,4 +1,4 @@
-//! Stage 2: the answer-conditioned reach `h` (spec §4), the backward pass.
+//! The answer-conditioned reach `h` ([method §4](../../docs/method.md#s4)): the backward pass.
 //!
 //! `h(i)` is the total attention-weighted influence token `i` has on the answer:
 //!
@@ -19,11 +19,10 @@
 //! checks 3–5) is fused into the same pass: each row's sum and minimum are taken from the
 //! blocks the axpy has just read.
 
-use core::ops::Range;
-
 use crate::error::{Error, Stage};
 use crate::float::FlowFloat;
 use crate::kernels::{ROWS, axpy4_summary, keep, row_stats};
+use crate::sequence::Sequence;
 use crate::validate::DataCheck;
 
 /// How answer tokens treat incoming flow (spec §4, §6).
@@ -45,96 +44,57 @@ crate::vocabulary::named_enum!(AnswerMode, "answer_mode", {
 
 /// Computes the reach `h` of every token into `h` (f64), validating the data on the way.
 ///
-/// `attention` is the dense row-major `n x n` matrix `Ā` (entries above the diagonal are
-/// ignored); shapes and spans must already be checked
-/// ([`check_matrix_shape`](crate::validate::check_matrix_shape),
-/// [`check_spans`](crate::validate::check_spans)). Edges with weight below `edge_threshold`
-/// are dropped when it is positive (**\[ours\]**, default 0: nothing dropped).
+/// Edges with weight below `edge_threshold` are dropped when it is positive
+/// (**\[ours\]**, default 0: nothing dropped).
 ///
 /// # Errors
 ///
-/// The data checks of spec §13 ([`Error::NonFinite`], [`Error::Negative`],
-/// [`Error::RowMassExceeded`]), for the whole matrix, in that order; then
-/// [`Error::Overflow`] if `h` is not finite (only possible when rows may sum to far more
-/// than 1, i.e. with a huge `row_tolerance`).
+/// The data checks of [method §13](../../docs/method.md#s13) ([`Error::NonFinite`],
+/// [`Error::Negative`], [`Error::RowMassExceeded`]), for the whole matrix, in that order;
+/// then [`Error::Overflow`] if `h` is not finite (only possible when rows may sum to far
+/// more than 1, i.e. with a huge `row_tolerance`).
 ///
 /// # Panics
 ///
-/// If `attention.len() != n * n`, `h.len() != n`, or `answer` is not inside `0..n`.
+/// If `h.len() != seq.n()`.
 ///
 /// # Complexity
 ///
 /// O(N²) time, one streaming read of the lower triangle of `Ā`; no extra memory.
-///
-/// # Examples
-///
-/// ```
-/// use flowtracer_core::reach::{reach_into, AnswerMode};
-/// let a = [1.0, 0.0, 0.5, 0.5];
-/// let mut h = [0.0; 2];
-/// reach_into(&a, 2, 1..2, AnswerMode::Absorbing, 0.0, 1e-3, &mut h)?;
-/// assert_eq!(h, [0.5, 1.0]);
-/// # Ok::<(), flowtracer_core::Error>(())
-/// ```
-pub fn reach_into<F: FlowFloat>(
-    attention: &[F],
-    n: usize,
-    answer: Range<usize>,
+pub(crate) fn reach_into<F: FlowFloat>(
+    seq: &Sequence<'_, F>,
     mode: AnswerMode,
-    edge_threshold: F,
-    row_tolerance: F,
+    edge_threshold: f64,
+    row_tolerance: f64,
     h: &mut [f64],
 ) -> Result<(), Error> {
-    assert_eq!(attention.len(), n * n, "attention must be n x n");
-    assert_eq!(h.len(), n, "h must have length n");
-    assert!(
-        answer.end <= n && answer.start <= answer.end,
-        "answer must lie in 0..n"
-    );
-    let threshold = edge_threshold.widen();
-    if threshold > 0.0 {
-        backward::<F, true>(
-            attention,
-            n,
-            &answer,
-            mode,
-            threshold,
-            row_tolerance.widen(),
-            h,
-        )
+    assert_eq!(h.len(), seq.n(), "h must have length n");
+    if edge_threshold > 0.0 {
+        backward::<F, true>(seq, mode, edge_threshold, row_tolerance, h)
     } else {
-        backward::<F, false>(
-            attention,
-            n,
-            &answer,
-            mode,
-            threshold,
-            row_tolerance.widen(),
-            h,
-        )
+        backward::<F, false>(seq, mode, edge_threshold, row_tolerance, h)
     }
 }
 
 fn backward<F: FlowFloat, const PRUNE: bool>(
-    attention: &[F],
-    n: usize,
-    answer: &Range<usize>,
+    seq: &Sequence<'_, F>,
     mode: AnswerMode,
     threshold: f64,
     row_tolerance: f64,
     h: &mut [f64],
 ) -> Result<(), Error> {
+    let (n, answer) = (seq.n(), seq.answer());
     let mut check = DataCheck::new(row_tolerance);
     // Rows after the answer cannot reach it: only their data is checked.
-    for k in answer.end..n {
-        let row = &attention[k * n..=k * n + k];
+    for k in answer.end()..n {
+        let row = seq.row(k);
         let (sum, min) = row_stats(row);
         check.observe_row(k, row, sum, min);
     }
     // Mutant for the fuzz oracles (off in every normal build): keeps stale scratch.
     #[cfg(not(flowtracer_mutant = "stale_workspace"))]
     h.fill(0.0);
-    let answer_reach = |k: usize, acc: f64| match (answer.contains(&k), mode) {
+    let answer_reach = |k: usize, acc: f64| match (answer.contains(k), mode) {
         (false, _) => acc,
         (true, AnswerMode::Absorbing) => 1.0,
         (true, AnswerMode::Relay) => 1.0 + acc,
@@ -142,11 +102,10 @@ fn backward<F: FlowFloat, const PRUNE: bool>(
     // Rows in blocks of four, k - 1 down to k - 4: one sweep over the accumulator serves
     // all four. Within the block, each row first reaches the later-numbered rows below it,
     // which makes their `h` final before the sweep.
-    let mut k = answer.end;
+    let mut k = answer.end();
     while k >= ROWS {
         let base = k - ROWS;
-        let rows: [&[F]; ROWS] =
-            core::array::from_fn(|r| &attention[(k - 1 - r) * n..=(k - 1 - r) * n + (k - 1 - r)]);
+        let rows: [&[F]; ROWS] = core::array::from_fn(|r| seq.row(k - 1 - r));
         let mut hs = [0.0f64; ROWS];
         for r in 0..ROWS {
             let i = k - 1 - r;
@@ -168,7 +127,7 @@ fn backward<F: FlowFloat, const PRUNE: bool>(
     // The first (at most three) rows, one at a time.
     while k > 0 {
         k -= 1;
-        let row = &attention[k * n..=k * n + k];
+        let row = seq.row(k);
         let hk = answer_reach(k, h[k]);
         h[k] = hk;
         for (x, &a) in h[..k].iter_mut().zip(row) {

@@ -4,11 +4,11 @@
 //! Everything here is written straight from the spec's definitions, in f64, with the
 //! matrices `W` and `W'` materialised as `Vec<Vec<f64>>`: O(N²) memory and no attention to
 //! speed. They share no code with the fast paths beyond the error type. Inputs are assumed
-//! valid (these functions do not validate).
+//! valid (these functions do not validate). Spans are plain position lists, searched
+//! linearly.
 
 use alloc::vec;
 use alloc::vec::Vec;
-use core::ops::Range;
 
 use crate::reach::AnswerMode;
 
@@ -52,7 +52,7 @@ pub fn aggregate(attention: &[f64], heads: usize, n: usize, selected: &[usize]) 
 pub fn reach(
     attention: &[f64],
     n: usize,
-    answer: Range<usize>,
+    answer: &[usize],
     mode: AnswerMode,
     threshold: f64,
 ) -> Vec<f64> {
@@ -77,7 +77,7 @@ pub fn reach(
 pub fn conserved_kernel(
     w: &[Vec<f64>],
     h: &[f64],
-    answer: &Range<usize>,
+    answer: &[usize],
     mode: AnswerMode,
 ) -> Vec<Vec<f64>> {
     let n = h.len();
@@ -113,16 +113,17 @@ pub struct NaiveTrace {
 pub fn trace(
     attention: &[f64],
     n: usize,
-    question: Range<usize>,
-    answer: Range<usize>,
+    question: &[usize],
+    answer: &[usize],
     mode: AnswerMode,
     threshold: f64,
 ) -> NaiveTrace {
-    let h = reach(attention, n, answer.clone(), mode, threshold);
+    let h = reach(attention, n, answer, mode, threshold);
     let w = graph(attention, n, threshold);
-    let wp = conserved_kernel(&w, &h, &answer, mode);
+    let wp = conserved_kernel(&w, &h, answer, mode);
     let sources: Vec<usize> = question
-        .clone()
+        .iter()
+        .copied()
         .filter(|&q| h[q] > 0.0 && !answer.contains(&q))
         .collect();
     let mut f = vec![0.0; n];
@@ -164,13 +165,13 @@ pub fn trace(
 
 /// Selected positions by full sort: key (score > 0 first, score descending for top /
 /// ascending for bottom, position ascending), first `ceil(rho |R| - 1e-9)`.
-pub fn select(scores: &[f64], response: Range<usize>, rho: f64, bottom: bool) -> Vec<usize> {
+pub fn select(scores: &[f64], response: &[usize], rho: f64, bottom: bool) -> Vec<usize> {
     let len = response.len();
     let mut k = 0;
     while (k as f64) < rho * len as f64 - 1e-9 && k < len {
         k += 1;
     }
-    let mut pos: Vec<usize> = response.collect();
+    let mut pos: Vec<usize> = response.to_vec();
     pos.sort_by(|&a, &b| {
         let (sa, sb) = (scores[a], scores[b]);
         let pa = sa > 0.0;
@@ -222,11 +223,7 @@ pub fn covering_edges(t: &NaiveTrace, coverage: f64) -> Vec<(usize, usize, f64)>
 
 /// Most probable path by exhaustive dynamic programming in probability space (products, no
 /// logarithms): returns the path and its probability.
-pub fn best_path(
-    t: &NaiveTrace,
-    question: Range<usize>,
-    answer: Range<usize>,
-) -> (Vec<usize>, f64) {
+pub fn best_path(t: &NaiveTrace, question: &[usize], answer: &[usize]) -> (Vec<usize>, f64) {
     let n = t.h.len();
     let mut p = vec![0.0f64; n];
     let mut pred: Vec<Option<usize>> = vec![None; n];
@@ -242,8 +239,8 @@ pub fn best_path(
             }
         }
     }
-    let mut end = answer.start;
-    for a in answer {
+    let mut end = answer[0];
+    for &a in answer {
         if p[a] > p[end] {
             end = a;
         }

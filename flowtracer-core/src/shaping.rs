@@ -8,10 +8,10 @@
 use alloc::vec;
 use alloc::vec::Vec;
 use core::cmp::Ordering;
-use core::ops::Range;
 
 use crate::error::Error;
 use crate::float::FlowFloat;
+use crate::sequence::Tokens;
 use crate::validate::check_response;
 
 /// Which responses are shaped (spec §9).
@@ -68,18 +68,21 @@ pub struct ShapingConfig {
 
 impl Default for ShapingConfig {
     fn default() -> Self {
-        Self {
-            rho: 0.4,
-            gamma_flow: 1.5,
-            apply_to: ApplyTo::Both,
-            mix: 1.0,
-            normalize_mean: false,
-            select: Select::Top,
-        }
+        Self::DEFAULT
     }
 }
 
 impl ShapingConfig {
+    /// The paper's setting, as a constant (what `Default` returns).
+    pub const DEFAULT: Self = Self {
+        rho: 0.4,
+        gamma_flow: 1.5,
+        apply_to: ApplyTo::Both,
+        mix: 1.0,
+        normalize_mean: false,
+        select: Select::Top,
+    };
+
     /// Sets [`rho`](Self::rho).
     pub fn with_rho(mut self, rho: f64) -> Self {
         self.rho = rho;
@@ -185,7 +188,7 @@ fn rank<F: FlowFloat>(scores: &[F], select: Select, a: usize, b: usize) -> Order
 ///
 /// # Panics
 ///
-/// If `response` is not inside `0..scores.len()`.
+/// If a response position is not inside `0..scores.len()`.
 ///
 /// # Complexity
 ///
@@ -196,16 +199,17 @@ fn rank<F: FlowFloat>(scores: &[F], select: Select, a: usize, b: usize) -> Order
 /// ```
 /// use flowtracer_core::shaping::{select_tokens, Select};
 /// let tau = [1.0, 1.42, 1.39, 0.15, 2.0];
-/// assert_eq!(select_tokens(&tau, 2..5, 0.4, Select::Top), vec![2, 4]);
+/// assert_eq!(select_tokens(&tau, &(2..5).into(), 0.4, Select::Top), vec![2, 4]);
+/// assert_eq!(select_tokens(&tau, &[1, 3, 4].into(), 0.4, Select::Top), vec![1, 4]);
 /// ```
 pub fn select_tokens<F: FlowFloat>(
     scores: &[F],
-    response: Range<usize>,
+    response: &Tokens,
     rho: f64,
     select: Select,
 ) -> Vec<usize> {
     let k = num_selected(rho, response.len());
-    let mut order: Vec<usize> = response.collect();
+    let mut order: Vec<usize> = response.iter().collect();
     if k < order.len() && k > 0 {
         order.select_nth_unstable_by(k - 1, |&a, &b| rank(scores, select, a, b));
     }
@@ -214,18 +218,18 @@ pub fn select_tokens<F: FlowFloat>(
     order
 }
 
-/// Per-token weights of one response, length `n` (1 outside `response`).
+/// Per-token weights of one response, length `scores.len()` (1 outside `response`).
 ///
-/// `scores` is `None` for a response without an answer span: every weight is 1 (count such
-/// responses in your metrics). Otherwise selected tokens get `gamma_flow`, then
-/// `w = 1 + mix (w - 1)`, then, if `normalize_mean`, the weights of `response` are scaled
-/// to mean 1.
+/// Selected tokens get `gamma_flow`, then `w = 1 + mix (w - 1)`, then, if
+/// `normalize_mean`, the weights of `response` are scaled to mean 1. A response without an
+/// answer span gets no shaping: its weights are all 1, and a trainer counts it in
+/// `flow/no_answer_frac` instead of calling this.
 ///
 /// # Errors
 ///
-/// [`Error::InvalidConfig`] (see [`ShapingConfig::validate`]); [`Error::ShapeMismatch`] if
-/// `scores` is not of length `n`; [`Error::EmptySpan`] or [`Error::SpanOutOfRange`] for the
-/// response.
+/// [`Error::InvalidConfig`] (see [`ShapingConfig::validate`]); the span errors of the
+/// response against `scores.len()` ([`Error::EmptySpan`], [`Error::UnsortedSpan`],
+/// [`Error::SpanOutOfRange`]).
 ///
 /// # Complexity
 ///
@@ -233,50 +237,45 @@ pub fn select_tokens<F: FlowFloat>(
 ///
 /// # Examples
 ///
-/// The worked example of spec §12:
+/// The worked example of [method §12](../../docs/method.md#s12):
 ///
 /// ```
 /// use flowtracer_core::shaping::{token_weights, ShapingConfig};
 /// let tau = [1.0, 1.42, 1.39, 0.15, 2.0];
-/// let w = token_weights(Some(&tau[..]), 5, 2..5, &ShapingConfig::default())?;
+/// let w = token_weights(&tau, &(2..5).into(), &ShapingConfig::default())?;
 /// assert_eq!(w, vec![1.0, 1.0, 1.5, 1.0, 1.5]);
 /// # Ok::<(), flowtracer_core::Error>(())
 /// ```
 pub fn token_weights<F: FlowFloat>(
-    scores: Option<&[F]>,
-    n: usize,
-    response: Range<usize>,
+    scores: &[F],
+    response: &Tokens,
     config: &ShapingConfig,
 ) -> Result<Vec<F>, Error> {
     config.validate()?;
-    if let Some(s) = scores
-        && s.len() != n
-    {
-        return Err(Error::ShapeMismatch {
-            what: "scores",
-            expected: n,
-            actual: s.len(),
-        });
-    }
-    check_response(n, None, &response)?;
-    let mut w = vec![F::one(); n];
-    let Some(scores) = scores else {
-        return Ok(w);
-    };
+    check_response(scores.len(), response)?;
+    Ok(weights(scores, response, config))
+}
+
+/// [`token_weights`] for a valid configuration and response.
+pub(crate) fn weights<F: FlowFloat>(
+    scores: &[F],
+    response: &Tokens,
+    config: &ShapingConfig,
+) -> Vec<F> {
+    let mut w = vec![F::one(); scores.len()];
     let high = F::from_f64_lossy(1.0 + config.mix * (config.gamma_flow - 1.0));
-    for p in select_tokens(scores, response.clone(), config.rho, config.select) {
+    for p in select_tokens(scores, response, config.rho, config.select) {
         w[p] = high;
     }
     if config.normalize_mean {
-        let mean =
-            w[response.clone()].iter().map(|x| x.widen()).sum::<f64>() / response.len() as f64;
+        let mean = response.iter().map(|p| w[p].widen()).sum::<f64>() / response.len() as f64;
         if mean > 0.0 {
-            for x in &mut w[response] {
-                *x = F::from_f64_lossy(x.widen() / mean);
+            for p in response.iter() {
+                w[p] = F::from_f64_lossy(w[p].widen() / mean);
             }
         }
     }
-    Ok(w)
+    w
 }
 
 /// Shaped advantages of one response: `out[t] = w[t] * advantage` (spec §9), or the plain

@@ -1,38 +1,39 @@
-//! The front door: validated reach, flow and throughput of one sequence, or a batch.
+//! The front door: a [`Tracer`] (configuration plus reusable scratch) that turns a
+//! [`Sequence`] into its reach, flow and throughput, its token weights, and a group's
+//! shaped advantages; and [`trace()`], the same with the default configuration.
 
+use alloc::vec;
 use alloc::vec::Vec;
-use core::ops::Range;
 
 use crate::error::Error;
 use crate::float::FlowFloat;
 use crate::flow::{flow_into, throughput_into};
+use crate::grpo::{GrpoConfig, group_advantages};
 use crate::reach::{AnswerMode, reach_into};
-use crate::validate::{check_matrix_shape, check_spans};
+use crate::sequence::{Sequence, Tokens};
+use crate::shaping::{ShapingConfig, shape_advantage, weights};
 
-/// Configuration of [`trace`]. `Default` is the paper's setting.
+/// Configuration of the reach and flow passes. `Default` is the paper's setting.
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[non_exhaustive]
-pub struct TraceConfig<F> {
+pub struct TraceConfig {
     /// How answer tokens treat flow (default [`AnswerMode::Absorbing`]).
     pub answer_mode: AnswerMode,
     /// **\[ours\]** Edges with `W < edge_threshold` are dropped before the reach is
     /// computed (default 0: nothing is dropped).
-    pub edge_threshold: F,
+    pub edge_threshold: f64,
     /// A row of `Ā` may sum to at most `1 + row_tolerance` (default `1e-3`).
-    pub row_tolerance: F,
+    pub row_tolerance: f64,
 }
 
-impl<F: FlowFloat> Default for TraceConfig<F> {
-    fn default() -> Self {
-        Self {
-            answer_mode: AnswerMode::Absorbing,
-            edge_threshold: F::zero(),
-            row_tolerance: F::from_f64_lossy(1e-3),
-        }
-    }
-}
+impl TraceConfig {
+    /// The paper's setting, as a constant (what `Default` returns).
+    pub const DEFAULT: Self = Self {
+        answer_mode: AnswerMode::Absorbing,
+        edge_threshold: 0.0,
+        row_tolerance: 1e-3,
+    };
 
-impl<F: FlowFloat> TraceConfig<F> {
     /// Sets [`answer_mode`](Self::answer_mode).
     pub fn with_answer_mode(mut self, mode: AnswerMode) -> Self {
         self.answer_mode = mode;
@@ -40,13 +41,13 @@ impl<F: FlowFloat> TraceConfig<F> {
     }
 
     /// Sets [`edge_threshold`](Self::edge_threshold).
-    pub fn with_edge_threshold(mut self, threshold: F) -> Self {
+    pub fn with_edge_threshold(mut self, threshold: f64) -> Self {
         self.edge_threshold = threshold;
         self
     }
 
     /// Sets [`row_tolerance`](Self::row_tolerance).
-    pub fn with_row_tolerance(mut self, tolerance: F) -> Self {
+    pub fn with_row_tolerance(mut self, tolerance: f64) -> Self {
         self.row_tolerance = tolerance;
         self
     }
@@ -58,34 +59,82 @@ impl<F: FlowFloat> TraceConfig<F> {
     /// [`Error::InvalidConfig`] for a negative or non-finite `edge_threshold` or
     /// `row_tolerance`.
     pub fn validate(&self) -> Result<(), Error> {
-        let t = self.edge_threshold.widen();
-        if !(t >= 0.0 && t.is_finite()) {
-            return Err(Error::InvalidConfig {
-                field: "edge_threshold",
-                reason: "must be finite and >= 0",
-            });
-        }
-        let r = self.row_tolerance.widen();
-        if !(r >= 0.0 && r.is_finite()) {
-            return Err(Error::InvalidConfig {
-                field: "row_tolerance",
-                reason: "must be finite and >= 0",
-            });
+        for (field, v) in [
+            ("edge_threshold", self.edge_threshold),
+            ("row_tolerance", self.row_tolerance),
+        ] {
+            if !(v >= 0.0 && v.is_finite()) {
+                return Err(Error::InvalidConfig {
+                    field,
+                    reason: "must be finite and >= 0",
+                });
+            }
         }
         Ok(())
     }
 }
 
-/// The result of tracing one sequence: reach, flow and throughput of every token.
+impl Default for TraceConfig {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// Everything a [`Tracer`] needs: the passes, the shaping, and the group advantages.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[non_exhaustive]
+pub struct Config {
+    /// Reach and flow ([method §4–6](docs/method.md#s4)).
+    pub trace: TraceConfig,
+    /// Token selection and weights ([method §9](docs/method.md#s9)).
+    pub shaping: ShapingConfig,
+    /// Group advantages and the loss ([method §10](docs/method.md#s10)).
+    pub grpo: GrpoConfig,
+}
+
+impl Config {
+    /// Sets [`trace`](Self::trace).
+    pub fn with_trace(mut self, trace: TraceConfig) -> Self {
+        self.trace = trace;
+        self
+    }
+
+    /// Sets [`shaping`](Self::shaping).
+    pub fn with_shaping(mut self, shaping: ShapingConfig) -> Self {
+        self.shaping = shaping;
+        self
+    }
+
+    /// Sets [`grpo`](Self::grpo).
+    pub fn with_grpo(mut self, grpo: GrpoConfig) -> Self {
+        self.grpo = grpo;
+        self
+    }
+
+    /// Checks every part.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] naming the first bad field (trace, then shaping, then grpo).
+    pub fn validate(&self) -> Result<(), Error> {
+        self.trace.validate()?;
+        self.shaping.validate()?;
+        self.grpo.validate()
+    }
+}
+
+/// The result of tracing one sequence: reach, flow and throughput of every token, with the
+/// spans and settings it was computed with.
 ///
 /// Values are computed in f64 and stored as `F`.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Trace<F> {
     n: usize,
-    question: Range<usize>,
-    answer: Range<usize>,
+    question: Tokens,
+    answer: Tokens,
+    response: Tokens,
     answer_mode: AnswerMode,
-    edge_threshold: F,
+    edge_threshold: f64,
     num_sources: usize,
     reach: Vec<F>,
     flow: Vec<F>,
@@ -93,34 +142,24 @@ pub struct Trace<F> {
 }
 
 impl<F: FlowFloat> Trace<F> {
-    /// An empty trace, to be filled by [`trace_with_workspace`].
-    pub fn new() -> Self {
-        Self {
-            n: 0,
-            question: 0..0,
-            answer: 0..0,
-            answer_mode: AnswerMode::Absorbing,
-            edge_threshold: F::zero(),
-            num_sources: 0,
-            reach: Vec::new(),
-            flow: Vec::new(),
-            throughput: Vec::new(),
-        }
-    }
-
     /// Number of tokens `N`.
     pub fn n(&self) -> usize {
         self.n
     }
 
-    /// The question span `Q`.
-    pub fn question(&self) -> Range<usize> {
-        self.question.clone()
+    /// The question tokens `Q`.
+    pub fn question(&self) -> &Tokens {
+        &self.question
     }
 
-    /// The answer span `A`.
-    pub fn answer(&self) -> Range<usize> {
-        self.answer.clone()
+    /// The answer tokens `A`.
+    pub fn answer(&self) -> &Tokens {
+        &self.answer
+    }
+
+    /// The scored response tokens `R`.
+    pub fn response(&self) -> &Tokens {
+        &self.response
     }
 
     /// The answer mode the trace was computed with.
@@ -129,7 +168,7 @@ impl<F: FlowFloat> Trace<F> {
     }
 
     /// The edge threshold the trace was computed with.
-    pub fn edge_threshold(&self) -> F {
+    pub fn edge_threshold(&self) -> f64 {
         self.edge_threshold
     }
 
@@ -138,18 +177,19 @@ impl<F: FlowFloat> Trace<F> {
         self.num_sources
     }
 
-    /// Reach `h` (spec §4), length `N`. Positive exactly for live tokens (a live reach too
-    /// small for `F` is stored as `F`'s smallest subnormal).
+    /// Reach `h` ([method §4](docs/method.md#s4)), length `N`. Positive exactly for
+    /// live tokens (a live reach too small for `F` is stored as `F`'s smallest subnormal).
     pub fn reach(&self) -> &[F] {
         &self.reach
     }
 
-    /// Flow `f` (spec §6), length `N`, each in `[0, 1]`.
+    /// Flow `f` ([method §6](docs/method.md#s6)), length `N`, each in `[0, 1]`.
     pub fn flow(&self) -> &[F] {
         &self.flow
     }
 
-    /// Throughput `tau` (spec §7), length `N`: `2 f` for live tokens, 0 otherwise.
+    /// Throughput `tau` ([method §7](docs/method.md#s7)), length `N`: `2 f` for live
+    /// tokens, 0 otherwise.
     pub fn throughput(&self) -> &[F] {
         &self.throughput
     }
@@ -162,7 +202,7 @@ impl<F: FlowFloat> Trace<F> {
     /// O(|A|).
     pub fn answer_mass(&self) -> f64 {
         self.answer
-            .clone()
+            .iter()
             .map(|a| {
                 let f = self.flow[a].widen();
                 match self.answer_mode {
@@ -174,59 +214,77 @@ impl<F: FlowFloat> Trace<F> {
     }
 }
 
-/// Reusable scratch for [`trace_with_workspace`]: three f64 buffers of length `N`.
+/// Scratch of the two passes: `h`, `u = f / h` and `f` in f64, length `N`.
 #[derive(Debug, Clone, Default)]
-pub struct Workspace {
+struct Workspace {
     h: Vec<f64>,
     u: Vec<f64>,
     f: Vec<f64>,
 }
 
 impl Workspace {
-    /// An empty workspace; it grows to the largest `N` it sees and then stops allocating.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// `u = f / h` of the last trace, masked as in [`flow_into`] (what edge flows need).
-    pub fn u(&self) -> &[f64] {
-        &self.u
-    }
-
-    /// Reach `h` of the last trace, in f64.
-    pub fn h(&self) -> &[f64] {
-        &self.h
+    /// Traces `seq` into `out`; allocates nothing once both have held a sequence this long.
+    fn trace<F: FlowFloat>(
+        &mut self,
+        seq: &Sequence<'_, F>,
+        config: &TraceConfig,
+        out: &mut Trace<F>,
+    ) -> Result<(), Error> {
+        let n = seq.n();
+        let Workspace { h, u, f } = self;
+        // The passes zero what they accumulate into and overwrite every output, so stale
+        // values never survive (the `workspace_reuse` fuzz target checks exactly this).
+        for v in [&mut *h, &mut *u, &mut *f] {
+            v.resize(n, 0.0);
+        }
+        reach_into(
+            seq,
+            config.answer_mode,
+            config.edge_threshold,
+            config.row_tolerance,
+            h,
+        )?;
+        let sources = flow_into(seq, config.answer_mode, config.edge_threshold, h, u, f)?;
+        out.n = n;
+        out.question.clone_from(seq.question());
+        out.answer.clone_from(seq.answer());
+        out.response.clone_from(seq.response());
+        out.answer_mode = config.answer_mode;
+        out.edge_threshold = config.edge_threshold;
+        out.num_sources = sources;
+        out.reach.clear();
+        // A live reach below `F`'s smallest subnormal is stored as that subnormal rather
+        // than 0, so `reach() > 0` still tells exactly which tokens are live.
+        let tiny = F::min_positive_value() * F::epsilon();
+        out.reach.extend(h.iter().map(|&x| {
+            let r = F::from_f64_lossy(x);
+            if r == F::zero() && x > 0.0 { tiny } else { r }
+        }));
+        out.flow.clear();
+        out.flow.extend(f.iter().map(|&x| F::from_f64_lossy(x)));
+        out.throughput.resize(n, F::zero());
+        throughput_into(&out.flow, h, &mut out.throughput);
+        Ok(())
     }
 }
 
-/// Sets the length to `n` without clearing: the passes zero what they accumulate into and
-/// overwrite every output, so stale values never survive (the `workspace_reuse` fuzz
-/// target checks exactly this).
-fn resize<T: Copy + Default>(v: &mut Vec<T>, n: usize) {
-    v.resize(n, T::default());
-}
-
-/// Traces the flow from `question` to `answer` through the attention graph `Ā`.
+/// FlowTracer with a configuration and reusable scratch: the one configurable front door.
 ///
-/// `attention` is the dense row-major `n x n` aggregated attention `Ā[k][i]` (query `k`,
-/// key `i <= k`); entries above the diagonal are ignored. Spans are half-open token ranges.
+/// A trainer needs three calls per group, each also useful alone:
+/// [`trace`](Self::trace) per sequence (attention and spans in, reach, flow and throughput
+/// out), [`token_weights`](Self::token_weights) per sequence (its per-token weights), and
+/// [`shape_advantages`](Self::shape_advantages) per group (rewards and weights in, shaped
+/// per-token advantages out).
 ///
-/// # Errors
-///
-/// The first failing check of spec §13, see [`validate`](crate::validate), and
-/// [`Error::InvalidConfig`] for a negative or non-finite threshold or tolerance.
-///
-/// # Complexity
-///
-/// O(N²) time: two streaming reads of the lower triangle (one backward, one forward).
-/// Extra memory O(N).
+/// `Tracer` is `Send + Sync`: its scratch is plain vectors. [`trace`](Self::trace) takes
+/// `&mut self` to reuse them; [`trace_batch`](Self::trace_batch) takes `&self` and gives
+/// each worker thread its own.
 ///
 /// # Examples
 ///
-/// The worked example of spec §12:
-///
 /// ```
-/// use flowtracer_core::{trace, TraceConfig};
+/// use flowtracer_core::{Config, Sequence, Spans, Tracer};
+/// // Ā of the worked example (method §12), row k = query k over keys 0..=k.
 /// let a: [f64; 25] = [
 ///     1.0, 0.0, 0.0, 0.0, 0.0,
 ///     0.5, 0.5, 0.0, 0.0, 0.0,
@@ -234,182 +292,208 @@ fn resize<T: Copy + Default>(v: &mut Vec<T>, n: usize) {
 ///     0.1, 0.2, 0.3, 0.4, 0.0,
 ///     0.1, 0.1, 0.6, 0.1, 0.1,
 /// ];
-/// let t = trace(&a, 5, 0..2, 4..5, &TraceConfig::default())?;
+/// let mut tracer = Tracer::new(Config::default())?;
+/// let seq = Sequence::dense(&a, Spans::new(0..2, 4..5))?; // question 0..2, answer 4
+/// let t = tracer.trace(&seq)?;
+/// let w = tracer.token_weights(&t);
+/// assert_eq!(w, [1.0, 1.0, 1.5, 1.0, 1.5]);
+/// // Two responses of 3 completion tokens each, rewards 1 and 0.
+/// let adv = tracer.shape_advantages(&[1.0, 0.0], 2, &[1.0, 1.5, 1.5, 1.0, 1.0, 1.0])?;
+/// let a0 = 0.5 / (0.5f64.sqrt() + 1e-4); // (1 - 0.5) / (sample std + eps)
+/// for (x, y) in adv.iter().zip([a0, 1.5 * a0, 1.5 * a0, -a0, -a0, -a0]) {
+///     assert!((x - y).abs() < 1e-12);
+/// }
+/// # Ok::<(), flowtracer_core::Error>(())
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Tracer {
+    config: Config,
+    workspace: Workspace,
+}
+
+impl Tracer {
+    /// A tracer with a checked configuration.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] from [`Config::validate`].
+    pub fn new(config: Config) -> Result<Self, Error> {
+        config.validate()?;
+        Ok(Self {
+            config,
+            workspace: Workspace::default(),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The reach `h` of the last sequence [`trace`](Self::trace) or
+    /// [`trace_into`](Self::trace_into) computed, in f64 before it was stored as `F`
+    /// (unspecified after an error; empty before the first call).
+    pub fn last_reach(&self) -> &[f64] {
+        &self.workspace.h
+    }
+
+    /// Reach, flow and throughput of one sequence
+    /// ([method §4–7](docs/method.md#s4)).
+    ///
+    /// # Errors
+    ///
+    /// The data checks of [method §13](docs/method.md#s13) (first non-finite entry,
+    /// then first negative entry, then first row heavier than `1 + row_tolerance`), then
+    /// [`Error::NoSourceMass`]; [`Error::Overflow`] only with rows far heavier than 1.
+    ///
+    /// # Complexity
+    ///
+    /// O(N²) time: two streaming reads of the lower triangle of `Ā` (one backward, one
+    /// forward). Extra memory O(N), reused across calls.
+    pub fn trace<F: FlowFloat>(&mut self, seq: &Sequence<'_, F>) -> Result<Trace<F>, Error> {
+        let mut out = Trace::default();
+        self.workspace.trace(seq, &self.config.trace, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`trace`](Self::trace) into a caller-provided [`Trace`]: allocates nothing once the
+    /// tracer and `out` have held a sequence at least this long. On error, `out` is left
+    /// unspecified.
+    ///
+    /// # Errors
+    ///
+    /// As [`trace`](Self::trace).
+    pub fn trace_into<F: FlowFloat>(
+        &mut self,
+        seq: &Sequence<'_, F>,
+        out: &mut Trace<F>,
+    ) -> Result<(), Error> {
+        self.workspace.trace(seq, &self.config.trace, out)
+    }
+
+    /// Traces many sequences (a GRPO group, a ragged batch cut by
+    /// [`split_ragged`](crate::sequence::split_ragged)); on every core with the `parallel`
+    /// feature, one scratch per worker thread. Results are in input order, each independent:
+    /// one bad sequence does not stop the others, and they equal [`trace`](Self::trace)'s
+    /// exactly.
+    ///
+    /// # Complexity
+    ///
+    /// The sum of the sequences' O(N²), divided over the threads (the work is
+    /// memory-bound: expect the speed-up of concurrent streaming reads, not of the core
+    /// count); extra memory O(max N) per thread beyond the outputs.
+    pub fn trace_batch<F: FlowFloat + Send + Sync>(
+        &self,
+        batch: &[Sequence<'_, F>],
+    ) -> Vec<Result<Trace<F>, Error>> {
+        let one = |ws: &mut Workspace, seq: &Sequence<'_, F>| {
+            let mut out = Trace::default();
+            ws.trace(seq, &self.config.trace, &mut out).map(|()| out)
+        };
+        #[cfg(feature = "parallel")]
+        {
+            use rayon::prelude::*;
+            batch.par_iter().map_init(Workspace::default, one).collect()
+        }
+        #[cfg(not(feature = "parallel"))]
+        {
+            let mut ws = Workspace::default();
+            batch.iter().map(|seq| one(&mut ws, seq)).collect()
+        }
+    }
+
+    /// Per-token weights of a traced sequence, length `N`: `gamma_flow` for the top-`rho`
+    /// response tokens by throughput, 1 elsewhere ([method §9](docs/method.md#s9)).
+    ///
+    /// # Complexity
+    ///
+    /// O(N + |R| log |R|).
+    pub fn token_weights<F: FlowFloat>(&self, trace: &Trace<F>) -> Vec<F> {
+        weights(trace.throughput(), trace.response(), &self.config.shaping)
+    }
+
+    /// Shaped per-token advantages of whole groups: the group advantages of `rewards`
+    /// ([method §10](docs/method.md#s10), `scale_rewards` and `advantage_eps` of the
+    /// configuration), each spread over its sequence's weights
+    /// ([method §9](docs/method.md#s9), `apply_to`).
+    ///
+    /// `weights` is row-major `[B][T]` with `B = rewards.len()` (the `(B, T)` layout of TRL
+    /// and verl: weight 1 at padding); the result has the same layout.
+    ///
+    /// # Errors
+    ///
+    /// The errors of [`group_advantages`]; [`Error::ShapeMismatch`] if `weights` is not a
+    /// whole number of rows of `B`.
+    ///
+    /// # Complexity
+    ///
+    /// O(B · T).
+    pub fn shape_advantages<F: FlowFloat>(
+        &self,
+        rewards: &[F],
+        num_generations: usize,
+        weights: &[F],
+    ) -> Result<Vec<F>, Error> {
+        let grpo = &self.config.grpo;
+        let adv = group_advantages(
+            rewards,
+            num_generations,
+            grpo.scale_rewards,
+            grpo.advantage_eps,
+        )?;
+        let b = rewards.len();
+        if !weights.len().is_multiple_of(b) {
+            return Err(Error::ShapeMismatch {
+                what: "weights ([B][T])",
+                expected: weights.len().div_ceil(b) * b,
+                actual: weights.len(),
+            });
+        }
+        let t = weights.len() / b;
+        let mut out = vec![F::zero(); weights.len()];
+        for (r, &a) in adv.iter().enumerate() {
+            let row = r * t..(r + 1) * t;
+            shape_advantage(
+                a,
+                &weights[row.clone()],
+                &self.config.shaping,
+                &mut out[row],
+            );
+        }
+        Ok(out)
+    }
+}
+
+/// Traces one sequence with the default configuration: [`Tracer::trace`] on
+/// `Tracer::default()`.
+///
+/// # Errors
+///
+/// As [`Tracer::trace`].
+///
+/// # Complexity
+///
+/// As [`Tracer::trace`], plus the O(N) scratch it allocates.
+///
+/// # Examples
+///
+/// The worked example of [method §12](docs/method.md#s12):
+///
+/// ```
+/// use flowtracer_core::{trace, Sequence, Spans};
+/// let a: [f64; 25] = [
+///     1.0, 0.0, 0.0, 0.0, 0.0,
+///     0.5, 0.5, 0.0, 0.0, 0.0,
+///     0.3, 0.5, 0.2, 0.0, 0.0,
+///     0.1, 0.2, 0.3, 0.4, 0.0,
+///     0.1, 0.1, 0.6, 0.1, 0.1,
+/// ];
+/// let t = trace(&Sequence::dense(&a, Spans::new(0..2, 4..5))?)?;
 /// assert!((t.reach()[0] - 0.5165).abs() < 1e-12);
 /// assert!((t.flow()[1] - 734.0 / 1033.0).abs() < 1e-12);
 /// assert!((t.throughput()[4] - 2.0).abs() < 1e-12);
 /// # Ok::<(), flowtracer_core::Error>(())
 /// ```
-pub fn trace<F: FlowFloat>(
-    attention: &[F],
-    n: usize,
-    question: Range<usize>,
-    answer: Range<usize>,
-    config: &TraceConfig<F>,
-) -> Result<Trace<F>, Error> {
-    let mut out = Trace::new();
-    trace_with_workspace(
-        attention,
-        n,
-        question,
-        answer,
-        config,
-        &mut Workspace::new(),
-        &mut out,
-    )?;
-    Ok(out)
-}
-
-/// [`trace`] into a caller-provided [`Trace`], using caller-provided scratch.
-///
-/// Allocates nothing once `workspace` and `out` have held a sequence at least this long.
-/// On error, `out` is left unspecified.
-///
-/// # Errors
-///
-/// As [`trace`].
-///
-/// # Complexity
-///
-/// As [`trace`].
-///
-/// # Examples
-///
-/// ```
-/// use flowtracer_core::{trace_with_workspace, Trace, TraceConfig, Workspace};
-/// let mut ws = Workspace::new();
-/// let mut out = Trace::new();
-/// for n in [2usize, 3] {
-///     // Uniform causal attention.
-///     let mut a = vec![0.0f32; n * n];
-///     for k in 0..n { for i in 0..=k { a[k * n + i] = 1.0 / (k + 1) as f32; } }
-///     trace_with_workspace(&a, n, 0..1, n - 1..n, &TraceConfig::default(), &mut ws, &mut out)?;
-///     assert!((out.answer_mass() - 1.0).abs() < 1e-6);
-/// }
-/// # Ok::<(), flowtracer_core::Error>(())
-/// ```
-pub fn trace_with_workspace<F: FlowFloat>(
-    attention: &[F],
-    n: usize,
-    question: Range<usize>,
-    answer: Range<usize>,
-    config: &TraceConfig<F>,
-    workspace: &mut Workspace,
-    out: &mut Trace<F>,
-) -> Result<(), Error> {
-    check_matrix_shape(attention.len(), n)?;
-    check_spans(n, &question, &answer)?;
-    config.validate()?;
-    let Workspace { h, u, f } = workspace;
-    resize(h, n);
-    resize(u, n);
-    resize(f, n);
-    reach_into(
-        attention,
-        n,
-        answer.clone(),
-        config.answer_mode,
-        config.edge_threshold,
-        config.row_tolerance,
-        h,
-    )?;
-    let sources = flow_into(
-        attention,
-        n,
-        &question,
-        &answer,
-        config.answer_mode,
-        config.edge_threshold,
-        h,
-        u,
-        f,
-    )?;
-    out.n = n;
-    out.question = question;
-    out.answer = answer;
-    out.answer_mode = config.answer_mode;
-    out.edge_threshold = config.edge_threshold;
-    out.num_sources = sources;
-    out.reach.clear();
-    // A live reach below `F`'s smallest subnormal is stored as that subnormal rather than
-    // 0, so `reach() > 0` still tells exactly which tokens are live.
-    let tiny = F::min_positive_value() * F::epsilon();
-    out.reach.extend(h.iter().map(|&x| {
-        let r = F::from_f64_lossy(x);
-        if r == F::zero() && x > 0.0 { tiny } else { r }
-    }));
-    out.flow.clear();
-    out.flow.extend(f.iter().map(|&x| F::from_f64_lossy(x)));
-    resize(&mut out.throughput, n);
-    throughput_into(&out.flow, h, &mut out.throughput);
-    Ok(())
-}
-
-/// One sequence of a batch: its `Ā` and spans.
-#[derive(Debug, Clone)]
-pub struct TraceInput<'a, F> {
-    /// Dense row-major `n x n` aggregated attention.
-    pub attention: &'a [F],
-    /// Number of tokens.
-    pub n: usize,
-    /// Question span.
-    pub question: Range<usize>,
-    /// Answer span.
-    pub answer: Range<usize>,
-}
-
-/// Traces many sequences (e.g. a GRPO group) with one reused workspace.
-///
-/// Each result is independent: one bad sequence does not stop the others.
-///
-/// # Complexity
-///
-/// The sum of the sequences' O(N²); extra memory O(max N) beyond the outputs.
-pub fn trace_batch<F: FlowFloat>(
-    inputs: &[TraceInput<'_, F>],
-    config: &TraceConfig<F>,
-) -> Vec<Result<Trace<F>, Error>> {
-    let mut ws = Workspace::new();
-    inputs
-        .iter()
-        .map(|x| trace_one(x, config, &mut ws))
-        .collect()
-}
-
-fn trace_one<F: FlowFloat>(
-    x: &TraceInput<'_, F>,
-    config: &TraceConfig<F>,
-    ws: &mut Workspace,
-) -> Result<Trace<F>, Error> {
-    let mut out = Trace::new();
-    trace_with_workspace(
-        x.attention,
-        x.n,
-        x.question.clone(),
-        x.answer.clone(),
-        config,
-        ws,
-        &mut out,
-    )?;
-    Ok(out)
-}
-
-/// [`trace_batch`] on every core (rayon), one workspace per worker thread.
-///
-/// Results are in input order and equal [`trace_batch`]'s exactly.
-///
-/// # Complexity
-///
-/// As [`trace_batch`], divided over the threads (the work is memory-bound: expect the
-/// speed-up of concurrent streaming reads, not of the core count).
-#[cfg(feature = "parallel")]
-pub fn trace_batch_parallel<F: FlowFloat>(
-    inputs: &[TraceInput<'_, F>],
-    config: &TraceConfig<F>,
-) -> Vec<Result<Trace<F>, Error>> {
-    use rayon::prelude::*;
-    inputs
-        .par_iter()
-        .map_init(Workspace::new, |ws, x| trace_one(x, config, ws))
-        .collect()
+pub fn trace<F: FlowFloat>(seq: &Sequence<'_, F>) -> Result<Trace<F>, Error> {
+    Tracer::default().trace(seq)
 }

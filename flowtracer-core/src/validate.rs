@@ -15,11 +15,10 @@
 //! Only entries on and below the diagonal are data: entries above it are ignored everywhere,
 //! so they are never reported.
 
-use core::ops::Range;
-
 use crate::error::{Error, Position, Span};
 use crate::float::FlowFloat;
 use crate::kernels::{RowSummary, row_stats};
+use crate::sequence::{Sequence, Spans, Tokens};
 
 /// Checks that `attention` holds exactly `n * n` values and that `n > 0`.
 ///
@@ -36,102 +35,59 @@ pub fn check_matrix_shape(len: usize, n: usize) -> Result<(), Error> {
     crate::aggregate::check_shape(len, 1, 1, n, crate::aggregate::Layout::Dense).map(|_| ())
 }
 
-/// Checks the question and answer spans of a sequence of `n` tokens.
+/// Checks spans against a sequence of `n` tokens, exactly as building a
+/// [`Sequence`] does (for entry points such as the GPU crate's that take `Ā` in their own
+/// buffers).
 ///
 /// # Errors
 ///
-/// [`Error::EmptySpan`] (question first), [`Error::SpanOutOfRange`] (question first),
-/// [`Error::AnswerNotAfterQuestion`] if `answer.start < question.end`.
+/// The span errors, in the order documented on [`Spans`].
 ///
 /// # Complexity
 ///
-/// O(1).
-pub fn check_spans(n: usize, question: &Range<usize>, answer: &Range<usize>) -> Result<(), Error> {
-    for (span, r) in [(Span::Question, question), (Span::Answer, answer)] {
-        if r.is_empty() {
-            return Err(Error::EmptySpan { span });
-        }
-    }
-    for (span, r) in [(Span::Question, question), (Span::Answer, answer)] {
-        if r.end > n {
-            return Err(Error::SpanOutOfRange {
-                span,
-                range: r.clone(),
-                n,
-            });
-        }
-    }
-    if answer.start < question.end {
-        return Err(Error::AnswerNotAfterQuestion {
-            question: question.clone(),
-            answer: answer.clone(),
-        });
-    }
-    Ok(())
+/// O(|Q| + |A| + |R|).
+pub fn check_spans(n: usize, spans: &Spans) -> Result<(), Error> {
+    spans.check(n)
 }
 
-/// Checks a scored response span against the sequence length and the answer span.
+/// Checks a scored response span on its own against a sequence of `n` tokens.
 ///
 /// # Errors
 ///
-/// [`Error::EmptySpan`], [`Error::SpanOutOfRange`], then [`Error::ResponseMissesAnswer`]
-/// if `answer` is given and not inside `response`.
+/// [`Error::EmptySpan`], [`Error::UnsortedSpan`], [`Error::SpanOutOfRange`].
 ///
 /// # Complexity
 ///
-/// O(1).
-pub fn check_response(
-    n: usize,
-    answer: Option<&Range<usize>>,
-    response: &Range<usize>,
-) -> Result<(), Error> {
-    if response.is_empty() {
-        return Err(Error::EmptySpan {
-            span: Span::Response,
-        });
-    }
-    if response.end > n {
-        return Err(Error::SpanOutOfRange {
-            span: Span::Response,
-            range: response.clone(),
-            n,
-        });
-    }
-    if let Some(a) = answer
-        && (a.start < response.start || a.end > response.end)
-    {
-        return Err(Error::ResponseMissesAnswer {
-            response: response.clone(),
-            answer: a.clone(),
-        });
-    }
-    Ok(())
+/// O(|R|).
+pub fn check_response(n: usize, response: &Tokens) -> Result<(), Error> {
+    response.check(Span::Response, n)
 }
 
-/// Checks the data of a dense row-major `n x n` matrix `Ā` (checks 3 to 5 of spec §13).
-///
-/// Assumes the shape was checked ([`check_matrix_shape`]).
+/// Checks the data of a sequence's `Ā` (checks 3 to 5 of
+/// [method §13](docs/method.md#s13)), for the stages that read `Ā` without the
+/// backward pass (the point-wise baselines).
 ///
 /// # Errors
 ///
 /// [`Error::NonFinite`], then [`Error::Negative`], then [`Error::RowMassExceeded`], each for
 /// the first offending entry or row.
 ///
-/// # Panics
-///
-/// If `attention.len() < n * n`.
-///
 /// # Complexity
 ///
 /// O(N²) time (one pass over the lower triangle), O(1) extra memory.
-pub fn check_data<F: FlowFloat>(
-    attention: &[F],
+pub fn check_data<F: FlowFloat>(seq: &Sequence<'_, F>, row_tolerance: f64) -> Result<(), Error> {
+    check_rows(seq.n(), |k| seq.row(k), row_tolerance)
+}
+
+/// [`check_data`] over any `n` rows (row `k` = entries `0..=k`).
+pub(crate) fn check_rows<'r, F: FlowFloat + 'r>(
     n: usize,
+    row: impl Fn(usize) -> &'r [F],
     row_tolerance: f64,
 ) -> Result<(), Error> {
     let mut check = DataCheck::new(row_tolerance);
     for k in 0..n {
-        let row = &attention[k * n..k * n + k + 1];
+        let row = row(k);
         let (sum, min) = row_stats(row);
         check.observe_row(k, row, sum, min);
     }

@@ -1,5 +1,10 @@
 //! Shared fixtures, generators and the tolerances, stated once.
 
+use core::ops::Range;
+
+use flowtracer_core::{
+    Config, Error, FlowFloat, Sequence, Spans, Tokens, Trace, TraceConfig, Tracer,
+};
 use proptest::prelude::*;
 
 /// Tolerance of f64 fast paths against the naive oracle: `|x - y| <= ABS + REL * |y|`.
@@ -56,8 +61,58 @@ pub(crate) fn stochastic(n: usize, raw: &[f64], mass: &[f64]) -> Vec<f64> {
 pub(crate) struct Case {
     pub(crate) n: usize,
     pub(crate) a: Vec<f64>,
-    pub(crate) question: core::ops::Range<usize>,
-    pub(crate) answer: core::ops::Range<usize>,
+    pub(crate) question: Range<usize>,
+    pub(crate) answer: Range<usize>,
+}
+
+impl Case {
+    /// The question and answer spans (the response: every token after the question).
+    pub(crate) fn spans(&self) -> Spans {
+        Spans::new(self.question.clone(), self.answer.clone())
+    }
+
+    /// The validated sequence (valid by construction, so building it cannot fail).
+    pub(crate) fn seq(&self) -> Sequence<'_, f64> {
+        let seq = Sequence::dense(&self.a, self.spans()).expect("a case is valid");
+        assert_eq!(seq.n(), self.n);
+        seq
+    }
+
+    /// The question's positions, as the oracles take them.
+    pub(crate) fn question_positions(&self) -> Vec<usize> {
+        self.question.clone().collect()
+    }
+
+    /// The answer's positions, as the oracles take them.
+    pub(crate) fn answer_positions(&self) -> Vec<usize> {
+        self.answer.clone().collect()
+    }
+}
+
+/// A tracer with `config` as its trace configuration.
+pub(crate) fn tracer(config: TraceConfig) -> Result<Tracer, Error> {
+    Tracer::new(Config::default().with_trace(config))
+}
+
+/// Builds a dense sequence from `a` and the spans, then traces it with `config`: every
+/// error of the three steps (configuration, shape and spans, data) comes out.
+pub(crate) fn trace_dense<F: FlowFloat>(
+    a: &[F],
+    question: impl Into<Tokens>,
+    answer: impl Into<Tokens>,
+    config: TraceConfig,
+) -> Result<Trace<F>, Error> {
+    let mut tracer = tracer(config)?;
+    tracer.trace(&Sequence::dense(a, Spans::new(question, answer))?)
+}
+
+/// A dense row-major `n x n` matrix as packed lower-triangular rows.
+pub(crate) fn pack<F: Copy>(a: &[F], n: usize) -> Vec<F> {
+    let mut packed = Vec::with_capacity(n * (n + 1) / 2);
+    for k in 0..n {
+        packed.extend_from_slice(&a[k * n..=k * n + k]);
+    }
+    packed
 }
 
 /// Valid cases: N in 2..=max_n, sparse-ish positive weights (some exact zeros), a question
@@ -100,6 +155,67 @@ pub(crate) fn case(max_n: usize) -> impl Strategy<Value = Case> {
                 a: stochastic(n, &raw, &mass),
                 question,
                 answer: a_start..a_end,
+            }
+        })
+}
+
+/// One tracing problem with spans as sorted position lists.
+#[derive(Debug, Clone)]
+pub(crate) struct ListCase {
+    pub(crate) n: usize,
+    pub(crate) a: Vec<f64>,
+    /// A non-empty subset of an early block `0..b` (`1 <= b < N`).
+    pub(crate) question: Vec<usize>,
+    /// A non-empty subset of the tokens after the last question token.
+    pub(crate) answer: Vec<usize>,
+    /// Every answer token plus a random subset of all tokens.
+    pub(crate) response: Vec<usize>,
+}
+
+/// Cases for spans given as lists: N in 1..=max_n, matrices as in [`case`]. For N >= 2 the
+/// spans are valid by construction; N = 1 cannot hold an answer after the question, so its
+/// spans are `[0]` for all three (rejected: the answer does not come after the question).
+pub(crate) fn list_case(max_n: usize) -> impl Strategy<Value = ListCase> {
+    use prop::sample::Index;
+    (1..=max_n)
+        .prop_flat_map(|n| {
+            let raw = prop::collection::vec(prop_oneof![3 => 0.01f64..1.0, 1 => Just(0.0)], n * n);
+            let mass = prop::collection::vec(prop_oneof![3 => Just(1.0), 1 => 0.5f64..1.0], n);
+            let masks = prop::collection::vec(any::<bool>(), 3 * n);
+            let picks = (any::<Index>(), any::<Index>(), any::<Index>());
+            (Just(n), raw, mass, masks, picks)
+        })
+        .prop_map(|(n, mut raw, mass, masks, (block, q_pick, a_pick))| {
+            for k in 0..n {
+                raw[k * n + k] += 0.05;
+            }
+            let a = stochastic(n, &raw, &mass);
+            if n == 1 {
+                return ListCase {
+                    n,
+                    a,
+                    question: vec![0],
+                    answer: vec![0],
+                    response: vec![0],
+                };
+            }
+            let block = 1 + block.index(n - 1);
+            let forced_q = q_pick.index(block);
+            let question: Vec<usize> = (0..block).filter(|&i| masks[i] || i == forced_q).collect();
+            let q_end = question[question.len() - 1] + 1;
+            let forced_a = q_end + a_pick.index(n - q_end);
+            let answer: Vec<usize> = (q_end..n)
+                .filter(|&i| masks[n + i] || i == forced_a)
+                .collect();
+            let response: Vec<usize> = (0..n)
+                .filter(|&i| masks[2 * n + i] || answer.contains(&i))
+                .collect();
+            ListCase {
+                n,
+                a,
+                question,
+                answer,
+                response,
             }
         })
 }

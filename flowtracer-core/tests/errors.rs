@@ -1,27 +1,66 @@
 //! Bad input of every listed kind yields the matching error variant, in the order of
-//! spec §13, and every validator is tested at its boundary.
+//! method §13, and every validator is tested at its boundary.
 
 use flowtracer_core::aggregate::{LayerSelection, Layout, aggregate, select_layers};
 use flowtracer_core::grpo::{ScaleRewards, group_advantages};
-use flowtracer_core::{Error, Position, Span, TraceConfig, trace};
+use flowtracer_core::{
+    Config, Error, LayerShape, Position, Sequence, Span, Spans, TraceConfig, Tracer, trace,
+};
 use proptest::prelude::*;
 
 use crate::common::*;
 
-fn run(
-    a: &[f64],
-    n: usize,
-    q: core::ops::Range<usize>,
-    ans: core::ops::Range<usize>,
-) -> Result<(), Error> {
-    trace(a, n, q, ans, &TraceConfig::default()).map(|_| ())
+/// Builds a dense sequence and traces it with the default configuration.
+fn run(a: &[f64], q: core::ops::Range<usize>, ans: core::ops::Range<usize>) -> Result<(), Error> {
+    run_with(a, Spans::new(q, ans))
+}
+
+/// [`run`] with any spans.
+fn run_with(a: &[f64], spans: Spans) -> Result<(), Error> {
+    trace(&Sequence::dense(a, spans)?).map(|_| ())
 }
 
 #[test]
 fn shapes_and_sizes_zero_one_two() {
-    assert_eq!(run(&[], 0, 0..1, 1..2), Err(Error::EmptySequence));
+    assert_eq!(run(&[], 0..1, 1..2), Err(Error::EmptySequence));
     assert_eq!(
-        run(&[1.0; 3], 2, 0..1, 1..2),
+        Sequence::<f64>::packed(&[], Spans::new(0..1, 1..2)),
+        Err(Error::EmptySequence)
+    );
+    // N is derived from the length: 3 values are N x N for no N (but packed N = 2), 4
+    // values are packed N (N + 1) / 2 for no N.
+    assert_eq!(
+        run(&[1.0; 3], 0..1, 1..2),
+        Err(Error::NotSquare {
+            len: 3,
+            layout: Layout::Dense
+        })
+    );
+    assert_eq!(
+        Sequence::packed(&[1.0; 4], Spans::new(0..1, 1..2)),
+        Err(Error::NotSquare {
+            len: 4,
+            layout: Layout::Packed
+        })
+    );
+    assert_eq!(
+        Sequence::packed(&[1.0; 3], Spans::new(0..1, 1..2)).map(|s| s.n()),
+        Ok(2)
+    );
+    // Per-layer input states N: a length that does not match is a shape mismatch.
+    let shape = LayerShape {
+        layers: 1,
+        heads: 1,
+        n: 2,
+        layout: Layout::Dense,
+    };
+    assert_eq!(
+        Sequence::from_layers(
+            &[1.0; 3],
+            shape,
+            &LayerSelection::All,
+            Spans::new(0..1, 1..2)
+        ),
         Err(Error::ShapeMismatch {
             what: "attention",
             expected: 4,
@@ -30,47 +69,111 @@ fn shapes_and_sizes_zero_one_two() {
     );
     // N = 1 cannot hold a question and an answer after it.
     assert_eq!(
-        run(&[1.0], 1, 0..1, 1..2),
+        run_with(&[1.0], Spans::new(0..1, 1..2).with_response(0..1)),
         Err(Error::SpanOutOfRange {
             span: Span::Answer,
             range: 1..2,
             n: 1
         })
     );
+    assert_eq!(
+        run_with(&[1.0], Spans::new(0..1, 0..1).with_response(0..1)),
+        Err(Error::AnswerNotAfterQuestion {
+            question: 0..1,
+            answer: 0..1
+        })
+    );
     // N = 2: the smallest valid sequence.
-    let t = trace(
-        &[1.0, 0.0, 0.25, 0.75],
-        2,
-        0..1,
-        1..2,
-        &TraceConfig::default(),
-    )
-    .unwrap();
+    let t =
+        trace(&Sequence::dense(&[1.0, 0.0, 0.25, 0.75], Spans::new(0..1, 1..2)).unwrap()).unwrap();
     assert_eq!(t.reach(), [0.25, 1.0]);
     assert_eq!(t.flow(), [1.0, 1.0]);
+}
+
+/// Every check of method §13 in turn: each input carries the defects of all later checks,
+/// and fixing the one reported exposes the next.
+#[test]
+fn checks_run_in_method_order() {
+    // Token 0 (the question) has no edge to a later token: no source mass once all else
+    // is fixed. Row 1 is heavy, (2, 1) negative, (3, 2) NaN.
+    let mut a = vec![0.0; 25];
+    for k in 0..5 {
+        a[k * 5 + k] = 1.0;
+    }
+    a[5 + 1] = 1.5;
+    a[2 * 5 + 1] = -0.1;
+    a[3 * 5 + 2] = f64::NAN;
+    let bad_spans = || Spans::new(0..1, 4..6);
+    let spans = || Spans::new(0..1, 4..5);
+    let go = |a: &[f64], s: Spans| Sequence::dense(a, s).and_then(|s| trace(&s)).map(|_| ());
+    assert_eq!(
+        go(&a[..24], bad_spans()),
+        Err(Error::NotSquare {
+            len: 24,
+            layout: Layout::Dense
+        })
+    );
+    assert_eq!(
+        go(&a, bad_spans()),
+        Err(Error::SpanOutOfRange {
+            span: Span::Answer,
+            range: 4..6,
+            n: 5
+        })
+    );
+    assert_eq!(
+        go(&a, spans()),
+        Err(Error::NonFinite {
+            position: Position::matrix(3, 2)
+        })
+    );
+    a[3 * 5 + 2] = 0.0;
+    assert_eq!(
+        go(&a, spans()),
+        Err(Error::Negative {
+            position: Position::matrix(2, 1),
+            value: -0.1
+        })
+    );
+    a[2 * 5 + 1] = 0.0;
+    assert_eq!(
+        go(&a, spans()),
+        Err(Error::RowMassExceeded {
+            row: 1,
+            mass: 1.5,
+            tolerance: 1e-3
+        })
+    );
+    a[5 + 1] = 1.0;
+    assert_eq!(go(&a, spans()), Err(Error::NoSourceMass));
+    a[5] = 0.5;
+    a[5 + 1] = 0.5;
+    a[4 * 5] = 0.5;
+    a[4 * 5 + 4] = 0.5;
+    assert_eq!(go(&a, spans()), Ok(()));
 }
 
 #[test]
 fn spans() {
     let a = EXAMPLE;
     assert_eq!(
-        run(&a, 5, 1..1, 4..5),
+        run(&a, 1..1, 4..5),
         Err(Error::EmptySpan {
             span: Span::Question
         })
     );
     assert_eq!(
-        run(&a, 5, 0..2, 4..4),
+        run(&a, 0..2, 4..4),
         Err(Error::EmptySpan { span: Span::Answer })
     );
     #[allow(clippy::reversed_empty_ranges)]
     let reversed = 3..2;
     assert_eq!(
-        run(&a, 5, 0..2, reversed),
+        run(&a, 0..2, reversed),
         Err(Error::EmptySpan { span: Span::Answer })
     );
     assert_eq!(
-        run(&a, 5, 0..6, 4..5),
+        run_with(&a, Spans::new(0..6, 4..5).with_response(2..5)),
         Err(Error::SpanOutOfRange {
             span: Span::Question,
             range: 0..6,
@@ -78,7 +181,7 @@ fn spans() {
         })
     );
     assert_eq!(
-        run(&a, 5, 0..2, 4..6),
+        run(&a, 0..2, 4..6),
         Err(Error::SpanOutOfRange {
             span: Span::Answer,
             range: 4..6,
@@ -86,14 +189,23 @@ fn spans() {
         })
     );
     // Boundary: an answer starting exactly where the question ends is fine, one before is not.
-    assert!(run(&a, 5, 0..2, 2..5).is_ok());
+    assert!(run(&a, 0..2, 2..5).is_ok());
     assert_eq!(
-        run(&a, 5, 0..3, 2..5),
+        run(&a, 0..3, 2..5),
         Err(Error::AnswerNotAfterQuestion {
             question: 0..3,
             answer: 2..5
         })
     );
+    // The response must hold the answer; boundary: the response is exactly the answer.
+    assert_eq!(
+        run_with(&a, Spans::new(0..2, 3..5).with_response(2..4)),
+        Err(Error::ResponseMissesAnswer {
+            response: 2..4,
+            answer: 3..5
+        })
+    );
+    assert!(run_with(&a, Spans::new(0..2, 3..5).with_response(3..5)).is_ok());
 }
 
 #[test]
@@ -104,21 +216,21 @@ fn data_checks_in_order() {
     a[5 + 1] = 0.9; // row 1 sums to 1.4
     // Non-finite wins over an earlier negative and heavier rows.
     assert_eq!(
-        run(&a, 5, 0..2, 4..5),
+        run(&a, 0..2, 4..5),
         Err(Error::NonFinite {
             position: Position::matrix(4, 2)
         })
     );
     a[4 * 5 + 2] = 0.6;
     assert_eq!(
-        run(&a, 5, 0..2, 4..5),
+        run(&a, 0..2, 4..5),
         Err(Error::Negative {
             position: Position::matrix(3, 1),
             value: -0.1
         })
     );
     a[3 * 5 + 1] = 0.2;
-    match run(&a, 5, 0..2, 4..5) {
+    match run(&a, 0..2, 4..5) {
         Err(Error::RowMassExceeded { row: 1, mass, .. }) => assert!((mass - 1.4).abs() < 1e-12),
         other => panic!("expected row 1 too heavy, got {other:?}"),
     }
@@ -126,7 +238,7 @@ fn data_checks_in_order() {
     let mut b = EXAMPLE.to_vec();
     b[1] = f64::NAN;
     b[4] = -7.0;
-    assert!(run(&b, 5, 0..2, 4..5).is_ok());
+    assert!(run(&b, 0..2, 4..5).is_ok());
 }
 
 #[test]
@@ -137,7 +249,7 @@ fn infinity_after_the_answer_is_still_reported() {
     }
     a[5 * 6 + 4] = f64::INFINITY;
     assert_eq!(
-        run(&a, 6, 0..1, 2..3),
+        run(&a, 0..1, 2..3),
         Err(Error::NonFinite {
             position: Position::matrix(5, 4)
         })
@@ -150,18 +262,21 @@ fn row_mass_boundary() {
     let tol = 0.25;
     let cfg = TraceConfig::default().with_row_tolerance(tol);
     let ok = [1.0, 0.0, 0.5, 0.75];
-    assert!(trace(&ok, 2, 0..1, 1..2, &cfg).is_ok());
+    assert!(trace_dense(&ok, 0..1, 1..2, cfg).is_ok());
     let heavy = [1.0, 0.0, 0.5, 0.750_000_001];
     assert!(matches!(
-        trace(&heavy, 2, 0..1, 1..2, &cfg),
+        trace_dense(&heavy, 0..1, 1..2, cfg),
         Err(Error::RowMassExceeded { row: 1, .. })
     ));
     let zero = [0.0, 0.0, 0.0, 0.0];
-    assert_eq!(trace(&zero, 2, 0..1, 1..2, &cfg), Err(Error::NoSourceMass));
+    assert_eq!(
+        trace_dense(&zero, 0..1, 1..2, cfg),
+        Err(Error::NoSourceMass)
+    );
     // A negative zero is not negative.
     let neg_zero = [1.0, 0.0, -0.0, 1.0];
     assert_eq!(
-        trace(&neg_zero, 2, 0..1, 1..2, &cfg),
+        trace_dense(&neg_zero, 0..1, 1..2, cfg),
         Err(Error::NoSourceMass)
     );
 }
@@ -170,14 +285,14 @@ fn row_mass_boundary() {
 fn no_source_mass() {
     // The question attends nowhere the answer can see: token 0 has no edge to 1..3.
     let a = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0];
-    assert_eq!(run(&a, 3, 0..1, 2..3), Err(Error::NoSourceMass));
+    assert_eq!(run(&a, 0..1, 2..3), Err(Error::NoSourceMass));
 }
 
 #[test]
 fn config_domains() {
     let cfg = TraceConfig::default().with_edge_threshold(-1.0);
     assert!(matches!(
-        trace(&EXAMPLE, 5, 0..2, 4..5, &cfg),
+        trace_dense(&EXAMPLE, 0..2, 4..5, cfg),
         Err(Error::InvalidConfig {
             field: "edge_threshold",
             ..
@@ -185,12 +300,18 @@ fn config_domains() {
     ));
     let cfg = TraceConfig::default().with_row_tolerance(f64::NAN);
     assert!(matches!(
-        trace(&EXAMPLE, 5, 0..2, 4..5, &cfg),
+        Tracer::new(Config::default().with_trace(cfg)),
         Err(Error::InvalidConfig {
             field: "row_tolerance",
             ..
         })
     ));
+    // Boundary: 0 is in the domain of both.
+    let zero = TraceConfig::default()
+        .with_edge_threshold(0.0)
+        .with_row_tolerance(0.0);
+    assert_eq!(zero.validate(), Ok(()));
+    assert!(tracer(zero).is_ok());
 }
 
 #[test]
@@ -337,10 +458,10 @@ fn grpo_group_errors() {
             num_generations: 2
         })
     );
-    assert!(matches!(
+    assert_eq!(
         group_advantages(&[1.0, f64::NAN], 2, ScaleRewards::Group, 1e-4),
-        Err(Error::NonFinite { .. })
-    ));
+        Err(Error::NonFiniteReward { index: 1 })
+    );
 }
 
 /// One defect planted in a valid case.
@@ -369,7 +490,7 @@ proptest! {
                 Error::RowMassExceeded { row, mass, tolerance: 1e-3 }
             }
         };
-        let got = trace(&a, n, c.question.clone(), c.answer.clone(), &TraceConfig::default()).map(|_| ());
+        let got = trace(&Sequence::dense(&a, c.spans()).unwrap()).map(|_| ());
         match (got, expected) {
             (Err(Error::RowMassExceeded { row: r, mass: m, .. }), Error::RowMassExceeded { row: er, mass: em, .. }) => {
                 prop_assert_eq!(r, er);

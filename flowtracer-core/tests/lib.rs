@@ -3,6 +3,7 @@
 
 mod common;
 mod errors;
+mod front_door;
 mod grpo;
 mod properties;
 mod regressions;

@@ -9,8 +9,8 @@ use flowtracer_core::shaping::{
     Select, ShapingConfig, select_tokens, shape_advantage, token_weights,
 };
 use flowtracer_core::{
-    AnswerMode, Trace, TraceConfig, TraceInput, Workspace, reference, trace, trace_batch,
-    trace_with_workspace,
+    AnswerMode, Config, Error, Sequence, Spans, Tokens, Trace, TraceConfig, Tracer, reference,
+    trace,
 };
 use proptest::prelude::*;
 
@@ -34,16 +34,17 @@ proptest! {
         bump in 0.001f64..0.5,
     ) {
         let cfg = TraceConfig::default().with_answer_mode(mode).with_edge_threshold(thr);
-        let Ok(t) = trace(&c.a, c.n, c.question.clone(), c.answer.clone(), &cfg) else {
+        let seq = c.seq();
+        let Ok(t) = tracer(cfg).unwrap().trace(&seq) else {
             return Ok(());
         };
-        let r = conservation_residual(&c.a, c.n, &c.answer, thr, t.reach());
+        let r = conservation_residual(&seq, thr, t.reach());
         prop_assert!(r <= 1e-12, "residual {r}");
         // One live token outside the answer with its reach off by `bump` breaks its row.
         if let Some(i) = (0..c.n).find(|&i| t.reach()[i] > 0.0 && !c.answer.contains(&i)) {
             let mut h = t.reach().to_vec();
             h[i] *= 1.0 + bump;
-            let r = conservation_residual(&c.a, c.n, &c.answer, thr, &h);
+            let r = conservation_residual(&seq, thr, &h);
             prop_assert!(r >= bump / (1.0 + bump) - 1e-12, "residual {r} for bump {bump}");
         }
     }
@@ -51,7 +52,7 @@ proptest! {
     #[test]
     fn conservation_and_bounds(c in case(32), mode in modes()) {
         let cfg = TraceConfig::default().with_answer_mode(mode);
-        let Ok(t) = trace(&c.a, c.n, c.question.clone(), c.answer.clone(), &cfg) else {
+        let Ok(t) = tracer(cfg).unwrap().trace(&c.seq()) else {
             return Ok(());
         };
         let (h, f, tau) = (t.reach(), t.flow(), t.throughput());
@@ -77,8 +78,9 @@ proptest! {
 
     #[test]
     fn f32_matches_f64(c in case(32)) {
-        let t64 = trace(&c.a, c.n, c.question.clone(), c.answer.clone(), &TraceConfig::default());
-        let t32 = trace(&to_f32(&c.a), c.n, c.question.clone(), c.answer.clone(), &TraceConfig::default());
+        let t64 = trace(&c.seq());
+        let a32 = to_f32(&c.a);
+        let t32 = trace(&Sequence::dense(&a32, c.spans()).unwrap());
         match (t64, t32) {
             (Ok(a), Ok(b)) => {
                 assert_all_close(&widen(b.reach()), a.reach(), F32_ABS, F32_REL, "h");
@@ -89,40 +91,51 @@ proptest! {
         }
     }
 
+    /// One `Tracer` reused across sequences of different sizes (its scratch and a reused
+    /// output) gives exactly what a fresh one gives; so does the batch, in input order.
     #[test]
-    fn workspace_reuse_equals_fresh(cases in prop::collection::vec(case(20), 1..6)) {
-        let mut ws = Workspace::new();
-        let mut out = Trace::new();
-        let cfg = TraceConfig::default();
-        for c in &cases {
-            let fresh = trace(&c.a, c.n, c.question.clone(), c.answer.clone(), &cfg);
-            let reused = trace_with_workspace(&c.a, c.n, c.question.clone(), c.answer.clone(), &cfg, &mut ws, &mut out);
+    fn tracer_reuse_equals_fresh(cases in prop::collection::vec(case(20), 1..6)) {
+        let mut reused = Tracer::new(Config::default()).unwrap();
+        let mut into = Tracer::new(Config::default()).unwrap();
+        let mut out = Trace::default();
+        let seqs: Vec<Sequence<'_, f64>> = cases.iter().map(Case::seq).collect();
+        for seq in &seqs {
+            let fresh = trace(seq);
+            let again = reused.trace(seq);
+            let filled = into.trace_into(seq, &mut out);
+            prop_assert_eq!(&fresh, &again);
             match fresh {
-                Ok(t) => { prop_assert!(reused.is_ok()); prop_assert_eq!(&t, &out); }
-                Err(e) => prop_assert_eq!(Err(e), reused),
+                Ok(t) => {
+                    prop_assert_eq!(filled, Ok(()));
+                    prop_assert_eq!(&t, &out);
+                    // The f64 reach before storing: the stored one, exactly, for f64.
+                    prop_assert_eq!(reused.last_reach(), t.reach());
+                    prop_assert_eq!(into.last_reach(), t.reach());
+                }
+                Err(e) => prop_assert_eq!(Err(e), filled),
             }
         }
-        let inputs: Vec<TraceInput<'_, f64>> = cases.iter().map(|c| TraceInput {
-            attention: &c.a, n: c.n, question: c.question.clone(), answer: c.answer.clone(),
-        }).collect();
-        let batch = trace_batch(&inputs, &cfg);
-        for (c, b) in cases.iter().zip(&batch) {
-            prop_assert_eq!(&trace(&c.a, c.n, c.question.clone(), c.answer.clone(), &cfg), b);
+        let batch = reused.trace_batch(&seqs);
+        prop_assert_eq!(batch.len(), seqs.len());
+        for (seq, b) in seqs.iter().zip(&batch) {
+            prop_assert_eq!(&trace(seq), b);
         }
-        #[cfg(feature = "parallel")]
-        prop_assert_eq!(flowtracer_core::trace_batch_parallel(&inputs, &cfg), batch);
     }
 
     #[test]
     fn backbone_equals_reference(c in case(16), coverage in 0.0f64..=1.0) {
-        let Ok(t) = trace(&c.a, c.n, c.question.clone(), c.answer.clone(), &TraceConfig::default()) else {
+        let seq = c.seq();
+        let Ok(t) = trace(&seq) else {
             return Ok(());
         };
-        let response = c.question.end..c.n;
+        // The default response: every token after the question.
+        let response: Vec<usize> = (c.question.end..c.n).collect();
+        prop_assert_eq!(t.response(), &Tokens::Range(c.question.end..c.n));
         let cfg = BackboneConfig::default().with_coverage(coverage);
-        let b = backbone(&c.a, &t, response.clone(), &cfg).unwrap();
-        let naive = reference::trace(&c.a, c.n, c.question.clone(), c.answer.clone(), AnswerMode::Absorbing, 0.0);
-        let (path, p) = reference::best_path(&naive, c.question.clone(), c.answer.clone());
+        let b = backbone(&seq, &t, &cfg).unwrap();
+        let (q, a) = (c.question_positions(), c.answer_positions());
+        let naive = reference::trace(&c.a, c.n, &q, &a, AnswerMode::Absorbing, 0.0);
+        let (path, p) = reference::best_path(&naive, &q, &a);
         prop_assert!(close(b.path_probability, p, 1e-12, 1e-9), "{} vs {}", b.path_probability, p);
         prop_assert_eq!(b.path, path);
         let edges = reference::covering_edges(&naive, coverage);
@@ -146,21 +159,27 @@ proptest! {
             }
         }
         prop_assert!(b.edges.len().abs_diff(edges.len()) <= 1);
-        prop_assert_eq!(b.hubs, reference::select(t.throughput(), response, 0.4, false));
+        prop_assert_eq!(b.hubs, reference::select(t.throughput(), &response, 0.4, false));
     }
 
     #[test]
     fn selection_equals_reference(
         scores in prop::collection::vec(prop_oneof![2 => 0.0f64..2.0, 1 => Just(0.0), 1 => Just(1.0)], 1..40),
+        keep in prop::collection::vec(any::<bool>(), 40),
         rho in 0.0f64..=1.0,
         bottom in any::<bool>(),
     ) {
         let n = scores.len();
         let select = if bottom { Select::Bottom } else { Select::Top };
         for start in [0, n / 2] {
-            let got = select_tokens(&scores, start..n, rho, select);
-            prop_assert_eq!(got, reference::select(&scores, start..n, rho, bottom));
+            let got = select_tokens(&scores, &(start..n).into(), rho, select);
+            let all: Vec<usize> = (start..n).collect();
+            prop_assert_eq!(got, reference::select(&scores, &all, rho, bottom));
         }
+        // A response given as a list of positions (possibly empty).
+        let list: Vec<usize> = (0..n).filter(|&i| keep[i]).collect();
+        let got = select_tokens(&scores, &Tokens::from(list.clone()), rho, select);
+        prop_assert_eq!(got, reference::select(&scores, &list, rho, bottom));
     }
 
     #[test]
@@ -171,7 +190,7 @@ proptest! {
     ) {
         let n = scores.len();
         let cfg = ShapingConfig::default().with_mix(0.0).with_normalize_mean(normalize);
-        let w = token_weights(Some(&scores[..]), n, 1..n, &cfg).unwrap();
+        let w = token_weights(&scores, &(1..n).into(), &cfg).unwrap();
         let mut out = vec![0.0; n];
         shape_advantage(adv, &w, &cfg, &mut out);
         prop_assert!(out.iter().all(|&x| x == adv));
@@ -181,7 +200,7 @@ proptest! {
     fn normalize_mean_gives_mean_one(scores in prop::collection::vec(0.01f64..2.0, 2..30), gamma in 0.5f64..3.0) {
         let n = scores.len();
         let cfg = ShapingConfig::default().with_gamma_flow(gamma).with_normalize_mean(true);
-        let w = token_weights(Some(&scores[..]), n, 0..n, &cfg).unwrap();
+        let w = token_weights(&scores, &(0..n).into(), &cfg).unwrap();
         let mean: f64 = w.iter().sum::<f64>() / n as f64;
         prop_assert!(close(mean, 1.0, 1e-12, 0.0));
     }
@@ -235,13 +254,63 @@ proptest! {
     }
 }
 
+proptest! {
+    /// Spans as sorted position lists: the trace equals the oracle on the same positions,
+    /// and the tracer's token weights are the oracle's selection over the list response.
+    #[test]
+    fn list_spans_equal_reference(
+        c in list_case(24),
+        mode in modes(),
+        thr in prop_oneof![Just(0.0), 0.0f64..0.3],
+        rho in 0.0f64..=1.0,
+        bottom in any::<bool>(),
+    ) {
+        let spans = Spans::new(c.question.clone(), c.answer.clone()).with_response(c.response.clone());
+        if c.n == 1 {
+            prop_assert_eq!(
+                Sequence::dense(&c.a, spans),
+                Err(Error::AnswerNotAfterQuestion { question: 0..1, answer: 0..1 })
+            );
+            return Ok(());
+        }
+        let seq = Sequence::dense(&c.a, spans).unwrap();
+        prop_assert_eq!(seq.response(), &Tokens::List(c.response.clone()));
+        let select = if bottom { Select::Bottom } else { Select::Top };
+        let config = Config::default()
+            .with_trace(TraceConfig::default().with_answer_mode(mode).with_edge_threshold(thr))
+            .with_shaping(ShapingConfig::default().with_rho(rho).with_select(select));
+        let mut tracer = Tracer::new(config).unwrap();
+        let naive = reference::trace(&c.a, c.n, &c.question, &c.answer, mode, thr);
+        match tracer.trace(&seq) {
+            Ok(t) => {
+                assert_all_close(t.reach(), &naive.h, F64_ABS, F64_REL, "h");
+                assert_all_close(t.flow(), &naive.f, F64_ABS, F64_REL, "f");
+                assert_all_close(t.throughput(), &naive.tau, F64_ABS, F64_REL, "tau");
+                prop_assert_eq!(t.num_sources(), naive.sources);
+                prop_assert_eq!(t.question(), &Tokens::List(c.question.clone()));
+                prop_assert_eq!(t.answer(), &Tokens::List(c.answer.clone()));
+                prop_assert_eq!(t.response(), &Tokens::List(c.response.clone()));
+                let chosen = reference::select(t.throughput(), &c.response, rho, bottom);
+                let expected: Vec<f64> =
+                    (0..c.n).map(|i| if chosen.contains(&i) { 1.5 } else { 1.0 }).collect();
+                prop_assert_eq!(tracer.token_weights(&t), expected);
+            }
+            Err(e) => {
+                prop_assert_eq!(e, Error::NoSourceMass);
+                prop_assert_eq!(naive.sources, 0);
+            }
+        }
+    }
+}
+
 /// The fast path against the naive oracle on one case (f64, tolerances of `common`).
 fn check_fast_path(c: &Case, mode: AnswerMode, thr: f64) -> Result<(), TestCaseError> {
     let cfg = TraceConfig::default()
         .with_answer_mode(mode)
         .with_edge_threshold(thr);
-    let naive = reference::trace(&c.a, c.n, c.question.clone(), c.answer.clone(), mode, thr);
-    match trace(&c.a, c.n, c.question.clone(), c.answer.clone(), &cfg) {
+    let (q, a) = (c.question_positions(), c.answer_positions());
+    let naive = reference::trace(&c.a, c.n, &q, &a, mode, thr);
+    match tracer(cfg).unwrap().trace(&c.seq()) {
         Ok(t) => {
             assert_all_close(t.reach(), &naive.h, F64_ABS, F64_REL, "h");
             assert_all_close(t.flow(), &naive.f, F64_ABS, F64_REL, "f");
@@ -249,7 +318,7 @@ fn check_fast_path(c: &Case, mode: AnswerMode, thr: f64) -> Result<(), TestCaseE
             prop_assert_eq!(t.num_sources(), naive.sources);
         }
         Err(e) => {
-            prop_assert_eq!(e, flowtracer_core::Error::NoSourceMass);
+            prop_assert_eq!(e, Error::NoSourceMass);
             prop_assert_eq!(naive.sources, 0);
         }
     }

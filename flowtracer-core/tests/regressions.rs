@@ -1,7 +1,9 @@
 //! Inputs the fuzzers found (fuzz/regressions/README.md), as unit tests.
 
 use flowtracer_core::shaping::{ShapingConfig, token_weights};
-use flowtracer_core::{AnswerMode, Error, Stage, TraceConfig, trace};
+use flowtracer_core::{AnswerMode, Error, Sequence, Spans, Stage, TraceConfig, trace};
+
+use crate::common::trace_dense;
 
 /// fuzz/regressions/trace/tau-subnormal-f32: token 1 has a subnormal f32 flow; `tau` was
 /// rounded from the f64 `2 f` and differed from twice the rounded `f`.
@@ -18,8 +20,8 @@ fn tau_is_exactly_twice_the_flow_in_f32() {
         f32::from_bits(0x3e8df4d6),
         f32::from_bits(0x3ee41655),
     ];
-    let cfg = TraceConfig::<f32>::default().with_answer_mode(AnswerMode::Relay);
-    let t = trace(&a, 3, 0..1, 1..3, &cfg).unwrap();
+    let cfg = TraceConfig::default().with_answer_mode(AnswerMode::Relay);
+    let t = trace_dense(&a, 0..1, 1..3, cfg).unwrap();
     assert!(
         t.flow()[1] > 0.0 && t.flow()[1] < f32::MIN_POSITIVE,
         "the flow of token 1 is subnormal"
@@ -38,10 +40,10 @@ fn mix_outside_unit_interval_is_rejected() {
         .with_mix(1.640625)
         .with_gamma_flow(0.765625);
     assert!(matches!(
-        token_weights(Some(&scores[..]), 3, 0..3, &cfg),
+        token_weights(&scores, &(0..3).into(), &cfg),
         Err(Error::InvalidConfig { field: "mix", .. })
     ));
-    let w = token_weights(Some(&scores[..]), 3, 0..3, &cfg.with_mix(1.0)).unwrap();
+    let w = token_weights(&scores, &(0..3).into(), &cfg.with_mix(1.0)).unwrap();
     assert!(w.iter().all(|&x| x >= 0.0));
 }
 
@@ -115,7 +117,7 @@ fn live_reach_stays_positive_in_f32() {
     let tiny = f32::from_bits(1);
     // 0 -> 1 -> 2 with subnormal weights; 2 is the answer.
     let a: Vec<f32> = vec![1.0, 0.0, 0.0, tiny, 1.0 - tiny, 0.0, 0.0, tiny, 1.0 - tiny];
-    let t = trace(&a, 3, 0..1, 2..3, &TraceConfig::default()).unwrap();
+    let t = trace(&Sequence::dense(&a, Spans::new(0..1, 2..3)).unwrap()).unwrap();
     assert!(
         t.reach()[0] > 0.0,
         "token 0 reaches the answer through two tiny edges"

@@ -8,7 +8,7 @@ use flowtracer_core::baselines::{
 use flowtracer_core::shaping::{
     ApplyTo, Select, ShapingConfig, num_selected, shape_advantage, token_weights,
 };
-use flowtracer_core::{AnswerMode, Error, TraceConfig, reference, trace};
+use flowtracer_core::{AnswerMode, Error, Sequence, Span, Spans, TraceConfig, reference, trace};
 
 use crate::common::*;
 
@@ -58,28 +58,39 @@ fn num_selected_rounding() {
 fn shaping_options() {
     let tau = [1.0, 1.42, 1.39, 0.15, 2.0, 0.0];
     let base = ShapingConfig::default();
+    let r = (2..6).into();
     // Token 5 (tau = 0, after the answer) is never picked while positives remain.
     assert_eq!(
-        token_weights(Some(&tau[..]), 6, 2..6, &base).unwrap(),
+        token_weights(&tau, &r, &base).unwrap(),
         [1.0, 1.0, 1.5, 1.0, 1.5, 1.0]
     );
     let bottom = base.with_select(Select::Bottom);
     assert_eq!(
-        token_weights(Some(&tau[..]), 6, 2..6, &bottom).unwrap(),
+        token_weights(&tau, &r, &bottom).unwrap(),
         [1.0, 1.0, 1.5, 1.5, 1.0, 1.0]
     );
     let half = base.with_mix(0.5);
     assert_eq!(
-        token_weights(Some(&tau[..]), 6, 2..6, &half).unwrap(),
+        token_weights(&tau, &r, &half).unwrap(),
         [1.0, 1.0, 1.25, 1.0, 1.25, 1.0]
     );
-    assert_eq!(
-        token_weights::<f64>(None, 6, 2..6, &base).unwrap(),
-        [1.0; 6]
-    );
     let norm = base.with_normalize_mean(true);
-    let w = token_weights(Some(&tau[..]), 6, 2..6, &norm).unwrap();
+    let w = token_weights(&tau, &r, &norm).unwrap();
     assert_eq!(w, [1.0, 1.0, 1.2, 0.8, 1.2, 0.8]);
+    // A list response, tokens 1, 3, 4, 5: two of four are selected, only among them.
+    let list = [1usize, 3, 4, 5].into();
+    assert_eq!(
+        token_weights(&tau, &list, &base).unwrap(),
+        [1.0, 1.5, 1.0, 1.0, 1.5, 1.0]
+    );
+    assert_eq!(
+        token_weights(&tau, &list, &bottom).unwrap(),
+        [1.0, 1.5, 1.0, 1.5, 1.0, 1.0]
+    );
+    assert_eq!(
+        token_weights(&tau, &list, &norm).unwrap(),
+        [1.0, 1.2, 1.0, 0.8, 1.2, 0.8]
+    );
     let mut out = [0.0; 3];
     shape_advantage(
         -2.0,
@@ -96,13 +107,31 @@ fn shaping_options() {
     );
     assert_eq!(out, [2.0, 3.0, 2.0]);
     assert!(matches!(
-        token_weights(Some(&tau[..]), 6, 2..6, &base.with_rho(1.5)),
+        token_weights(&tau, &r, &base.with_rho(1.5)),
         Err(Error::InvalidConfig { field: "rho", .. })
     ));
-    assert!(matches!(
-        token_weights(Some(&tau[..5]), 6, 2..6, &base),
-        Err(Error::ShapeMismatch { .. })
-    ));
+    // The response is checked against the number of scores.
+    assert_eq!(
+        token_weights(&tau[..5], &r, &base),
+        Err(Error::SpanOutOfRange {
+            span: Span::Response,
+            range: 2..6,
+            n: 5
+        })
+    );
+    assert_eq!(
+        token_weights(&tau, &(3..3).into(), &base),
+        Err(Error::EmptySpan {
+            span: Span::Response
+        })
+    );
+    assert_eq!(
+        token_weights(&tau, &[2usize, 4, 4].into(), &base),
+        Err(Error::UnsortedSpan {
+            span: Span::Response,
+            index: 2
+        })
+    );
 }
 
 #[test]
@@ -110,7 +139,7 @@ fn relay_mode_by_hand() {
     // N = 3, Q = {0}, A = {1, 2}: relay lets token 1 pass flow on to token 2.
     let a = [1.0, 0.0, 0.0, 0.5, 0.5, 0.0, 0.2, 0.3, 0.5];
     let cfg = TraceConfig::default().with_answer_mode(AnswerMode::Relay);
-    let t = trace(&a, 3, 0..1, 1..3, &cfg).unwrap();
+    let t = trace_dense(&a, 0..1, 1..3, cfg).unwrap();
     // h(2) = 1, h(1) = 1 + 0.3, h(0) = 0.5 h(1) + 0.2 h(2) = 0.85.
     assert_all_close(t.reach(), &[0.85, 1.3, 1.0], 1e-15, 1e-15, "h");
     // f(1) = 0.5 * 1.3 / 0.85, f(2) = 0.2 / 0.85 + f(1) * 0.3 / 1.3.
@@ -119,7 +148,7 @@ fn relay_mode_by_hand() {
     assert_all_close(t.flow(), &[1.0, f1, f2], 1e-15, 1e-15, "f");
     assert!(close(t.answer_mass(), 1.0, 1e-15, 0.0));
     // Absorbing: token 1 keeps what it receives.
-    let t = trace(&a, 3, 0..1, 1..3, &TraceConfig::default()).unwrap();
+    let t = trace(&Sequence::dense(&a, Spans::new(0..1, 1..3)).unwrap()).unwrap();
     assert_all_close(t.reach(), &[0.7, 1.0, 1.0], 1e-15, 1e-15, "h");
     assert_all_close(t.flow(), &[1.0, 0.5 / 0.7, 0.2 / 0.7], 1e-15, 1e-15, "f");
 }
@@ -127,7 +156,7 @@ fn relay_mode_by_hand() {
 #[test]
 fn edge_threshold_prunes() {
     let cfg = TraceConfig::default().with_edge_threshold(0.15);
-    let t = trace(&EXAMPLE, 5, 0..2, 4..5, &cfg).unwrap();
+    let t = trace_dense(&EXAMPLE, 0..2, 4..5, cfg).unwrap();
     // Edges 0->3, 0->4, 1->4, 3->4 (all 0.1) are gone: h(3) = 0, h(2) = 0.6.
     assert_eq!(t.reach()[3], 0.0);
     assert!(close(t.reach()[2], 0.6, 1e-15, 0.0));
@@ -137,18 +166,31 @@ fn edge_threshold_prunes() {
 
 #[test]
 fn baselines_by_hand() {
-    let recv = attention_received(&EXAMPLE, 5, 2..5).unwrap();
+    // The default response of these spans is 2..5.
+    let seq = Sequence::dense(&EXAMPLE, Spans::new(0..2, 4..5)).unwrap();
+    let recv = attention_received(&seq).unwrap();
     // Column sums over rows 2..5 strictly below the row: col 0: .3+.1+.1, col 1: .5+.2+.1, ...
     assert_all_close(&recv, &[0.5, 0.8, 0.9, 0.1, 0.0], 1e-15, 1e-15, "received");
-    let ent = attention_entropy(&EXAMPLE, 5).unwrap();
+    let ent = attention_entropy(&seq).unwrap();
     let h1 = -(0.5f64 * 0.5f64.ln()) * 2.0 / 2.0f64.ln();
     assert!(close(ent[0], 0.0, 0.0, 0.0));
     assert!(close(ent[1], h1, 1e-15, 1e-15));
-    let r = random_scores(6, 2..6, 42).unwrap();
+    let r = random_scores(6, &(2..6).into(), 42).unwrap();
     assert_eq!(&r[..2], [0.0, 0.0]);
     assert!(r[2..].iter().all(|&x| x > 0.0 && x <= 1.0));
-    assert_eq!(r, random_scores(6, 2..6, 42).unwrap());
-    assert_ne!(r, random_scores(6, 2..6, 43).unwrap());
+    assert_eq!(r, random_scores(6, &(2..6).into(), 42).unwrap());
+    assert_ne!(r, random_scores(6, &(2..6).into(), 43).unwrap());
+    // A list response draws at its positions, in order: the same draws as the range.
+    let l = random_scores(6, &[1usize, 3, 4, 5].into(), 42).unwrap();
+    assert_eq!(l, [0.0, r[2], 0.0, r[3], r[4], r[5]]);
+    assert_eq!(
+        random_scores(6, &(2..7).into(), 42),
+        Err(Error::SpanOutOfRange {
+            span: Span::Response,
+            range: 2..7,
+            n: 6
+        })
+    );
     // SplitMix64 reference output for seed 0 (Vigna's splitmix64.c).
     assert_eq!(SplitMix64::new(0).next_u64(), 0xE220_A839_7B1D_CDAF);
 }
@@ -157,12 +199,12 @@ fn baselines_by_hand() {
 fn rollout_by_hand() {
     // One layer: R = norm(0.5 M + 0.5 I); answer row 4 of the example, mass 1:
     // R[4] = 0.5 * M[4] + 0.5 e_4.
-    let s = rollout(&EXAMPLE, 1, 5, 4..5).unwrap();
+    let s = rollout(&EXAMPLE, 1, 5, &(4..5).into()).unwrap();
     assert_all_close(&s, &[0.05, 0.05, 0.3, 0.05, 0.55], 1e-15, 1e-15, "rollout");
     // Two identical layers: R[4] = N[4] · N, computed by hand as a row-vector product.
     let mut two = EXAMPLE.to_vec();
     two.extend_from_slice(&EXAMPLE);
-    let s2 = rollout(&two, 2, 5, 4..5).unwrap();
+    let s2 = rollout(&two, 2, 5, &(4..5).into()).unwrap();
     let n = |k: usize, i: usize| 0.5 * EXAMPLE[k * 5 + i] + if k == i { 0.5 } else { 0.0 };
     for (i, &got) in s2.iter().enumerate() {
         let e: f64 = (0..5).map(|k| n(4, k) * n(k, i)).sum();
@@ -170,8 +212,16 @@ fn rollout_by_hand() {
     }
     assert!(close(s2.iter().sum::<f64>(), 1.0, 1e-14, 0.0));
     assert_eq!(
-        rollout::<f64>(&[], 0, 5, 4..5),
+        rollout::<f64>(&[], 0, 5, &(4..5).into()),
         Err(Error::ZeroDimension { what: "layers" })
+    );
+    // An answer given as a list is checked as the answer span.
+    assert_eq!(
+        rollout(&EXAMPLE, 1, 5, &[4usize, 3].into()),
+        Err(Error::UnsortedSpan {
+            span: Span::Answer,
+            index: 1
+        })
     );
 }
 
@@ -193,15 +243,16 @@ fn long_rows_equal_reference() {
             let cfg = TraceConfig::default()
                 .with_answer_mode(mode)
                 .with_edge_threshold(thr);
-            let t = trace(&a, n, question.clone(), answer.clone(), &cfg).unwrap();
-            let naive = reference::trace(&a, n, question, answer, mode, thr);
+            let t = trace_dense(&a, question.clone(), answer.clone(), cfg).unwrap();
+            let (q, ans): (Vec<usize>, Vec<usize>) = (question.collect(), answer.collect());
+            let naive = reference::trace(&a, n, &q, &ans, mode, thr);
             assert_all_close(t.reach(), &naive.h, F64_ABS, F64_REL, "h");
             assert_all_close(t.flow(), &naive.f, F64_ABS, F64_REL, "f");
         }
         let mut bad = a.clone();
         bad[(n - 4) * n + 530.min(n - 5)] = -1e-9;
         assert!(matches!(
-            trace(&bad, n, 3..40, n - 9..n - 2, &TraceConfig::default()),
+            trace_dense(&bad, 3..40, n - 9..n - 2, TraceConfig::default()),
             Err(Error::Negative { .. })
         ));
     }

@@ -1,8 +1,8 @@
-//! The exact worked example of spec §12, in f64 (1e-12) and f32 (1e-6).
+//! The exact worked example of method §12, in f64 (1e-12) and f32 (1e-6).
 
 use flowtracer_core::backbone::{BackboneConfig, backbone};
 use flowtracer_core::shaping::{ShapingConfig, token_weights};
-use flowtracer_core::{TraceConfig, trace};
+use flowtracer_core::{Config, Sequence, Spans, Tracer, trace};
 
 use crate::common::{EXAMPLE, to_f32, widen};
 
@@ -14,6 +14,11 @@ const F: [f64; 5] = [
     6791.0 / 89871.0,
     1.0,
 ];
+
+/// The example as a sequence: question 0..2, answer 4, response 2..5 (the default).
+fn example() -> Sequence<'static, f64> {
+    Sequence::dense(&EXAMPLE, Spans::new(0..2, 4..5)).unwrap()
+}
 
 fn check(h: &[f64], f: &[f64], tau: &[f64], w: &[f64], tol: f64) {
     for k in 0..5 {
@@ -30,18 +35,20 @@ fn check(h: &[f64], f: &[f64], tau: &[f64], w: &[f64], tol: f64) {
 
 #[test]
 fn f64_to_1e12() {
-    let t = trace(&EXAMPLE, 5, 0..2, 4..5, &TraceConfig::default()).unwrap();
-    let w = token_weights(Some(t.throughput()), 5, 2..5, &ShapingConfig::default()).unwrap();
+    let t = trace(&example()).unwrap();
+    let w = token_weights(t.throughput(), &(2..5).into(), &ShapingConfig::default()).unwrap();
     check(t.reach(), t.flow(), t.throughput(), &w, 1e-12);
     assert_eq!(t.num_sources(), 2);
     assert!((t.answer_mass() - 1.0).abs() < 1e-12);
+    // The tracer's weights (over the default response 2..5) are the same.
+    assert_eq!(Tracer::new(Config::default()).unwrap().token_weights(&t), w);
 }
 
 #[test]
 fn f32_to_1e6() {
     let a = to_f32(&EXAMPLE);
-    let t = trace(&a, 5, 0..2, 4..5, &TraceConfig::default()).unwrap();
-    let w = token_weights(Some(t.throughput()), 5, 2..5, &ShapingConfig::default()).unwrap();
+    let t = trace(&Sequence::dense(&a, Spans::new(0..2, 4..5)).unwrap()).unwrap();
+    let w = Tracer::new(Config::default()).unwrap().token_weights(&t);
     check(
         &widen(t.reach()),
         &widen(t.flow()),
@@ -53,8 +60,9 @@ fn f32_to_1e6() {
 
 #[test]
 fn backbone_of_the_example() {
-    let t = trace(&EXAMPLE, 5, 0..2, 4..5, &TraceConfig::default()).unwrap();
-    let b = backbone(&EXAMPLE, &t, 2..5, &BackboneConfig::default()).unwrap();
+    let seq = example();
+    let t = trace(&seq).unwrap();
+    let b = backbone(&seq, &t, &BackboneConfig::default()).unwrap();
     assert_eq!(b.path, [1, 2, 4]);
     assert!((b.path_probability - 10.0 / 29.0).abs() < 1e-12);
     let edges: Vec<(usize, usize)> = b.edges.iter().map(|e| (e.from, e.to)).collect();
@@ -78,8 +86,9 @@ fn backbone_of_the_example() {
 #[test]
 fn backbone_in_f32_matches() {
     let a = to_f32(&EXAMPLE);
-    let t = trace(&a, 5, 0..2, 4..5, &TraceConfig::default()).unwrap();
-    let b = backbone(&a, &t, 2..5, &BackboneConfig::default()).unwrap();
+    let seq = Sequence::dense(&a, Spans::new(0..2, 4..5)).unwrap();
+    let t = trace(&seq).unwrap();
+    let b = backbone(&seq, &t, &BackboneConfig::default()).unwrap();
     assert_eq!(b.path, [1, 2, 4]);
     assert!((b.path_probability - 10.0 / 29.0).abs() < 1e-6);
     assert_eq!(b.edges.len(), 5);
