@@ -101,11 +101,24 @@ pub struct SequenceView<'a> {
 
 /// Why a sequence got weight 1 everywhere.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum Unshaped {
     /// No answer span (counted in `flow/no_answer_frac`).
     NoAnswer,
-    /// The core rejected the input (e.g. no source mass); the message is kept for logs.
-    Core(String),
+    /// The completion is empty: nothing to score.
+    EmptyCompletion,
+    /// The method has no score: `uniform`, or a method the core added after this trainer.
+    NoScore(CreditMethod),
+    /// The core rejected the input (e.g. no source mass).
+    Core(flowtracer_core::Error),
+}
+
+impl Unshaped {
+    /// Whether the sequence counts as unscored (`flow/unscored_frac`): every cause but a
+    /// missing answer, which has its own metric.
+    pub fn is_unscored(&self) -> bool {
+        !matches!(self, Unshaped::NoAnswer)
+    }
 }
 
 /// Weights of one sequence plus FlowTracer diagnostics.
@@ -154,12 +167,12 @@ pub fn scores(
     method: CreditMethod,
     view: &SequenceView<'_>,
 ) -> Result<(Vec<f64>, Option<FlowStats>), Unshaped> {
-    let core_err = |e: flowtracer_core::Error| Unshaped::Core(e.to_string());
+    let core_err = Unshaped::Core;
     if needs_answer(method) && view.answer.is_none() {
         return Err(Unshaped::NoAnswer);
     }
     match method {
-        CreditMethod::Uniform => Err(Unshaped::Core("uniform has no score".into())),
+        CreditMethod::Uniform => Err(Unshaped::NoScore(method)),
         CreditMethod::FlowTracer | CreditMethod::BottomFlow => {
             let a = aggregated(view).map_err(core_err)?;
             let answer = view.answer.clone().expect("checked");
@@ -196,9 +209,7 @@ pub fn scores(
         }
         // A method the core added after this trainer: the unit tests score every method of
         // `CreditMethod::ALL`, so this arm is never reached by a tested build.
-        other => Err(Unshaped::Core(format!(
-            "the trainer has no scoring function for credit method {other}"
-        ))),
+        other => Err(Unshaped::NoScore(other)),
     }
 }
 
@@ -225,7 +236,7 @@ pub fn score_sequence(config: &CreditConfig, view: &SequenceView<'_>) -> Scored 
             Err(e) => Scored {
                 weights: ones(),
                 scores: Some(s),
-                status: Err(Unshaped::Core(e.to_string())),
+                status: Err(Unshaped::Core(e)),
                 flow: mass,
             },
         },
@@ -356,7 +367,7 @@ pub fn score_rollouts(
             Scored {
                 weights: vec![1.0; n],
                 scores: None,
-                status: Err(Unshaped::Core("empty completion".into())),
+                status: Err(Unshaped::EmptyCompletion),
                 flow: None,
             }
         } else {
@@ -365,7 +376,7 @@ pub fn score_rollouts(
         if answer.is_none() {
             out.no_answer += 1;
         }
-        if matches!(scored.status, Err(Unshaped::Core(_))) {
+        if scored.status.as_ref().is_err_and(Unshaped::is_unscored) {
             out.unscored += 1;
         }
         if let Some(stats) = scored.flow {
