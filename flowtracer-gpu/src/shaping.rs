@@ -66,7 +66,7 @@ fn metadata(
                 actual: len,
             });
         }
-        check_response(input.n, None, &input.response)?;
+        check_response(input.n, &input.response.clone().into())?;
         check_u32_end(input)?;
         let kk = num_selected(config.rho, input.response.len());
         let m = &mut meta[b * k::SHAPE_META..(b + 1) * k::SHAPE_META];

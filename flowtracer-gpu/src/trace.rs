@@ -6,6 +6,7 @@ use alloc::vec::Vec;
 use core::ops::Range;
 
 use cubecl::prelude::*;
+use flowtracer_core::Spans;
 use flowtracer_core::validate::{check_matrix_shape, check_spans};
 use flowtracer_core::{AnswerMode, Error, Position, TraceConfig};
 
@@ -108,7 +109,10 @@ fn validate_input(input: &TraceInput, buffer_len: usize) -> Result<(), Error> {
             actual: buffer_len,
         });
     }
-    check_spans(input.n, &input.question, &input.answer)?;
+    check_spans(
+        input.n,
+        &Spans::new(input.question.clone(), input.answer.clone()),
+    )?;
     if input.n > MAX_N || u32::try_from(input.extent()).is_err() {
         return Err(Error::InvalidConfig {
             field: "n",
@@ -119,8 +123,15 @@ fn validate_input(input: &TraceInput, buffer_len: usize) -> Result<(), Error> {
     Ok(())
 }
 
+/// The smallest `f32` at or above `t`: for every `f32` weight `w`, `w < f32_at_least(t)`
+/// exactly when `w < t` in f64, so the kernels drop exactly the edges the core drops.
+fn f32_at_least(t: f64) -> f32 {
+    let x = t as f32;
+    if f64::from(x) < t { x.next_up() } else { x }
+}
+
 /// The configuration checks of `flowtracer_core::TraceConfig` (same variants, same order).
-pub(crate) fn validate_config(config: &TraceConfig<f32>) -> Result<(), Error> {
+pub(crate) fn validate_config(config: &TraceConfig) -> Result<(), Error> {
     config.validate()
 }
 
@@ -417,11 +428,11 @@ pub fn trace(
     n: usize,
     question: Range<usize>,
     answer: Range<usize>,
-    config: &TraceConfig<f32>,
+    config: &TraceConfig,
     options: &GpuOptions,
 ) -> Result<GpuTrace, Error> {
     check_matrix_shape(attention.len(), n)?;
-    check_spans(n, &question, &answer)?;
+    check_spans(n, &Spans::new(question.clone(), answer.clone()))?;
     let out = trace_batch(
         client,
         attention,
@@ -452,7 +463,7 @@ pub fn trace_batch(
     client: &Client,
     attention: &DeviceBuffer,
     inputs: &[TraceInput],
-    config: &TraceConfig<f32>,
+    config: &TraceConfig,
     options: &GpuOptions,
 ) -> Result<GpuTrace, Error> {
     trace_batch_with_workspace(
@@ -475,7 +486,7 @@ pub fn trace_batch_with_workspace(
     client: &Client,
     attention: &DeviceBuffer,
     inputs: &[TraceInput],
-    config: &TraceConfig<f32>,
+    config: &TraceConfig,
     options: &GpuOptions,
     workspace: &mut Workspace,
 ) -> Result<GpuTrace, Error> {
@@ -542,7 +553,7 @@ pub fn trace_batch_with_workspace(
     let sources = workspace.sources.clone();
     let status = DeviceBuffer::from_u32(client, &vec![u32::MAX; seqs * check::SLOTS]);
     let relay = config.answer_mode == AnswerMode::Relay;
-    let threshold = config.edge_threshold;
+    let threshold = f32_at_least(config.edge_threshold);
     let block = options.block as usize;
     for l in &plan.launches {
         let step = l.step;
@@ -553,7 +564,7 @@ pub fn trace_batch_with_workspace(
                 attention,
                 &metadata,
                 &status,
-                config.row_tolerance,
+                config.row_tolerance as f32,
             ),
             Kernel::ReachZero => reach::launch_zero(client, l, &out.reach),
             Kernel::ReachBlock => {
@@ -617,7 +628,7 @@ fn decode_status(
     attention: &DeviceBuffer,
     input: &TraceInput,
     slots: &[u32],
-    config: &TraceConfig<f32>,
+    config: &TraceConfig,
 ) -> Result<(), Error> {
     let n = input.n;
     let row_start = |k: usize| input.offset + k * input.row_stride;
@@ -644,7 +655,7 @@ fn decode_status(
         return Err(Error::RowMassExceeded {
             row,
             mass,
-            tolerance: f64::from(config.row_tolerance),
+            tolerance: config.row_tolerance,
         });
     }
     Ok(())

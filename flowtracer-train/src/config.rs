@@ -11,9 +11,9 @@ use serde::{Deserialize, Serialize};
 use crate::credit::CreditConfig;
 use crate::error::ConfigError;
 
-/// The `eps` of the advantage normalisation `(r - mean) / (std + eps)`: TRL's value (the
-/// core's `group_advantages` takes it as an argument and has no default).
-pub const ADV_EPS: f64 = 1e-4;
+/// The `eps` of the advantage normalisation `(r - mean) / (std + eps)`: the core's default
+/// (`GrpoConfig::DEFAULT.advantage_eps`, TRL's value).
+pub const ADV_EPS: f64 = CoreGrpoConfig::DEFAULT.advantage_eps;
 
 /// Every knob of a GRPO run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -54,7 +54,7 @@ pub struct GrpoConfig {
 
 impl Default for GrpoConfig {
     fn default() -> Self {
-        let core = CoreGrpoConfig::<f64>::default();
+        let core = CoreGrpoConfig::default();
         Self {
             num_generations: 8,
             prompts_per_step: 16,
@@ -78,13 +78,15 @@ impl Default for GrpoConfig {
 
 impl GrpoConfig {
     /// The core's loss config.
-    pub fn core(&self) -> CoreGrpoConfig<f64> {
+    pub fn core(&self) -> CoreGrpoConfig {
         CoreGrpoConfig::default()
             .with_beta(self.beta)
             .with_epsilon(self.epsilon)
             .with_epsilon_high(self.epsilon_high)
             .with_loss_type(self.loss_type)
             .with_max_completion_length(self.max_completion_length)
+            .with_scale_rewards(self.scale_rewards)
+            .with_advantage_eps(self.adv_eps)
     }
 
     /// Checks the knobs.
@@ -147,7 +149,7 @@ mod tests {
     #[test]
     fn defaults_are_the_core_defaults() {
         let c = GrpoConfig::default();
-        let core = CoreGrpoConfig::<f64>::default();
+        let core = CoreGrpoConfig::default();
         assert_eq!(
             (c.beta, c.epsilon, c.epsilon_high, c.loss_type),
             (core.beta, core.epsilon, core.epsilon_high, core.loss_type)

@@ -7,13 +7,13 @@
 
 use core::ops::Range;
 
-use flowtracer_core::aggregate::{LayerSelection, Layout, aggregate};
+use flowtracer_core::aggregate::{LayerSelection, Layout};
 use flowtracer_core::baselines::{self, CreditMethod};
 use flowtracer_core::flow::conservation_residual;
 use flowtracer_core::shaping::{
     Select, ShapingConfig, select_tokens, shape_advantage, token_weights,
 };
-use flowtracer_core::{TraceConfig, trace};
+use flowtracer_core::{LayerShape, Sequence, Spans, trace};
 use serde::{Deserialize, Serialize};
 
 use crate::answer::locate_answer;
@@ -146,20 +146,28 @@ pub struct FlowStats {
     pub residual: f64,
 }
 
-/// The aggregated attention Ā (dense `n x n`) of a view: the mean of its captured layers.
+/// The view as the core's validated [`Sequence`]: the mean of its captured layers (the
+/// trainer captures only the selected ones) as `Ā`, with its spans, checked once.
+///
+/// A view without an answer gets its last response token as a stand-in answer: only the
+/// methods that do not read the answer ([`needs_answer`] is false) get this far without one.
 ///
 /// # Errors
 ///
-/// The core's validation errors.
-pub fn aggregated(view: &SequenceView<'_>) -> Result<Vec<f64>, flowtracer_core::Error> {
-    aggregate(
-        view.layer_means,
-        view.num_layers,
-        1,
-        view.n,
-        Layout::Dense,
-        &LayerSelection::All,
-    )
+/// The core's validation errors (shapes, spans, the layers' data).
+pub fn sequence(view: &SequenceView<'_>) -> Result<Sequence<'static, f64>, flowtracer_core::Error> {
+    let answer = view
+        .answer
+        .clone()
+        .unwrap_or(view.response.end.saturating_sub(1)..view.response.end);
+    let shape = LayerShape {
+        layers: view.num_layers,
+        heads: 1,
+        n: view.n,
+        layout: Layout::Dense,
+    };
+    let spans = Spans::new(view.question.clone(), answer).with_response(view.response.clone());
+    Sequence::from_layers(view.layer_means, shape, &LayerSelection::All, spans)
 }
 
 /// The raw score of `method` for one sequence (length `n`), or why there is none.
@@ -171,40 +179,36 @@ pub fn scores(
     if needs_answer(method) && view.answer.is_none() {
         return Err(Unshaped::NoAnswer);
     }
+    let scored = |s: Vec<f64>| (s, None);
     match method {
         CreditMethod::Uniform => Err(Unshaped::NoScore(method)),
         CreditMethod::FlowTracer | CreditMethod::BottomFlow => {
-            let a = aggregated(view).map_err(core_err)?;
-            let answer = view.answer.clone().expect("checked");
-            let cfg = TraceConfig::default();
-            let t =
-                trace(&a, view.n, view.question.clone(), answer.clone(), &cfg).map_err(core_err)?;
+            let seq = sequence(view).map_err(core_err)?;
+            let t = trace(&seq).map_err(core_err)?;
             let stats = FlowStats {
                 answer_mass: t.answer_mass(),
-                residual: conservation_residual(&a, view.n, &answer, cfg.edge_threshold, t.reach()),
+                residual: conservation_residual(&seq, t.edge_threshold(), t.reach()),
             };
             Ok((t.throughput().to_vec(), Some(stats)))
         }
-        CreditMethod::Random => baselines::random_scores(view.n, view.response.clone(), view.seed)
-            .map(|s| (s, None))
+        CreditMethod::Random => {
+            baselines::random_scores(view.n, &view.response.clone().into(), view.seed)
+                .map(scored)
+                .map_err(core_err)
+        }
+        CreditMethod::AttentionReceived => sequence(view)
+            .and_then(|seq| baselines::attention_received(&seq))
+            .map(scored)
             .map_err(core_err),
-        CreditMethod::AttentionReceived => {
-            let a = aggregated(view).map_err(core_err)?;
-            baselines::attention_received(&a, view.n, view.response.clone())
-                .map(|s| (s, None))
-                .map_err(core_err)
-        }
-        CreditMethod::AttentionEntropy => {
-            let a = aggregated(view).map_err(core_err)?;
-            baselines::attention_entropy(&a, view.n)
-                .map(|s| (s, None))
-                .map_err(core_err)
-        }
-        CreditMethod::PredictiveEntropy => Ok((view.entropy.to_vec(), None)),
+        CreditMethod::AttentionEntropy => sequence(view)
+            .and_then(|seq| baselines::attention_entropy(&seq))
+            .map(scored)
+            .map_err(core_err),
+        CreditMethod::PredictiveEntropy => Ok(scored(view.entropy.to_vec())),
         CreditMethod::Rollout => {
             let answer = view.answer.clone().expect("checked");
-            baselines::rollout(view.layer_means, view.num_layers, view.n, answer)
-                .map(|s| (s, None))
+            baselines::rollout(view.layer_means, view.num_layers, view.n, &answer.into())
+                .map(scored)
                 .map_err(core_err)
         }
         // A method the core added after this trainer: the unit tests score every method of
@@ -226,7 +230,7 @@ pub fn score_sequence(config: &CreditConfig, view: &SequenceView<'_>) -> Scored 
         };
     }
     match scores(config.method, view) {
-        Ok((s, mass)) => match token_weights(Some(&s), view.n, view.response.clone(), &shaping) {
+        Ok((s, mass)) => match token_weights(&s, &view.response.clone().into(), &shaping) {
             Ok(w) => Scored {
                 weights: w,
                 scores: Some(s),
@@ -411,12 +415,8 @@ pub fn fidelity(
     decisive: &[usize],
     shaping: &ShapingConfig,
 ) -> Option<f64> {
-    let selected = select_tokens(
-        scores,
-        prompt_len..scores.len(),
-        shaping.rho,
-        shaping.select,
-    );
+    let response = (prompt_len..scores.len()).into();
+    let selected = select_tokens(scores, &response, shaping.rho, shaping.select);
     let decisive: Vec<usize> = decisive.iter().map(|d| d + prompt_len).collect();
     precision(&selected, &decisive)
 }

@@ -6,7 +6,7 @@ use flowtracer_core::baselines::{CreditMethod, SplitMix64};
 use flowtracer_core::flow::conservation_residual;
 use flowtracer_core::grpo::{ScaleRewards, group_advantages};
 use flowtracer_core::shaping::{shape_advantage, token_weights};
-use flowtracer_core::{TraceConfig, trace};
+use flowtracer_core::{Sequence, Spans, trace};
 use flowtracer_train::config::ADV_EPS;
 use flowtracer_train::rollout::Rollout;
 use flowtracer_train::sampling::Completion;
@@ -94,10 +94,12 @@ fn shaped_advantages_equal_the_core() {
         }
         let weights = match &r.answers[i] {
             Some(ans) => {
-                let tr = trace(&a, n, 0..p_len, ans.clone(), &TraceConfig::default()).unwrap();
+                let spans = Spans::new(0..p_len, ans.clone()).with_response(p_len..n);
+                let seq = Sequence::dense(&a, spans).unwrap();
+                let tr = trace(&seq).unwrap();
                 shaped_count += 1;
-                max_residual = max_residual.max(conservation_residual(&a, n, ans, 0.0, tr.reach()));
-                token_weights(Some(tr.throughput()), n, p_len..n, &shaping).unwrap()
+                max_residual = max_residual.max(conservation_residual(&seq, 0.0, tr.reach()));
+                token_weights(tr.throughput(), &(p_len..n).into(), &shaping).unwrap()
             }
             None => vec![1.0; n],
         };

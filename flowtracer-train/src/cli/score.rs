@@ -80,9 +80,9 @@ use flowtracer_core::aggregate::{
     LayerAccumulator, LayerSelection, Layout, aggregate, select_layers,
 };
 use flowtracer_core::backbone::{Backbone, BackboneConfig, backbone};
-use flowtracer_core::shaping::{ApplyTo, Select, ShapingConfig, token_weights};
-use flowtracer_core::validate::{check_response, check_spans};
-use flowtracer_core::{AnswerMode, Trace, TraceConfig, trace};
+use flowtracer_core::shaping::{ApplyTo, Select, ShapingConfig};
+use flowtracer_core::validate::check_spans;
+use flowtracer_core::{AnswerMode, Config, Sequence, Spans, Trace, TraceConfig, Tracer};
 use flowtracer_io::{Array, SafeTensors, read_npy};
 use serde::{Deserialize, Serialize};
 
@@ -182,7 +182,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         let shaping = ShapingConfig::default();
-        let trace = TraceConfig::<f64>::default();
+        let trace = TraceConfig::DEFAULT;
         let bb = BackboneConfig::default();
         Self {
             rho: shaping.rho,
@@ -211,7 +211,7 @@ impl Options {
             .with_select(self.select)
     }
 
-    fn trace(&self) -> TraceConfig<f64> {
+    fn trace(&self) -> TraceConfig {
         TraceConfig::default()
             .with_answer_mode(self.answer_mode)
             .with_edge_threshold(self.edge_threshold)
@@ -239,8 +239,8 @@ pub struct Scored {
     pub response: Range<usize>,
     /// Layers averaged, or `None` if the input had no layer axis.
     pub layers: Option<Vec<usize>>,
-    /// The averaged attention `Ā`, dense `N x N`.
-    pub attention: Vec<f64>,
+    /// The averaged attention `Ā` (dense `N x N`) with its spans, as the core checked them.
+    pub sequence: Sequence<'static, f64>,
     /// Reach, flow and throughput.
     pub trace: Trace<f64>,
     /// Advantage weight per token.
@@ -311,7 +311,7 @@ impl Scored {
         let total = self.backbone.total_edge_flow;
         let len = self.response.len().max(1) as f64;
         let max_row_mass = (0..n)
-            .map(|k| self.attention[k * n..=k * n + k].iter().sum::<f64>())
+            .map(|k| self.sequence.row(k).iter().sum::<f64>())
             .fold(0.0, f64::max);
         Metrics {
             answer_mass: self.trace.answer_mass(),
@@ -393,9 +393,15 @@ pub fn score(input: &Input) -> Result<Scored, CliError> {
 
     let file = AttentionFile::open(&input.attention, &input.tensor)?;
     let n = file.n;
-    check_spans(n, &question, &answer).map_err(|e| CliError::bad_input(e.to_string()))?;
+    let core = |e: flowtracer_core::Error| CliError::bad_input(e.to_string());
+    // Spans are checked against the file's N before its data is read (method §13 order).
+    let spans = match &response {
+        Some(r) => Spans::new(question.clone(), answer.clone()).with_response(r.clone()),
+        None => Spans::new(question.clone(), answer.clone()),
+    };
+    check_spans(n, &spans).map_err(core)?;
+    // The core's default response: every token after the question.
     let response = response.unwrap_or(question.end..n);
-    check_response(n, Some(&answer), &response).map_err(|e| CliError::bad_input(e.to_string()))?;
     if file.layers.is_none() && selection.is_some() {
         return Err(CliError::bad_input(format!(
             "--layers needs attention with a layer axis ([L,H,N,N] or per-layer tensors), but {} has shape {:?}",
@@ -404,32 +410,21 @@ pub fn score(input: &Input) -> Result<Scored, CliError> {
         )));
     }
     let (attention, layers) = file.aggregate(&selection.unwrap_or_default())?;
-
-    let core = |e: flowtracer_core::Error| CliError::bad_input(e.to_string());
-    let trace = trace(
-        &attention,
-        n,
-        question.clone(),
-        answer.clone(),
-        &options.trace(),
-    )
-    .map_err(core)?;
-    let weights = token_weights(
-        Some(trace.throughput()),
-        n,
-        response.clone(),
-        &options.shaping(),
-    )
-    .map_err(core)?;
-    let backbone =
-        backbone(&attention, &trace, response.clone(), &options.backbone()).map_err(core)?;
+    let sequence = Sequence::owned(attention, Layout::Dense, spans).map_err(core)?;
+    let config = Config::default()
+        .with_trace(options.trace())
+        .with_shaping(options.shaping());
+    let mut tracer = Tracer::new(config).map_err(core)?;
+    let trace = tracer.trace(&sequence).map_err(core)?;
+    let weights = tracer.token_weights(&trace);
+    let backbone = backbone(&sequence, &trace, &options.backbone()).map_err(core)?;
     Ok(Scored {
         n,
         question,
         answer,
         response,
         layers,
-        attention,
+        sequence,
         trace,
         weights,
         backbone,

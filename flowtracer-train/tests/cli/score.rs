@@ -3,7 +3,7 @@
 use flowtracer_core::aggregate::{LayerSelection, Layout, aggregate};
 use flowtracer_core::backbone::{Backbone, BackboneConfig, backbone};
 use flowtracer_core::shaping::{ShapingConfig, token_weights};
-use flowtracer_core::{Trace, TraceConfig, trace};
+use flowtracer_core::{Sequence, Spans, Trace, trace};
 use serde_json::Value;
 
 use super::support::{
@@ -25,9 +25,11 @@ fn core_scores(
     shaping: &ShapingConfig,
     bb: &BackboneConfig,
 ) -> (Trace<f64>, Vec<f64>, Backbone) {
-    let t = trace(abar, n, q, a, &TraceConfig::default()).unwrap();
-    let w = token_weights(Some(t.throughput()), n, r.clone(), shaping).unwrap();
-    let b = backbone(abar, &t, r, bb).unwrap();
+    let seq = Sequence::dense(abar, Spans::new(q, a).with_response(r.clone())).unwrap();
+    assert_eq!(seq.n(), n);
+    let t = trace(&seq).unwrap();
+    let w = token_weights(t.throughput(), &r.into(), shaping).unwrap();
+    let b = backbone(&seq, &t, bb).unwrap();
     (t, w, b)
 }
 
