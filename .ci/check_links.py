@@ -79,6 +79,23 @@ for md in files:
                 f"{md.relative_to(root)}: link {target}: no anchor '#{fragment}' in {shown}"
                 " (neither an <a id/name> nor a heading slug)"
             )
+# Source files cite the method as `[method §N](docs/method.md#sN)` (any relative path to
+# docs/method.md): every such anchor must exist, and no uncited "spec §" may remain.
+method = root / "docs" / "method.md"
+cite = re.compile(r"docs/method\.md#([\w-]+)")
+sources = [
+    p
+    for p in root.rglob("*.rs")
+    if "target" not in p.relative_to(root).parts and ".git" not in p.relative_to(root).parts
+]
+for src in sources + files:
+    text = src.read_text(encoding="utf-8")
+    for fragment in cite.findall(text) if src.suffix == ".rs" else []:
+        if fragment not in anchors(method.resolve()):
+            broken.append(f"{src.relative_to(root)}: cites docs/method.md#{fragment}, which does not exist")
+    for line_no, line in enumerate(text.splitlines(), 1):
+        if re.search(r"\bspec §", line, flags=re.I):
+            broken.append(f"{src.relative_to(root)}:{line_no}: 'spec §' without a link to docs/method.md")
 snippets = 0
 for md in files:
     for i, code in enumerate(re.findall(r"```python\n(.*?)```", md.read_text(encoding="utf-8"), flags=re.S)):
@@ -89,5 +106,8 @@ for md in files:
             broken.append(f"{md.relative_to(root)}: python snippet {i} does not compile: {e}")
 for b in broken:
     print("broken:", b)
-print(f"{len(files)} Markdown files, {snippets} Python snippets compiled, {len(broken)} problems")
+print(
+    f"{len(files)} Markdown files, {len(sources)} Rust files, {snippets} Python snippets compiled,"
+    f" {len(broken)} problems"
+)
 sys.exit(1 if broken else 0)

@@ -1,4 +1,4 @@
-//! Stage 1: aggregation of per-layer, per-head attention into `Ā` (spec §2).
+//! Stage 1: aggregation of per-layer, per-head attention into `Ā` ([method §2](docs/method.md#s2)).
 //!
 //! `Ā[k][i] = mean over selected layers l, mean over heads h of P[l][h][k][i]`.
 //!
@@ -16,7 +16,7 @@ use crate::error::{Error, Position};
 use crate::float::FlowFloat;
 use crate::kernels::add_summary;
 
-/// Which layers enter the mean (spec §2).
+/// Which layers enter the mean ([method §2](docs/method.md#s2)).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum LayerSelection {
@@ -220,7 +220,7 @@ impl Layout {
 /// layers as the forward pass produces them and never hold all of them.
 ///
 /// Data defects are recorded as they stream by and reported by [`finish`](Self::finish) in
-/// the order of spec §13 (the first non-finite entry wins over any negative one, whatever
+/// the order of [method §13](docs/method.md#s13) (the first non-finite entry wins over any negative one, whatever
 /// layer it is in).
 #[derive(Debug, Clone)]
 pub struct LayerAccumulator<F> {
@@ -375,7 +375,7 @@ fn scan<F: FlowFloat>(
     }
 }
 
-/// Checks the shape of `[layers][heads][N][N]` attention (check 1 of spec §13) and returns
+/// Checks the shape of `[layers][heads][N][N]` attention (check 1 of [method §13](docs/method.md#s13)) and returns
 /// the number of values per layer. Shared by every aggregation entry point, CPU and GPU.
 ///
 /// # Errors
@@ -418,7 +418,7 @@ pub fn check_shape(
 ///
 /// # Errors
 ///
-/// In the order of spec §13: [`Error::ShapeMismatch`] (length), [`Error::EmptySequence`],
+/// In the order of [method §13](docs/method.md#s13): [`Error::ShapeMismatch`] (length), [`Error::EmptySequence`],
 /// [`Error::ZeroDimension`] (layers, then heads), [`Error::InvalidLayerSelection`], then the
 /// first [`Error::NonFinite`] and the first [`Error::Negative`] entry (lowest flat index,
 /// lower triangles of the selected layers only).

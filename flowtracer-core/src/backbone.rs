@@ -1,4 +1,4 @@
-//! Stage 4: the backbone of the flow (spec §8) **\[ours: the paper names it, these
+//! Stage 4: the backbone of the flow ([method §8](docs/method.md#s8)) **\[ours: the paper names it, these
 //! definitions are ours\]**: the most probable question-to-answer path, the edges that carry
 //! most of the flow, the hubs and the checkpoints. An analysis tool, not on the training
 //! path.
@@ -109,7 +109,7 @@ pub(crate) fn edge_order(a: &Edge, b: &Edge) -> Ordering {
         .then((a.from, a.to).cmp(&(b.from, b.to)))
 }
 
-/// Computes the backbone of a trace over the `Ā` it was computed from (spec §8).
+/// Computes the backbone of a trace over the `Ā` it was computed from ([method §8](docs/method.md#s8)).
 ///
 /// `path`: dynamic programming in log space over `W'`, on ties the earlier predecessor wins
 /// (starting at a source counts as the earliest), then the earlier answer token.

@@ -1,4 +1,4 @@
-//! Stage 7: point-wise baselines (spec §11). Each produces one score per token; the scores
+//! Stage 7: point-wise baselines ([method §11](docs/method.md#s11)). Each produces one score per token; the scores
 //! go through the same selection and shaping as FlowTracer's throughput
 //! ([`token_weights`](crate::shaping::token_weights)).
 
@@ -15,7 +15,7 @@ use crate::validate::{check_data, check_response, check_rows};
 /// [`TraceConfig`](crate::TraceConfig)).
 const ROW_TOLERANCE: f64 = crate::TraceConfig::DEFAULT.row_tolerance;
 
-/// Which score selects the shaped tokens (spec §11).
+/// Which score selects the shaped tokens ([method §11](docs/method.md#s11)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum CreditMethod {

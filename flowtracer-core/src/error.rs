@@ -94,7 +94,7 @@ impl fmt::Display for Position {
     }
 }
 
-/// Everything that can go wrong with user data, in the order of spec §13.
+/// Everything that can go wrong with user data, in the order of [method §13](docs/method.md#s13).
 ///
 /// Checks run in this order and the first failing one is returned, so the CPU path, the
 /// GPU kernels and the fuzz oracle all report the same variant and position for the same

@@ -1,4 +1,4 @@
-//! Stage 3: conserved flow `f`, edge flow `phi`, throughput `tau` (spec §5–7) and the
+//! Stage 3: conserved flow `f`, edge flow `phi`, throughput `tau` ([method §5–7](docs/method.md#s5)) and the
 //! conservation residual, the forward pass.
 //!
 //! The conserved kernel `W'[i][k] = W[i][k] h(k) / h(i)` (the paper's Doob h-transform) is
@@ -22,7 +22,7 @@ use crate::kernels::{ROWS, dot, dot4, keep};
 use crate::reach::AnswerMode;
 use crate::sequence::{Sequence, Tokens};
 
-/// The live question tokens outside the answer (`Q+` of [method §6](../../docs/method.md#s6)),
+/// The live question tokens outside the answer (`Q+` of [method §6](docs/method.md#s6)),
 /// counted.
 fn num_sources(h: &[f64], question: &Tokens, answer: &Tokens) -> usize {
     question
@@ -207,7 +207,7 @@ fn forward<F: FlowFloat, const PRUNE: bool>(pass: &Pass<'_, '_, F>, u: &mut [f64
 }
 
 /// Throughput `tau = inflow + outflow`, which conservation makes `2 f` for live tokens and
-/// 0 for the others (spec §7).
+/// 0 for the others ([method §7](docs/method.md#s7)).
 ///
 /// Computed from the stored flow as `f + f` in `F`, so `tau == 2 f` holds exactly in the
 /// output's own precision (doubling is exact in binary floating point).
@@ -231,7 +231,7 @@ pub(crate) fn throughput_into<F: FlowFloat>(f: &[F], h: &[f64], tau: &mut [F]) {
 
 /// How far the reach `h` is from conserving flow: the largest `|sum_{k>i} W'[i][k] - 1|`
 /// over the live tokens outside the answer, with `W'[i][k] = keep(Ā[k][i]) h(k) / h(i)`
-/// (spec §5). Every row of the conserved kernel sums to 1 in exact arithmetic, so for the
+/// ([method §5](docs/method.md#s5)). Every row of the conserved kernel sums to 1 in exact arithmetic, so for the
 /// `h` of [`reach_into`](crate::reach::reach_into) this measures rounding (the property
 /// tests hold it below 1e-12 for f64 input); 0 when no token qualifies.
 ///

@@ -1,4 +1,4 @@
-//! Stage 6: the GRPO math the shaping plugs into (spec §10), as plain slice functions.
+//! Stage 6: the GRPO math the shaping plugs into ([method §10](docs/method.md#s10)), as plain slice functions.
 //!
 //! Group advantages, the per-token clipped surrogate with asymmetric clipping, the k3 KL
 //! estimator, the four `loss_type` aggregations (TRL names), and the per-token gradient
@@ -364,7 +364,7 @@ fn aggregation_weights<F>(
         .collect()
 }
 
-/// The GRPO loss (spec §10) with its exact per-token gradient coefficients.
+/// The GRPO loss ([method §10](docs/method.md#s10)) with its exact per-token gradient coefficients.
 ///
 /// Per token, with `r = exp(logp - old_logp)` and `A` the (shaped) advantage:
 /// `l = min(r A, clip(r, 1 - epsilon, 1 + epsilon_high) A) - beta KL`, with the k3

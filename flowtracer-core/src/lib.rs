@@ -46,7 +46,7 @@
 //!   all GRPO sums are accumulated in f64, whatever `F` is; liveness is `h > 0` exactly.
 //! - **NaN policy.** Non-finite or negative attention is an error naming its first position
 //!   (lowest flat index); it is never propagated into results. Checks run in the order of
-//!   spec §13 ([`validate`]), identically on CPU and GPU.
+//!   [method §13](docs/method.md#s13) ([`validate`]), identically on CPU and GPU.
 //! - **Panics.** None on any input data. Functions that take caller-sized buffers panic on
 //!   a wrong buffer length, as documented under `# Panics`.
 #![no_std]

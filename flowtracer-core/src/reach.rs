@@ -1,4 +1,4 @@
-//! The answer-conditioned reach `h` ([method §4](../../docs/method.md#s4)): the backward pass.
+//! The answer-conditioned reach `h` ([method §4](docs/method.md#s4)): the backward pass.
 //!
 //! `h(i)` is the total attention-weighted influence token `i` has on the answer:
 //!
@@ -15,7 +15,7 @@
 //! (`acc[i] += Ā[k][i] h(k)`, an axpy). The accumulator lives in the output buffer itself,
 //! so the extra memory is the `N` f64 values of `h`. Rows go four at a time: the block's
 //! entries among its own rows are applied first (making each of the four `h` final in turn),
-//! then one sweep over the accumulator adds all four rows. Data validation (spec §13,
+//! then one sweep over the accumulator adds all four rows. Data validation ([method §13](docs/method.md#s13),
 //! checks 3–5) is fused into the same pass: each row's sum and minimum are taken from the
 //! blocks the axpy has just read.
 
@@ -25,7 +25,7 @@ use crate::kernels::{ROWS, axpy4_summary, keep, row_stats};
 use crate::sequence::Sequence;
 use crate::validate::DataCheck;
 
-/// How answer tokens treat incoming flow (spec §4, §6).
+/// How answer tokens treat incoming flow ([method §4](docs/method.md#s4), §6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum AnswerMode {
@@ -49,7 +49,7 @@ crate::vocabulary::named_enum!(AnswerMode, "answer_mode", {
 ///
 /// # Errors
 ///
-/// The data checks of [method §13](../../docs/method.md#s13) ([`Error::NonFinite`],
+/// The data checks of [method §13](docs/method.md#s13) ([`Error::NonFinite`],
 /// [`Error::Negative`], [`Error::RowMassExceeded`]), for the whole matrix, in that order;
 /// then [`Error::Overflow`] if `h` is not finite (only possible when rows may sum to far
 /// more than 1, i.e. with a huge `row_tolerance`).

@@ -48,7 +48,7 @@ pub fn aggregate(attention: &[f64], heads: usize, n: usize, selected: &[usize]) 
     out
 }
 
-/// Reach `h` by the recursion of spec §4, token by token from the last.
+/// Reach `h` by the recursion of [method §4](docs/method.md#s4), token by token from the last.
 pub fn reach(
     attention: &[f64],
     n: usize,
@@ -108,8 +108,8 @@ pub struct NaiveTrace {
     pub sources: usize,
 }
 
-/// Flow by the definition of spec §6 over the materialised `W'`, and throughput as the sum
-/// of every edge into and out of each token, source and sink edges included (spec §7).
+/// Flow by the definition of [method §6](docs/method.md#s6) over the materialised `W'`, and throughput as the sum
+/// of every edge into and out of each token, source and sink edges included ([method §7](docs/method.md#s7)).
 pub fn trace(
     attention: &[f64],
     n: usize,
@@ -255,7 +255,7 @@ pub fn best_path(t: &NaiveTrace, question: &[usize], answer: &[usize]) -> (Vec<u
     (path, p[end])
 }
 
-/// Group advantages straight from spec §10 (`scale`: 0 group, 1 batch, 2 none).
+/// Group advantages straight from [method §10](docs/method.md#s10) (`scale`: 0 group, 1 batch, 2 none).
 pub fn group_advantages(rewards: &[f64], g: usize, scale: u8, eps: f64) -> Vec<f64> {
     let std = |x: &[f64]| {
         let m = x.iter().sum::<f64>() / x.len() as f64;
@@ -278,7 +278,7 @@ pub fn group_advantages(rewards: &[f64], g: usize, scale: u8, eps: f64) -> Vec<f
     out
 }
 
-/// The GRPO loss straight from spec §10, per loss type (`loss_type`: 0 grpo, 1 bnpo,
+/// The GRPO loss straight from [method §10](docs/method.md#s10), per loss type (`loss_type`: 0 grpo, 1 bnpo,
 /// 2 dr_grpo, 3 dapo with `num_items`), token by token.
 #[allow(clippy::too_many_arguments)]
 pub fn grpo_loss(

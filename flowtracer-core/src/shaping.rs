@@ -1,4 +1,4 @@
-//! Stage 5: token weights and advantage shaping (spec §9).
+//! Stage 5: token weights and advantage shaping ([method §9](docs/method.md#s9)).
 //!
 //! Per response, the `k = ceil(rho |R| - 1e-9)` scored tokens with the largest score (the
 //! throughput `tau`, or a baseline's score) get weight `gamma_flow`, the others 1; the
@@ -14,7 +14,7 @@ use crate::float::FlowFloat;
 use crate::sequence::Tokens;
 use crate::validate::check_response;
 
-/// Which responses are shaped (spec §9).
+/// Which responses are shaped ([method §9](docs/method.md#s9)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum ApplyTo {
@@ -237,7 +237,7 @@ pub fn select_tokens<F: FlowFloat>(
 ///
 /// # Examples
 ///
-/// The worked example of [method §12](../../docs/method.md#s12):
+/// The worked example of [method §12](docs/method.md#s12):
 ///
 /// ```
 /// use flowtracer_core::shaping::{token_weights, ShapingConfig};
@@ -278,7 +278,7 @@ pub(crate) fn weights<F: FlowFloat>(
     w
 }
 
-/// Shaped advantages of one response: `out[t] = w[t] * advantage` (spec §9), or the plain
+/// Shaped advantages of one response: `out[t] = w[t] * advantage` ([method §9](docs/method.md#s9)), or the plain
 /// advantage everywhere when `apply_to` is [`ApplyTo::NonnegativeOnly`] and the advantage
 /// is negative.
 ///

@@ -1,4 +1,4 @@
-//! Validation of shapes, spans and attention data, in the order of spec §13.
+//! Validation of shapes, spans and attention data, in the order of [method §13](docs/method.md#s13).
 //!
 //! Every entry point of the crate (and the GPU crate, which reuses these functions) checks
 //! its input in this order and returns the first failing check:
@@ -166,7 +166,7 @@ impl DataCheck {
         }
     }
 
-    /// The first failing check, in the order of spec §13.
+    /// The first failing check, in the order of [method §13](docs/method.md#s13).
     pub(crate) fn finish(&self) -> Result<(), Error> {
         if let Some((row, col)) = self.non_finite {
             return Err(Error::NonFinite {

@@ -33,7 +33,7 @@ pub(crate) fn assert_all_close(actual: &[f64], expected: &[f64], abs: f64, rel: 
     }
 }
 
-/// The spec §12 worked example: N = 5, Q = 0..2, A = 4..5.
+/// The [method §12](docs/method.md#s12) worked example: N = 5, Q = 0..2, A = 4..5.
 pub(crate) const EXAMPLE: [f64; 25] = [
     1.0, 0.0, 0.0, 0.0, 0.0, //
     0.5, 0.5, 0.0, 0.0, 0.0, //

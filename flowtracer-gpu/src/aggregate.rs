@@ -1,4 +1,4 @@
-//! Layer/head aggregation into `Ā` (spec §2) on the device, mirroring
+//! Layer/head aggregation into `Ā` ([method §2](docs/method.md#s2)) on the device, mirroring
 //! `flowtracer_core::aggregate`.
 
 use alloc::vec;
@@ -96,7 +96,7 @@ pub struct Aggregated {
     pub attention: DeviceBuffer,
     /// Where each sequence's `Ā` is, ready for [`crate::trace_batch`] once spans are set.
     pub offsets: Vec<usize>,
-    /// Per-sequence result of the data checks (spec §13 checks 3 and 4).
+    /// Per-sequence result of the data checks ([method §13](docs/method.md#s13) checks 3 and 4).
     pub results: Vec<Result<(), Error>>,
     /// The launches made.
     pub plan: LaunchPlan,

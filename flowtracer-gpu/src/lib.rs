@@ -18,7 +18,7 @@
 //! (the tests' tolerance). A token is live when its f32 `h` is `> 0`; this differs from the
 //! core only if a true `h` underflows f32 (below about `1e-38`).
 //!
-//! NaN policy: inputs are checked on the device before they are used (spec §13: the first
+//! NaN policy: inputs are checked on the device before they are used ([method §13](docs/method.md#s13): the first
 //! non-finite entry, then the first negative one, then the first row with too much mass),
 //! and reported with the core's [`Error`](flowtracer_core::Error) variants and positions.
 //!

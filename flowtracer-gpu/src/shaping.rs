@@ -1,4 +1,4 @@
-//! Token weights and shaped advantages (spec §9) on the device, mirroring
+//! Token weights and shaped advantages ([method §9](docs/method.md#s9)) on the device, mirroring
 //! `flowtracer_core::shaping`.
 
 use alloc::vec;

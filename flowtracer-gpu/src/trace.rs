@@ -1,5 +1,5 @@
 //! The front door: [`trace`] and [`trace_batch`], the reach, flow and throughput passes of
-//! spec §4–§7 on the device, mirroring `flowtracer_core::trace`.
+//! [method §4](docs/method.md#s4)–§7 on the device, mirroring `flowtracer_core::trace`.
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -97,7 +97,7 @@ impl TraceInput {
     }
 }
 
-/// Validates one sequence on the host, in the order of spec §13 (checks 1 and 2).
+/// Validates one sequence on the host, in the order of [method §13](docs/method.md#s13) (checks 1 and 2).
 fn validate_input(input: &TraceInput, buffer_len: usize) -> Result<(), Error> {
     if input.n == 0 {
         return Err(Error::EmptySequence);
@@ -235,7 +235,7 @@ impl GpuTrace {
         self.ranges.is_empty()
     }
 
-    /// Whether sequence `b` was traced, or the first error its input has (spec §13 order).
+    /// Whether sequence `b` was traced, or the first error its input has ([method §13](docs/method.md#s13) order).
     ///
     /// # Panics
     ///
@@ -398,7 +398,7 @@ impl Workspace {
 /// # Errors
 ///
 /// Exactly the errors of `flowtracer_core::trace`, in the same order and with the same
-/// positions: shape, spans, configuration, then the data checks of spec §13 (run on the
+/// positions: shape, spans, configuration, then the data checks of [method §13](docs/method.md#s13) (run on the
 /// device), then [`Error::NoSourceMass`]. Also [`Error::InvalidConfig`] with field `"n"` if
 /// `n` exceeds [`MAX_N`].
 ///
@@ -622,7 +622,7 @@ pub fn trace_batch_with_workspace(
     Ok(out)
 }
 
-/// Turns the check kernel's three slots into the core's error, in spec §13 order.
+/// Turns the check kernel's three slots into the core's error, in [method §13](docs/method.md#s13) order.
 fn decode_status(
     client: &Client,
     attention: &DeviceBuffer,

@@ -1,4 +1,4 @@
-//! The answer-span locator (spec §1: the content of the last `<answer>...</answer>`).
+//! The answer-span locator ([method §1](docs/method.md#s1): the content of the last `<answer>...</answer>`).
 
 use core::ops::Range;
 

@@ -3,7 +3,7 @@
 //! Every method produces per-token weights for one sequence through `flowtracer-core`
 //! (`trace` + `shaping::token_weights`, or a `baselines` score + `token_weights`); this module
 //! only chooses the score and handles the cases the core reports as errors (no answer span,
-//! no source mass), where the sequence gets weight 1 everywhere (spec §1, §6).
+//! no source mass), where the sequence gets weight 1 everywhere ([method §1](docs/method.md#s1), §6).
 
 use core::ops::Range;
 

@@ -54,7 +54,7 @@ pub struct Trainer {
     pub step: usize,
     /// Prompts the trainer never trains on (the held-out set).
     pub held_out: HashSet<Vec<u32>>,
-    /// Layers whose attention is captured (spec §2 middle band).
+    /// Layers whose attention is captured ([method §2](docs/method.md#s2) middle band).
     pub capture: Vec<usize>,
     /// Inference device.
     pub device: Device,

@@ -1,4 +1,4 @@
-//! The answer-span locator (spec §1: last tag wins).
+//! The answer-span locator ([method §1](docs/method.md#s1): last tag wins).
 
 use flowtracer_train::answer::{AnswerSpan, locate_answer, locate_answer_text};
 use flowtracer_train::task::reward;

@@ -1,5 +1,5 @@
 //! Aggregation over arbitrary shapes, layouts and layer selections against the naive mean
-//! (`reference::aggregate`), with errors in the order of spec §13.
+//! (`reference::aggregate`), with errors in the order of [method §13](docs/method.md#s13).
 #![no_main]
 
 use core::fmt;

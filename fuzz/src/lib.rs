@@ -251,7 +251,7 @@ pub fn run(p: &Problem) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>, f64), Error> {
 }
 
 /// The oracle of the `trace` target: errors match the defect present; results satisfy the
-/// invariants of spec §6–7 and equal `reference` within tolerance. Panics on a violation.
+/// invariants of [method §6–7](docs/method.md#s6) and equal `reference` within tolerance. Panics on a violation.
 pub fn check_trace(p: &Problem) {
     let got = run(p);
     let expected = match expected_error(p) {

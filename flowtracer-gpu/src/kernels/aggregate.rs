@@ -1,4 +1,4 @@
-//! Layer/head aggregation (spec §2): `Ā += sum over heads of P[h]` for one layer, then a
+//! Layer/head aggregation ([method §2](docs/method.md#s2)): `Ā += sum over heads of P[h]` for one layer, then a
 //! final scale by `1 / (layers * heads)`.
 //!
 //! - `aggregate_layer`: one unit per output entry `(k, i)` of every sequence (2-D grid:

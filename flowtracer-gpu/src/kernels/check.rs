@@ -1,4 +1,4 @@
-//! The data check of spec §13 (checks 3 to 5) as one kernel.
+//! The data check of [method §13](docs/method.md#s13) (checks 3 to 5) as one kernel.
 //!
 //! One unit per row `k` of every sequence scans the row's lower triangle (`Ā[k][0..=k]`)
 //! and lowers three per-sequence atomics with `fetch_min`:

@@ -1,4 +1,4 @@
-//! The flow pass (spec §6) as a blocked forward triangular sweep on `u = f / h`.
+//! The flow pass ([method §6](docs/method.md#s6)) as a blocked forward triangular sweep on `u = f / h`.
 //!
 //! With `u(k) = f(k) / h(k)` the recurrence needs no materialised `W'`:
 //! `u(k) = [k in Q+] / (|Q+| h(k)) + sum_{i < k, i contributes} Ā[k][i] u(i)`, `f = h u`,

@@ -1,4 +1,4 @@
-//! The reach pass (spec §4) as a blocked backward triangular sweep.
+//! The reach pass ([method §4](docs/method.md#s4)) as a blocked backward triangular sweep.
 //!
 //! Step `s` of the sweep owns the block of rows `lo..hi` with `hi = n - s * block` and
 //! `lo = hi.saturating_sub(block)` (blocks are aligned to the end of each sequence, so every

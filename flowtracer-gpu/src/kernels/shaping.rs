@@ -1,4 +1,4 @@
-//! Per-response top-ρ selection and token weights (spec §9), and the shaped advantages.
+//! Per-response top-ρ selection and token weights ([method §9](docs/method.md#s9)), and the shaped advantages.
 //!
 //! - `token_weights`: one unit per token of every sequence (2-D grid: x over tokens, y over
 //!   sequences). A scored token `t` of the response `R` computes its rank, the number of

@@ -1,4 +1,4 @@
-//! Throughput (spec §7): `tau(k) = 2 f(k)` where `h(k) > 0`, else 0.
+//! Throughput ([method §7](docs/method.md#s7)): `tau(k) = 2 f(k)` where `h(k) > 0`, else 0.
 //!
 //! Element-wise over the whole ragged batch: one unit per token.
 

@@ -1,11 +1,11 @@
-//! The exact worked example of spec §12.
+//! The exact worked example of [method §12](docs/method.md#s12).
 
 use flowtracer_core::TraceConfig;
 use flowtracer_gpu::{DeviceBuffer, GpuOptions, trace};
 
 use crate::common::{assert_close, device};
 
-/// Ā of spec §12, dense row-major 5 x 5.
+/// Ā of [method §12](docs/method.md#s12), dense row-major 5 x 5.
 pub(crate) fn example() -> Vec<f32> {
     let rows: [&[f32]; 5] = [
         &[1.0],

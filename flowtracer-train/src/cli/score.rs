@@ -365,7 +365,7 @@ impl Scored {
 
 /// Reads the attention, checks everything, and computes the trace, weights and backbone.
 ///
-/// Checks run in the order of spec §13: file and shape, then spans, then the data.
+/// Checks run in the order of [method §13](docs/method.md#s13): file and shape, then spans, then the data.
 ///
 /// # Errors
 ///

@@ -73,7 +73,7 @@ fn worked_example_matches_the_spec_and_the_core() {
         "--response",
         "2..5",
     ]);
-    // Spec §12, exact values.
+    // [Method §12](docs/method.md#s12), exact values.
     let spec_f = [
         0.5,
         734.0 / 1033.0,

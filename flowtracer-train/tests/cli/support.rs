@@ -4,7 +4,7 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// Aggregated attention of spec §12 (row k = query k over keys 0..=k), dense 5 x 5.
+/// Aggregated attention of [method §12](docs/method.md#s12) (row k = query k over keys 0..=k), dense 5 x 5.
 pub(crate) const WORKED_EXAMPLE: [f64; 25] = [
     1.0, 0.0, 0.0, 0.0, 0.0, //
     0.5, 0.5, 0.0, 0.0, 0.0, //
