@@ -14,7 +14,7 @@ use crate::sequence::Sequence;
 use crate::shaping::{Select, select_tokens};
 use crate::trace::Trace;
 
-/// Configuration of [`backbone`]. `Default` is the spec's setting.
+/// Configuration of [`backbone`]. `Default` is the setting of [method §8](docs/method.md#s8).
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[non_exhaustive]
 pub struct BackboneConfig {

@@ -1,11 +1,12 @@
-//! Deliberately naive oracles, one per stage, for tests (the oracle chain: hand-computed
-//! cases → `reference` → fast paths → GPU kernels).
+//! Deliberately naive oracles for tests (the oracle chain: hand-computed cases →
+//! `reference` → fast paths → GPU kernels): the graph, aggregation, reach, the conserved
+//! kernel, the trace, selection, the backbone's path and edges, and the GRPO math.
 //!
-//! Everything here is written straight from the spec's definitions, in f64, with the
-//! matrices `W` and `W'` materialised as `Vec<Vec<f64>>`: O(N²) memory and no attention to
-//! speed. They share no code with the fast paths beyond the error type. Inputs are assumed
-//! valid (these functions do not validate). Spans are plain position lists, searched
-//! linearly.
+//! Everything here is written straight from the definitions of
+//! [`docs/method.md`](docs/method.md#s1), in f64, with the matrices `W` and `W'` materialised
+//! as `Vec<Vec<f64>>`: O(N²) memory and no attention to speed. They share no code with the
+//! fast paths (only the [`AnswerMode`] enum), return no errors and assume valid input (these
+//! functions do not validate). Spans are plain position lists, searched linearly.
 
 use alloc::vec;
 use alloc::vec::Vec;

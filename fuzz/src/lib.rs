@@ -187,7 +187,7 @@ pub fn close(x: f64, y: f64, abs: f64, rel: f64) -> bool {
     (x - y).abs() <= abs + rel * y.abs()
 }
 
-/// What the spec says the first failing check is, computed naively; `None` if the shape,
+/// What [method §13](docs/method.md#s13) says the first failing check is, computed naively; `None` if the shape,
 /// spans and data are valid. `Ok(Some(row))` marks a row mass within rounding of the
 /// limit, where either answer is right.
 pub fn expected_error(p: &Problem) -> Result<Option<Error>, usize> {

@@ -1,4 +1,4 @@
-//! `flowtracer score` on generated files, against the spec's numbers and flowtracer-core.
+//! `flowtracer score` on generated files, against [method §12](docs/method.md#s12)'s numbers and flowtracer-core.
 
 use flowtracer_core::aggregate::{LayerSelection, Layout, aggregate};
 use flowtracer_core::backbone::{Backbone, BackboneConfig, backbone};
