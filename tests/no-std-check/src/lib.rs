@@ -16,12 +16,14 @@ fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
 }
 
 /// Uses the core's front door so the whole algorithm is linked, not just declared.
-pub fn score(attention: &[f32], n: usize, question: Range<usize>, answer: Range<usize>) -> Vec<f32> {
-    let config = flowtracer_core::TraceConfig::default();
-    match flowtracer_core::trace(attention, n, question, answer, &config) {
-        Ok(t) => t.throughput().to_vec(),
-        Err(_) => Vec::new(),
-    }
+pub fn score(attention: &[f32], question: Range<usize>, answer: Range<usize>) -> Vec<f32> {
+    use flowtracer_core::{Config, Sequence, Spans, Tracer};
+    let weights = || -> Result<Vec<f32>, flowtracer_core::Error> {
+        let mut tracer = Tracer::new(Config::default())?;
+        let t = tracer.trace(&Sequence::dense(attention, Spans::new(question, answer))?)?;
+        Ok(tracer.token_weights(&t))
+    };
+    weights().unwrap_or_default()
 }
 
 /// Uses both byte readers of flowtracer-io (serde_json with `alloc` only included).
