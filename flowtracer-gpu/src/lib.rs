@@ -14,8 +14,8 @@
 //! (entries above the diagonal are never read), the edge `i -> k` has weight
 //! `W[i][k] = Ā[k][i]`, nothing is normalised. Everything on the device is `f32` (WGSL has
 //! no f64), including the accumulation of `h` and `u`; against the core's f64 results the
-//! outputs agree within `1e-5 + 1e-4 * |x|` for sequences of up to a few hundred tokens
-//! (the tests' tolerance). A token is live when its f32 `h` is `> 0`; this differs from the
+//! outputs agree within [`TOLERANCE`] (`1e-5 + 1e-4 * |x|`) for sequences of up to a few
+//! hundred tokens. A token is live when its f32 `h` is `> 0`; this differs from the
 //! core only if a true `h` underflows f32 (below about `1e-38`).
 //!
 //! NaN policy: inputs are checked on the device before they are used ([method §13](docs/method.md#s13): the first
@@ -42,12 +42,14 @@ mod buffer;
 mod kernels;
 pub mod plan;
 pub mod shaping;
+mod tolerance;
 pub mod trace;
 
 pub use aggregate::{Aggregated, LayerAccumulator, LayerInput, aggregate};
 pub use buffer::DeviceBuffer;
 pub use plan::{GpuOptions, Kernel, Launch, LaunchPlan};
 pub use shaping::{ShapingInput, TokenWeights, shape_advantage, token_weights};
+pub use tolerance::{TOLERANCE, Tolerance};
 pub use trace::{
     GpuTrace, HostTrace, MAX_N, TraceInput, Workspace, trace, trace_batch,
     trace_batch_with_workspace, trace_plan,

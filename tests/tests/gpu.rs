@@ -1,7 +1,8 @@
 //! Core f64 vs core f32 vs GPU kernels on the same inputs (feature `gpu`).
 //!
-//! Tolerance, stated once: `|x - reference| <= 1e-5 + 1e-4 * |reference|` against the
-//! core's f64 result, for both the core's f32 path and the GPU.
+//! Tolerance: [`flowtracer_gpu::TOLERANCE`] (`|x - reference| <= 1e-5 + 1e-4 * |reference|`,
+//! stated once in flowtracer-gpu) against the core's f64 result, for both the core's f32 path
+//! and the GPU.
 //!
 //! Nothing is skipped silently: without the `gpu` feature (a plain `cargo test`) one test
 //! prints `SKIPPED:` with the reason; with it but no wgpu adapter the test **fails**, unless
@@ -9,9 +10,9 @@
 //! (the alias in `.cargo/config.toml`) and fails if its log contains `SKIPPED`.
 
 #[cfg(feature = "gpu")]
-use flowtracer_core::{AnswerMode, TraceConfig};
+use flowtracer_core::{AnswerMode, Config, Sequence, Spans, TraceConfig, Tracer};
 #[cfg(feature = "gpu")]
-use flowtracer_gpu::{DeviceBuffer, GpuOptions, TraceInput, trace_batch};
+use flowtracer_gpu::{DeviceBuffer, GpuOptions, TOLERANCE, TraceInput, trace_batch};
 
 /// Prints `SKIPPED: reason` straight to the process's stderr, past the test harness's
 /// output capture, so that it shows in the log of a passing run.
@@ -55,12 +56,6 @@ fn device() -> Option<flowtracer_gpu::cubecl::client::Client> {
     )
 }
 
-/// The one tolerance: see the module docs.
-#[cfg(feature = "gpu")]
-fn close(x: f64, reference: f64) -> bool {
-    (x - reference).abs() <= 1e-5 + 1e-4 * reference.abs()
-}
-
 /// A causal row-stochastic matrix from a small deterministic pattern.
 #[cfg(feature = "gpu")]
 fn matrix(n: usize, seed: usize) -> Vec<f32> {
@@ -99,28 +94,26 @@ fn core_f64_core_f32_and_gpu_agree() {
             .collect();
         let data: Vec<f32> = mats.concat();
         let inputs = TraceInput::ragged(specs.iter().cloned());
-        let gpu_config = TraceConfig::<f32>::default().with_answer_mode(mode);
+        let config = TraceConfig::default().with_answer_mode(mode);
+        let mut tracer = Tracer::new(Config::default().with_trace(config)).unwrap();
         let buf = DeviceBuffer::from_f32(&client, &data);
         let gpu = trace_batch(
             &client,
             &buf,
             &inputs,
-            &gpu_config,
+            &config,
             &GpuOptions::default().with_block(32),
         )
         .unwrap()
         .read_all(&client);
         for (b, ((n, q, a), m)) in specs.iter().zip(&mats).enumerate() {
             let wide: Vec<f64> = m.iter().map(|&x| f64::from(x)).collect();
-            let c64 = flowtracer_core::trace(
-                &wide,
-                *n,
-                q.clone(),
-                a.clone(),
-                &TraceConfig::default().with_answer_mode(mode),
-            )
-            .unwrap();
-            let c32 = flowtracer_core::trace(m, *n, q.clone(), a.clone(), &gpu_config).unwrap();
+            let spans = Spans::new(q.clone(), a.clone());
+            let c64 = tracer
+                .trace(&Sequence::dense(&wide, spans.clone()).unwrap())
+                .unwrap();
+            let c32 = tracer.trace(&Sequence::dense(m, spans).unwrap()).unwrap();
+            assert_eq!((c64.n(), c32.n()), (*n, *n));
             let g = gpu[b].as_ref().unwrap();
             for k in 0..*n {
                 for (what, r, x32, xg) in [
@@ -134,11 +127,11 @@ fn core_f64_core_f32_and_gpu_agree() {
                     ),
                 ] {
                     assert!(
-                        close(f64::from(x32), r),
+                        TOLERANCE.close(f64::from(x32), r),
                         "{mode:?} seq {b} {what}[{k}]: core f32 {x32} vs f64 {r}"
                     );
                     assert!(
-                        close(f64::from(xg), r),
+                        TOLERANCE.close(f64::from(xg), r),
                         "{mode:?} seq {b} {what}[{k}]: gpu {xg} vs f64 {r}"
                     );
                 }

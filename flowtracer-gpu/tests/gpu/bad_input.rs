@@ -1,11 +1,12 @@
 //! Bad input: the GPU reports the same `Error` variant and position as the core.
 
+use flowtracer_core::validate::check_matrix_shape;
 use flowtracer_core::{Error, TraceConfig};
 use flowtracer_gpu::{DeviceBuffer, GpuOptions, trace};
 
 use cubecl::client::Client;
 
-use crate::common::{device, matrix};
+use crate::common::{core_trace, device, matrix};
 
 fn both(
     client: &Client,
@@ -14,8 +15,7 @@ fn both(
     q: core::ops::Range<usize>,
     ans: core::ops::Range<usize>,
 ) -> (Error, Error) {
-    let cpu =
-        flowtracer_core::trace(a, n, q.clone(), ans.clone(), &TraceConfig::default()).unwrap_err();
+    let cpu = core_trace(a, q.clone(), ans.clone(), TraceConfig::default()).unwrap_err();
     let buf = DeviceBuffer::from_f32(client, a);
     let gpu = trace(
         client,
@@ -129,9 +129,11 @@ fn shape_span_and_source_errors_match_the_core() {
         let (cpu, gpu) = both(&client, &a, n, q, ans);
         assert_same(&cpu, &gpu);
     }
-    // Wrong length.
+    // Wrong length. The core takes `N` from the length, so 99 values are no dense matrix
+    // at all; the GPU, given `N = 10`, reports the core's own shape check.
     let (cpu, gpu) = both(&client, &a[..99], n, 0..3, 5..6);
-    assert_same(&cpu, &gpu);
+    assert!(matches!(cpu, Error::NotSquare { len: 99, .. }), "{cpu:?}");
+    assert_same(&check_matrix_shape(99, n).unwrap_err(), &gpu);
     // No source mass: the question tokens attend nowhere that reaches the answer.
     let mut iso = vec![0.0f32; n * n];
     for k in 0..n {

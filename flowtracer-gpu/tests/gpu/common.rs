@@ -1,6 +1,9 @@
-//! Shared helpers: the device client and the one f32 tolerance.
+//! Shared helpers: the device client, the generators and the one f32 tolerance
+//! ([`flowtracer_gpu::TOLERANCE`]).
 
 use cubecl::client::Client;
+use flowtracer_core::{Config, Error, FlowFloat, Sequence, Spans, Trace, TraceConfig, Tracer};
+use flowtracer_gpu::{TOLERANCE, Tolerance};
 
 /// The wgpu client, built afresh (cheap after the first call: cubecl keeps one runtime).
 fn try_client() -> Option<Client> {
@@ -41,24 +44,16 @@ pub(crate) fn device() -> Option<Client> {
     )
 }
 
-/// Absolute part of the f32 tolerance.
-pub(crate) const ABS: f64 = 1e-5;
-/// Relative part of the f32 tolerance.
-pub(crate) const REL: f64 = 1e-4;
-
-/// The one tolerance of the GPU tests: `|gpu - reference| <= ABS + REL * |reference|`.
-pub(crate) fn close(gpu: f32, reference: f64) -> bool {
-    (f64::from(gpu) - reference).abs() <= ABS + REL * reference.abs()
-}
-
-/// Asserts [`close`] element by element, naming the first mismatch.
+/// Asserts [`TOLERANCE`] element by element (`|gpu - reference| <= abs + rel * |reference|`,
+/// against the core's f64 result), naming the first mismatch.
 #[track_caller]
 pub(crate) fn assert_close(what: &str, gpu: &[f32], reference: &[f64]) {
     assert_eq!(gpu.len(), reference.len(), "{what}: lengths differ");
+    let Tolerance { abs, rel } = TOLERANCE;
     for (i, (&g, &r)) in gpu.iter().zip(reference).enumerate() {
         assert!(
-            close(g, r),
-            "{what}[{i}]: gpu {g} vs reference {r} (tolerance {ABS} + {REL} * |ref|)"
+            TOLERANCE.close(f64::from(g), r),
+            "{what}[{i}]: gpu {g} vs reference {r} (tolerance {abs} + {rel} * |ref|)"
         );
     }
 }
@@ -129,6 +124,19 @@ pub(crate) fn cases(default: u32) -> u32 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// What the GPU is checked against: the core's trace of dense `attention` (its `N` from the
+/// length) with these spans and this configuration, errors included (building the
+/// [`Sequence`] checks the shape and the spans, tracing checks the data).
+pub(crate) fn core_trace<F: FlowFloat>(
+    attention: &[F],
+    question: core::ops::Range<usize>,
+    answer: core::ops::Range<usize>,
+    config: TraceConfig,
+) -> Result<Trace<F>, Error> {
+    let seq = Sequence::dense(attention, Spans::new(question, answer))?;
+    Tracer::new(Config::default().with_trace(config))?.trace(&seq)
 }
 
 /// Widens f32 data to f64 for the core's f64 reference.

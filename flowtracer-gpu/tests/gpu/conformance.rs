@@ -7,23 +7,21 @@ use proptest::test_runner::Config;
 
 use cubecl::client::Client;
 
-use crate::common::{Case, assert_close, case, cases, device, widen};
+use crate::common::{Case, assert_close, case, cases, core_trace, device, widen};
 
-/// Compares one case; returns whether it was traced (both sides succeeded).
+/// Compares one case under one configuration (the core's, on both sides); returns whether it
+/// was traced (both sides succeeded).
 fn check(client: &Client, c: &Case, mode: AnswerMode, threshold: f32, block: u32) -> bool {
-    let cpu = flowtracer_core::trace(
+    let config = TraceConfig::default()
+        .with_answer_mode(mode)
+        .with_edge_threshold(f64::from(threshold));
+    let cpu = core_trace(
         &widen(&c.attention),
-        c.n,
         c.question.clone(),
         c.answer.clone(),
-        &TraceConfig::<f64>::default()
-            .with_answer_mode(mode)
-            .with_edge_threshold(f64::from(threshold)),
+        config,
     );
     let a = DeviceBuffer::from_f32(client, &c.attention);
-    let config = TraceConfig::<f32>::default()
-        .with_answer_mode(mode)
-        .with_edge_threshold(threshold);
     let gpu = trace(
         client,
         &a,

@@ -30,7 +30,7 @@ fn token_weights_match_core() {
             .with_select(if bottom { Select::Bottom } else { Select::Top })
             .with_normalize_mean(normalize)
             .with_mix(mix);
-        let cpu = flowtracer_core::shaping::token_weights(Some(&scores), n, start..n, &config).unwrap();
+        let cpu = flowtracer_core::shaping::token_weights(&scores, &(start..n).into(), &config).unwrap();
         let buf = DeviceBuffer::from_f32(&client, &scores);
         let inputs = [ShapingInput { n, offset: 0, response: start..n, scored: true }];
         let gpu = token_weights(&client, &buf, &inputs, &config, &GpuOptions::default()).unwrap();
