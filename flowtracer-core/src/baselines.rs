@@ -1,6 +1,11 @@
-//! Stage 7: point-wise baselines ([method §11](docs/method.md#s11)). Each produces one score per token; the scores
-//! go through the same selection and shaping as FlowTracer's throughput
+//! The credit methods ([method §11](docs/method.md#s11)): FlowTracer's throughput and the
+//! point-wise baselines. Each produces one score per token; the scores go through the same
+//! selection and shaping as FlowTracer's throughput
 //! ([`token_weights`](crate::shaping::token_weights)).
+//!
+//! [`credit_scores`] is the one dispatch from a [`CreditMethod`] to its score, so adding a
+//! method is one variant (with its name) plus its scoring function, here: the trainer, the
+//! CLI's `--credit` and `compare` take every method from [`CreditMethod::ALL`].
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -9,6 +14,8 @@ use crate::error::Error;
 use crate::error::Span;
 use crate::float::FlowFloat;
 use crate::sequence::{Sequence, Tokens};
+use crate::shaping::Select;
+use crate::trace::{Trace, Tracer};
 use crate::validate::{check_data, check_response, check_rows};
 
 /// Row tolerance of the data checks the baselines run (the default of
@@ -48,6 +55,140 @@ crate::vocabulary::named_enum!(CreditMethod, "credit", {
     Rollout => "rollout",
     BottomFlow => "bottom_flow",
 });
+
+impl CreditMethod {
+    /// Whether the method reads attention (a trainer must capture it).
+    pub const fn needs_attention(self) -> bool {
+        !matches!(
+            self,
+            CreditMethod::Uniform | CreditMethod::Random | CreditMethod::PredictiveEntropy
+        )
+    }
+
+    /// Whether the method needs an answer span (without one a response is not shaped).
+    pub const fn needs_answer(self) -> bool {
+        matches!(
+            self,
+            CreditMethod::FlowTracer | CreditMethod::BottomFlow | CreditMethod::Rollout
+        )
+    }
+
+    /// Which end of the score ranking the method selects.
+    pub const fn select(self) -> Select {
+        match self {
+            CreditMethod::BottomFlow => Select::Bottom,
+            _ => Select::Top,
+        }
+    }
+}
+
+/// What a credit method may read about one sequence.
+#[derive(Debug, Clone, Copy)]
+pub struct CreditInputs<'s, 'a, F: Clone> {
+    /// Number of tokens `N`.
+    pub n: usize,
+    /// The scored response tokens `R`.
+    pub response: &'s Tokens,
+    /// The validated attention and spans: required by every method that
+    /// [`needs_attention`](CreditMethod::needs_attention) or
+    /// [`needs_answer`](CreditMethod::needs_answer); `None` is fine for the others.
+    pub sequence: Option<&'s Sequence<'a, F>>,
+    /// Head-mean attention of each selected layer, `[layers][N][N]` dense, in layer order
+    /// (what [`rollout`] reads; may be empty for the other methods).
+    pub layer_means: &'s [F],
+    /// Number of layers in `layer_means`.
+    pub num_layers: usize,
+    /// The policy's predictive entropy per position, length `N` (what `predictive_entropy`
+    /// reads; may be empty for the other methods).
+    pub entropy: &'s [F],
+    /// Seed of the `random` baseline.
+    pub seed: u64,
+}
+
+/// One sequence's scores under a credit method, and its trace when the method traced it.
+pub type CreditScores<F> = (Vec<F>, Option<Trace<F>>);
+
+/// The score of every token under `method` ([method §11](docs/method.md#s11)), and the
+/// trace for the methods that trace (FlowTracer, bottom flow); `None` for `uniform`, which
+/// scores nothing. The one dispatch from a method to its scoring function.
+///
+/// # Errors
+///
+/// [`Error::InvalidConfig`] (field `credit`) if the method reads attention or an answer
+/// and `inputs.sequence` is `None`; [`Error::ShapeMismatch`] for an `entropy` that is not
+/// of length `N`; then the method's own errors: those of [`Tracer::trace`], the data
+/// checks of the baselines that read `Ā`, the span checks of `random`.
+///
+/// # Complexity
+///
+/// That of the method: O(N²) for the attention-based ones, O(|A| · L · N²) for rollout,
+/// O(N) for `random` and `predictive_entropy`.
+///
+/// # Examples
+///
+/// ```
+/// use flowtracer_core::baselines::{credit_scores, CreditInputs, CreditMethod};
+/// use flowtracer_core::{Sequence, Spans, Tracer};
+/// let a = [1.0, 0.0, 0.0, 0.5, 0.5, 0.0, 0.2, 0.3, 0.5];
+/// let seq = Sequence::dense(&a, Spans::new(0..1, 2..3))?;
+/// let inputs = CreditInputs {
+///     n: 3, response: seq.response(), sequence: Some(&seq),
+///     layer_means: &a, num_layers: 1, entropy: &[0.1, 0.9, 0.2], seed: 7,
+/// };
+/// let mut tracer = Tracer::default();
+/// for &method in CreditMethod::ALL {
+///     let scored = credit_scores(method, &mut tracer, &inputs)?;
+///     assert_eq!(scored.is_some(), method != CreditMethod::Uniform);
+/// }
+/// # Ok::<(), flowtracer_core::Error>(())
+/// ```
+pub fn credit_scores<F: FlowFloat>(
+    method: CreditMethod,
+    tracer: &mut Tracer,
+    inputs: &CreditInputs<'_, '_, F>,
+) -> Result<Option<CreditScores<F>>, Error> {
+    let seq = || {
+        inputs.sequence.ok_or(Error::InvalidConfig {
+            field: "credit",
+            reason: "this method reads the attention and the answer: pass the sequence",
+        })
+    };
+    let scores = |s: Vec<F>| Ok(Some((s, None)));
+    match method {
+        CreditMethod::Uniform => Ok(None),
+        CreditMethod::FlowTracer | CreditMethod::BottomFlow => {
+            let t = tracer.trace(seq()?)?;
+            Ok(Some((t.throughput().to_vec(), Some(t))))
+        }
+        CreditMethod::Random => scores(
+            random_scores(inputs.n, inputs.response, inputs.seed)?
+                .into_iter()
+                .map(F::from_f64_lossy)
+                .collect(),
+        ),
+        CreditMethod::AttentionReceived => scores(attention_received(seq()?)?),
+        CreditMethod::AttentionEntropy => scores(attention_entropy(seq()?)?),
+        CreditMethod::PredictiveEntropy => {
+            if inputs.entropy.len() != inputs.n {
+                return Err(Error::ShapeMismatch {
+                    what: "entropy",
+                    expected: inputs.n,
+                    actual: inputs.entropy.len(),
+                });
+            }
+            scores(inputs.entropy.to_vec())
+        }
+        CreditMethod::Rollout => {
+            let seq = seq()?;
+            scores(rollout(
+                inputs.layer_means,
+                inputs.num_layers,
+                seq.n(),
+                seq.answer(),
+            )?)
+        }
+    }
+}
 
 /// SplitMix64 (Steele, Lea and Flood 2014): 64 bits of state, passes BigCrush, trivially
 /// serialisable. The seeded generator of the `random` baseline, and the one generator of the

@@ -710,3 +710,75 @@ fn contiguous_lists_equal_ranges() {
     assert_eq!(t.reach(), tr.reach());
     assert_eq!(tracer.last_reach(), t.reach());
 }
+
+/// `credit_scores` is the one dispatch: every method gives exactly what its own scoring
+/// function gives (the trace's throughput for the two flow methods), `uniform` gives
+/// nothing, and a method that reads attention without a sequence is a typed error.
+#[test]
+fn credit_scores_dispatch_to_each_method() {
+    use flowtracer_core::baselines::{
+        CreditInputs, CreditMethod, attention_entropy, attention_received, credit_scores,
+        random_scores, rollout,
+    };
+    let a = [
+        1.0, 0.0, 0.0, 0.0, 0.0, 0.5, 0.5, 0.0, 0.0, 0.0, 0.3, 0.5, 0.2, 0.0, 0.0, 0.1, 0.2, 0.3,
+        0.4, 0.0, 0.1, 0.1, 0.6, 0.1, 0.1,
+    ];
+    let seq = Sequence::dense(&a, Spans::new(0..2, 4..5)).unwrap();
+    let entropy = [0.5, 0.1, 0.9, 0.3, 0.7];
+    let inputs = CreditInputs {
+        n: 5,
+        response: seq.response(),
+        sequence: Some(&seq),
+        layer_means: &a,
+        num_layers: 1,
+        entropy: &entropy,
+        seed: 11,
+    };
+    let mut tracer = Tracer::default();
+    let t = trace(&seq).unwrap();
+    let random: Vec<f64> = random_scores(5, seq.response(), 11).unwrap();
+    for &method in CreditMethod::ALL {
+        let got = credit_scores(method, &mut tracer, &inputs).unwrap();
+        let want: Option<Vec<f64>> = match method {
+            CreditMethod::Uniform => None,
+            CreditMethod::FlowTracer | CreditMethod::BottomFlow => Some(t.throughput().to_vec()),
+            CreditMethod::Random => Some(random.clone()),
+            CreditMethod::AttentionReceived => Some(attention_received(&seq).unwrap()),
+            CreditMethod::AttentionEntropy => Some(attention_entropy(&seq).unwrap()),
+            CreditMethod::PredictiveEntropy => Some(entropy.to_vec()),
+            CreditMethod::Rollout => Some(rollout(&a, 1, 5, seq.answer()).unwrap()),
+            other => panic!("untested method {other}"),
+        };
+        assert_eq!(got.as_ref().map(|(s, _)| s.clone()), want, "{method}");
+        let traced = matches!(method, CreditMethod::FlowTracer | CreditMethod::BottomFlow);
+        assert_eq!(got.and_then(|(_, t)| t).is_some(), traced, "{method}");
+    }
+    let no_seq = CreditInputs {
+        sequence: None,
+        ..inputs
+    };
+    for &method in CreditMethod::ALL {
+        let r = credit_scores(method, &mut tracer, &no_seq);
+        if method.needs_attention() || method.needs_answer() {
+            assert!(
+                matches!(r, Err(Error::InvalidConfig { field: "credit", .. })),
+                "{method}: {r:?}"
+            );
+        } else {
+            assert!(r.is_ok(), "{method}");
+        }
+    }
+    let short = CreditInputs {
+        entropy: &entropy[..4],
+        ..inputs
+    };
+    assert_eq!(
+        credit_scores(CreditMethod::PredictiveEntropy, &mut tracer, &short),
+        Err(Error::ShapeMismatch {
+            what: "entropy",
+            expected: 5,
+            actual: 4
+        })
+    );
+}

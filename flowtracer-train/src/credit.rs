@@ -8,33 +8,15 @@
 use core::ops::Range;
 
 use flowtracer_core::aggregate::{LayerSelection, Layout};
-use flowtracer_core::baselines::{self, CreditMethod};
+use flowtracer_core::baselines::{CreditInputs, CreditMethod, credit_scores};
 use flowtracer_core::flow::conservation_residual;
-use flowtracer_core::shaping::{
-    Select, ShapingConfig, select_tokens, shape_advantage, token_weights,
-};
-use flowtracer_core::{LayerShape, Sequence, Spans, trace};
+use flowtracer_core::shaping::{ShapingConfig, select_tokens, shape_advantage, token_weights};
+use flowtracer_core::{LayerShape, Sequence, Spans, Tokens, Tracer};
 use serde::{Deserialize, Serialize};
 
 use crate::answer::locate_answer;
 use crate::sampling::Completion;
 use crate::task::Problem;
-
-/// Whether `method` reads attention (so the trainer must capture it).
-pub fn needs_attention(method: CreditMethod) -> bool {
-    !matches!(
-        method,
-        CreditMethod::Uniform | CreditMethod::Random | CreditMethod::PredictiveEntropy
-    )
-}
-
-/// Whether `method` needs an answer span (without one the sequence is not shaped).
-pub fn needs_answer(method: CreditMethod) -> bool {
-    matches!(
-        method,
-        CreditMethod::FlowTracer | CreditMethod::BottomFlow | CreditMethod::Rollout
-    )
-}
 
 /// Credit settings of a run. `Default` is the core's: FlowTracer with the shaping defaults
 /// of [`ShapingConfig`].
@@ -65,11 +47,7 @@ impl Default for CreditConfig {
 impl CreditConfig {
     /// The core's shaping config for this run.
     pub fn shaping(&self) -> ShapingConfig {
-        let select = if self.method == CreditMethod::BottomFlow {
-            Select::Bottom
-        } else {
-            Select::Top
-        };
+        let select = self.method.select();
         ShapingConfig::default()
             .with_rho(self.rho)
             .with_gamma_flow(self.gamma)
@@ -107,7 +85,7 @@ pub enum Unshaped {
     NoAnswer,
     /// The completion is empty: nothing to score.
     EmptyCompletion,
-    /// The method has no score: `uniform`, or a method the core added after this trainer.
+    /// The method has no score (`uniform`).
     NoScore(CreditMethod),
     /// The core rejected the input (e.g. no source mass).
     Core(flowtracer_core::Error),
@@ -150,7 +128,8 @@ pub struct FlowStats {
 /// trainer captures only the selected ones) as `Ā`, with its spans, checked once.
 ///
 /// A view without an answer gets its last response token as a stand-in answer: only the
-/// methods that do not read the answer ([`needs_answer`] is false) get this far without one.
+/// methods that do not read the answer ([`CreditMethod::needs_answer`] is false) get this far
+/// without one.
 ///
 /// # Errors
 ///
@@ -170,50 +149,40 @@ pub fn sequence(view: &SequenceView<'_>) -> Result<Sequence<'static, f64>, flowt
     Sequence::from_layers(view.layer_means, shape, &LayerSelection::All, spans)
 }
 
-/// The raw score of `method` for one sequence (length `n`), or why there is none.
+/// The raw score of `method` for one sequence (length `n`), or why there is none: the core's
+/// [`credit_scores`] on the view, plus the conservation diagnostics of a traced sequence.
 pub fn scores(
     method: CreditMethod,
     view: &SequenceView<'_>,
 ) -> Result<(Vec<f64>, Option<FlowStats>), Unshaped> {
-    let core_err = Unshaped::Core;
-    if needs_answer(method) && view.answer.is_none() {
+    if method.needs_answer() && view.answer.is_none() {
         return Err(Unshaped::NoAnswer);
     }
-    let scored = |s: Vec<f64>| (s, None);
-    match method {
-        CreditMethod::Uniform => Err(Unshaped::NoScore(method)),
-        CreditMethod::FlowTracer | CreditMethod::BottomFlow => {
-            let seq = sequence(view).map_err(core_err)?;
-            let t = trace(&seq).map_err(core_err)?;
-            let stats = FlowStats {
+    let seq = if method.needs_attention() || method.needs_answer() {
+        Some(sequence(view).map_err(Unshaped::Core)?)
+    } else {
+        None
+    };
+    let response = Tokens::from(view.response.clone());
+    let inputs = CreditInputs {
+        n: view.n,
+        response: &response,
+        sequence: seq.as_ref(),
+        layer_means: view.layer_means,
+        num_layers: view.num_layers,
+        entropy: view.entropy,
+        seed: view.seed,
+    };
+    match credit_scores(method, &mut Tracer::default(), &inputs) {
+        Ok(Some((s, trace))) => {
+            let stats = trace.zip(seq.as_ref()).map(|(t, seq)| FlowStats {
                 answer_mass: t.answer_mass(),
-                residual: conservation_residual(&seq, t.edge_threshold(), t.reach()),
-            };
-            Ok((t.throughput().to_vec(), Some(stats)))
+                residual: conservation_residual(seq, t.edge_threshold(), t.reach()),
+            });
+            Ok((s, stats))
         }
-        CreditMethod::Random => {
-            baselines::random_scores(view.n, &view.response.clone().into(), view.seed)
-                .map(scored)
-                .map_err(core_err)
-        }
-        CreditMethod::AttentionReceived => sequence(view)
-            .and_then(|seq| baselines::attention_received(&seq))
-            .map(scored)
-            .map_err(core_err),
-        CreditMethod::AttentionEntropy => sequence(view)
-            .and_then(|seq| baselines::attention_entropy(&seq))
-            .map(scored)
-            .map_err(core_err),
-        CreditMethod::PredictiveEntropy => Ok(scored(view.entropy.to_vec())),
-        CreditMethod::Rollout => {
-            let answer = view.answer.clone().expect("checked");
-            baselines::rollout(view.layer_means, view.num_layers, view.n, &answer.into())
-                .map(scored)
-                .map_err(core_err)
-        }
-        // A method the core added after this trainer: the unit tests score every method of
-        // `CreditMethod::ALL`, so this arm is never reached by a tested build.
-        other => Err(Unshaped::NoScore(other)),
+        Ok(None) => Err(Unshaped::NoScore(method)),
+        Err(e) => Err(Unshaped::Core(e)),
     }
 }
 

@@ -27,7 +27,7 @@ use flowtracer_core::baselines::SplitMix64;
 use flowtracer_core::grpo::{TokenBatch, group_advantages, grpo_loss};
 
 use crate::config::GrpoConfig;
-use crate::credit::{self, CapturedBatch, CreditedBatch, score_rollouts};
+use crate::credit::{CapturedBatch, CreditedBatch, score_rollouts};
 use crate::error::TrainError;
 use crate::metrics::{StepMetrics, UpdateStats, step_metrics};
 use crate::model::{Transformer, token_entropy, token_logps};
@@ -90,7 +90,7 @@ impl Trainer {
     ) -> Result<Self, TrainError> {
         config.validate()?;
         task.validate()?;
-        let capture = if credit::needs_attention(config.credit.method) {
+        let capture = if config.credit.method.needs_attention() {
             select_layers(model.num_layers(), &LayerSelection::Middle)?
         } else {
             Vec::new()
