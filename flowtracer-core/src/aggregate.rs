@@ -1,4 +1,4 @@
-//! Stage 1: aggregation of per-layer, per-head attention into `Ā` ([method §2](docs/method.md#s2)).
+//! Aggregation of per-layer, per-head attention into `Ā` ([method §2](docs/method.md#s2)).
 //!
 //! `Ā[k][i] = mean over selected layers l, mean over heads h of P[l][h][k][i]`.
 //!

@@ -1,4 +1,4 @@
-//! Stage 4: the backbone of the flow ([method §8](docs/method.md#s8)) **\[ours: the paper names it, these
+//! The backbone of the flow ([method §8](docs/method.md#s8)) **\[ours: the paper names it, these
 //! definitions are ours\]**: the most probable question-to-answer path, the edges that carry
 //! most of the flow, the hubs and the checkpoints. An analysis tool, not on the training
 //! path.

@@ -1,4 +1,4 @@
-//! Stage 3: conserved flow `f`, edge flow `phi`, throughput `tau` ([method §5–7](docs/method.md#s5)) and the
+//! Conserved flow `f`, edge flow `phi`, throughput `tau` ([method §5–7](docs/method.md#s5)) and the
 //! conservation residual, the forward pass.
 //!
 //! The conserved kernel `W'[i][k] = W[i][k] h(k) / h(i)` (the paper's Doob h-transform) is

@@ -1,4 +1,4 @@
-//! Stage 6: the GRPO math the shaping plugs into ([method §10](docs/method.md#s10)), as plain slice functions.
+//! The GRPO math the shaping plugs into ([method §10](docs/method.md#s10)), as plain slice functions.
 //!
 //! Group advantages, the per-token clipped surrogate with asymmetric clipping, the k3 KL
 //! estimator, the four `loss_type` aggregations (TRL names), and the per-token gradient

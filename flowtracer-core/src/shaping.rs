@@ -1,4 +1,4 @@
-//! Stage 5: token weights and advantage shaping ([method §9](docs/method.md#s9)).
+//! Token weights and advantage shaping ([method §9](docs/method.md#s9)).
 //!
 //! Per response, the `k = ceil(rho |R| - 1e-9)` scored tokens with the largest score (the
 //! throughput `tau`, or a baseline's score) get weight `gamma_flow`, the others 1; the
