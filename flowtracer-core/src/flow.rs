@@ -1,5 +1,6 @@
-//! Conserved flow `f`, edge flow `phi`, throughput `tau` ([method §5–7](docs/method.md#s5)) and the
-//! conservation residual, the forward pass.
+//! Conserved flow `f` and throughput `tau` ([method §5–7](docs/method.md#s5)), the forward
+//! pass, and the conservation residual. (Edge flows `phi(i -> k) = f(i) W'[i][k]` are formed
+//! where they are needed, by the backbone.)
 //!
 //! The conserved kernel `W'[i][k] = W[i][k] h(k) / h(i)` (the paper's Doob h-transform) is
 //! never materialised. With `u = f / h` the recursion becomes a dot product per row of `Ā`:
@@ -10,7 +11,7 @@
 //! ```
 //!
 //! where `Q+` are the live question tokens outside the answer. Rows are streamed once in
-//! ascending order, from the question's start to the answer's end (tokens before the
+//! ascending order, from the question's first token to the answer's last (tokens before the
 //! question carry no flow; tokens after the answer carry none either), four at a time: one
 //! sweep over `v` gives the four dot products up to the block, then each row adds the
 //! block's earlier rows. Throughput is
