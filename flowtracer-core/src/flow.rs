@@ -232,8 +232,9 @@ pub(crate) fn throughput_into<F: FlowFloat>(f: &[F], h: &[f64], tau: &mut [F]) {
 
 /// How far the reach `h` is from conserving flow: the largest `|sum_{k>i} W'[i][k] - 1|`
 /// over the live tokens outside the answer, with `W'[i][k] = keep(Ā[k][i]) h(k) / h(i)`
-/// ([method §5](docs/method.md#s5)). Every row of the conserved kernel sums to 1 in exact arithmetic, so for the
-/// `h` of [`reach_into`](crate::reach::reach_into) this measures rounding (the property
+/// ([method §5](docs/method.md#s5)). Every row of the conserved kernel sums to 1 in exact
+/// arithmetic, so for the reach of a [`Trace`](crate::Trace) (or
+/// [`Tracer::last_reach`](crate::Tracer::last_reach)) this measures rounding (the property
 /// tests hold it below 1e-12 for f64 input); 0 when no token qualifies.
 ///
 /// Recomputes each column sum in its own order (ascending rows), independently of the
