@@ -20,6 +20,28 @@ pub enum Stage {
     GrpoLoss,
 }
 
+/// Which input of the Q/K stage ([method §15](docs/method.md#s15)) holds a bad value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum QkTensor {
+    /// The queries `Q [H_q][N][d]`.
+    Query,
+    /// The keys `K [H_kv][N][d]`.
+    Key,
+    /// The saved log-sum-exp `[H_q][N]`.
+    LogSumExp,
+}
+
+impl fmt::Display for QkTensor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            QkTensor::Query => "query",
+            QkTensor::Key => "key",
+            QkTensor::LogSumExp => "log-sum-exp",
+        })
+    }
+}
+
 impl fmt::Display for Stage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -231,6 +253,49 @@ pub enum Error {
         /// Every allowed name.
         allowed: &'static [&'static str],
     },
+    /// Query heads that do not split evenly over the key/value heads (grouped-query
+    /// attention needs `H_q` to be a multiple of `H_kv`).
+    HeadsNotGrouped {
+        /// Query heads `H_q`.
+        q_heads: usize,
+        /// Key/value heads `H_kv`.
+        kv_heads: usize,
+    },
+    /// A NaN or infinite value in the queries, keys or log-sum-exp of the Q/K stage (the
+    /// first one: layers ascending, then Q, K, LSE, each in flat order).
+    ///
+    /// `position.row` is the token, `position.col` the feature (0 for the log-sum-exp).
+    NonFiniteInput {
+        /// Which input.
+        tensor: QkTensor,
+        /// Where it is (layer as given to the stage, head of that tensor).
+        position: Position,
+    },
+    /// Finite queries and keys whose scaled product `q·k` is not finite in the arithmetic
+    /// type (f32 for f32, f16 and bf16 input; f64 for f64): the first such row.
+    LogitsOverflow {
+        /// The layer (as given to the stage).
+        layer: usize,
+        /// The query head.
+        head: usize,
+        /// The query token.
+        row: usize,
+    },
+    /// A saved log-sum-exp that does not belong to its queries and keys: the probabilities
+    /// `exp(q·k·scale − lse)` of that row do not sum to 1 within the row tolerance (the
+    /// first such row by layer, head, row).
+    LseMismatch {
+        /// The layer (as given to the stage).
+        layer: usize,
+        /// The query head.
+        head: usize,
+        /// The query token.
+        row: usize,
+        /// What the row sums to.
+        mass: f64,
+        /// The tolerance in force.
+        tolerance: f64,
+    },
     /// A configuration value outside its domain.
     InvalidConfig {
         /// The field's name.
@@ -324,6 +389,27 @@ impl fmt::Display for Error {
             } => write!(
                 f,
                 "a batch of {batch} responses is not a whole number of groups of {num_generations}"
+            ),
+            Error::HeadsNotGrouped { q_heads, kv_heads } => write!(
+                f,
+                "{q_heads} query heads do not split evenly over {kv_heads} key/value heads"
+            ),
+            Error::NonFiniteInput { tensor, position } => {
+                write!(f, "non-finite {tensor} value at {position}")
+            }
+            Error::LogitsOverflow { layer, head, row } => write!(
+                f,
+                "the attention logits of layer {layer}, head {head}, row {row} overflow (q·k·scale is not finite)"
+            ),
+            Error::LseMismatch {
+                layer,
+                head,
+                row,
+                mass,
+                tolerance,
+            } => write!(
+                f,
+                "the log-sum-exp of layer {layer}, head {head}, row {row} does not belong to its Q and K: the row's probabilities sum to {mass}, not 1 within {tolerance}"
             ),
             Error::InvalidConfig { field, reason } => write!(f, "invalid {field}: {reason}"),
             Error::UnknownName {

@@ -5,8 +5,9 @@
 //! conserves it, injects unit flow at the question, and scores every token by the flow that
 //! passes through it; the top 40% of response tokens by flow get 1.5x the advantage.
 //!
-//! The pipeline, one module per stage: [`sequence`] (the validated input: `Ā` and its
-//! spans) → [`aggregate`] → reach → [`flow`] → [`backbone`] → [`shaping`] → [`grpo`], with
+//! The pipeline, one module per stage: [`qk`] (for models that run FlashAttention: `Ā`
+//! straight from post-RoPE queries and keys, no per-head `N x N`) or [`aggregate`] (from
+//! attention probabilities) → [`sequence`] (the validated input: `Ā` and its spans) → reach → [`flow`] → [`backbone`] → [`shaping`] → [`grpo`], with
 //! [`baselines`] for the point-wise alternatives, [`reference`](mod@reference) for the naive
 //! oracles the tests check every fast path against, [`vocabulary`] for the option names and
 //! metric names every crate shares, and [`Tracer`] as the front door (with [`trace()`] for
@@ -62,6 +63,7 @@ mod float;
 pub mod flow;
 pub mod grpo;
 mod kernels;
+pub mod qk;
 mod reach;
 pub mod reference;
 pub mod sequence;
@@ -70,7 +72,7 @@ pub mod trace;
 pub mod validate;
 pub mod vocabulary;
 
-pub use error::{Error, Position, Span, Stage};
+pub use error::{Error, Position, QkTensor, Span, Stage};
 pub use float::FlowFloat;
 pub use reach::AnswerMode;
 pub use sequence::{LayerShape, Sequence, Spans, Tokens};

@@ -1,6 +1,7 @@
 //! Deliberately naive oracles for tests (the oracle chain: hand-computed cases →
 //! `reference` → fast paths → GPU kernels): the graph, aggregation, reach, the conserved
-//! kernel, the trace, selection, the backbone's path and edges, and the GRPO math.
+//! kernel, the trace, selection, the backbone's path and edges, the GRPO math, and
+//! attention from queries and keys.
 //!
 //! Everything here is written straight from the definitions of
 //! [`docs/method.md`](docs/method.md#s1), in f64, with the matrices `W` and `W'` materialised
@@ -339,4 +340,75 @@ pub fn grpo_loss(
         _ => total_sum / num_items.max(1) as f64,
     };
     -aggregate
+}
+
+/// Aggregated attention `Ā` from post-RoPE queries and keys ([method §15](docs/method.md#s15)),
+/// deliberately naive: every layer's every head's softmax is materialised as an `N x N`
+/// matrix in f64, then all of them are averaged entry by entry.
+///
+/// `q` is `[layers][q_heads][N][d]`, `k` is `[layers][kv_heads][N][d]`, `lse` (if given)
+/// `[layers][q_heads][N]`; query head `h` reads key head `h / (q_heads / kv_heads)`. Query
+/// `k` sees key `i` iff `i <= k`, `k - i < window` (if a window is given) and
+/// `key_valid[i]` (if a mask is given). With `lse`, `p = exp(s - lse)`; without, the
+/// row's softmax over the visible keys. A row that sees no key is zero.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_from_qk(
+    q: &[f64],
+    k: &[f64],
+    lse: Option<&[f64]>,
+    (layers, q_heads, kv_heads): (usize, usize, usize),
+    n: usize,
+    d: usize,
+    scale: f64,
+    window: Option<usize>,
+    key_valid: Option<&[bool]>,
+) -> Vec<f64> {
+    let group = q_heads / kv_heads;
+    let mut out = vec![0.0; n * n];
+    let count = (layers * q_heads) as f64;
+    for l in 0..layers {
+        for h in 0..q_heads {
+            let g = h / group;
+            let mut p = vec![vec![0.0f64; n]; n];
+            for (row, p_row) in p.iter_mut().enumerate() {
+                let visible: Vec<usize> = (0..=row)
+                    .filter(|&i| window.is_none_or(|w| row - i < w))
+                    .filter(|&i| key_valid.is_none_or(|m| m[i]))
+                    .collect();
+                if visible.is_empty() {
+                    continue;
+                }
+                let logit = |i: usize| {
+                    let mut s = 0.0;
+                    for j in 0..d {
+                        s += q[((l * q_heads + h) * n + row) * d + j]
+                            * k[((l * kv_heads + g) * n + i) * d + j];
+                    }
+                    s * scale
+                };
+                let s: Vec<f64> = visible.iter().map(|&i| logit(i)).collect();
+                match lse {
+                    Some(lse) => {
+                        let z = lse[(l * q_heads + h) * n + row];
+                        for (&i, &si) in visible.iter().zip(&s) {
+                            p_row[i] = num_traits::Float::exp(si - z);
+                        }
+                    }
+                    None => {
+                        let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                        let z: f64 = s.iter().map(|&si| num_traits::Float::exp(si - m)).sum();
+                        for (&i, &si) in visible.iter().zip(&s) {
+                            p_row[i] = num_traits::Float::exp(si - m) / z;
+                        }
+                    }
+                }
+            }
+            for row in 0..n {
+                for i in 0..=row {
+                    out[row * n + i] += p[row][i] / count;
+                }
+            }
+        }
+    }
+    out
 }

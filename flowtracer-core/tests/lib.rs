@@ -6,6 +6,7 @@ mod errors;
 mod front_door;
 mod grpo;
 mod properties;
+mod qk;
 mod regressions;
 mod stages;
 mod worked_example;

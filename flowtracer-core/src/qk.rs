@@ -1,0 +1,956 @@
+//! The first stage for models that run FlashAttention or SDPA: the aggregated attention `Ā`
+//! from post-RoPE queries and keys ([method §15](docs/method.md#s15)), with no per-head
+//! `N x N` matrix anywhere.
+//!
+//! Per selected layer the stage takes `Q [H_q][N][d]` and `K [H_kv][N][d]` (and optionally
+//! the log-sum-exp `[H_q][N]` FlashAttention saves), forms each head's causal softmax one
+//! block of [`ROW_BLOCK`] query rows at a time, averages the heads inside the block, and adds
+//! the block into the running sum of `Ā`. This is mode (a) of the method: `Ā` itself
+//! (`N²` values of the storage type) is the only `N x N` buffer; the passes then run on it
+//! unchanged.
+//!
+//! - **Grouped-query and multi-query attention**: query head `h` uses key head
+//!   `h / (H_q / H_kv)`, as Hugging Face's `repeat_kv`.
+//! - **Scale**: [`QkConfig::scale`], default `1 / sqrt(d)`.
+//! - **Causal mask and sliding window**: query `k` sees key `i` iff `i <= k` and, with a
+//!   window `w`, `k - w < i` ([`QkConfig::window`]).
+//! - **Padding**: a key-validity mask (left padding): invalid keys get probability 0; a
+//!   query row that sees no valid key is all zero.
+//! - **Saved log-sum-exp**: when given, `p = exp(q·k·scale − lse)` in one pass, and every
+//!   row that sees a valid key must sum to 1 within [`QkConfig::row_tolerance`]
+//!   ([`Error::LseMismatch`]); without it the row maximum and sum are computed.
+//! - **Input types**: `f32` and `f64` (f64 products for f64), `half::f16` and `half::bf16`
+//!   (converted once, f32 products) ([`QkInput`]).
+//!
+//! # Speed, without `unsafe`
+//!
+//! The core keeps `forbid(unsafe_code)`, so `gemm` and `matrixmultiply` (whose kernels are
+//! `unsafe fn`, and which detect AVX/FMA only with std) are out. `Q·Kᵀ` is computed in safe
+//! register tiles of [`ROW_BLOCK`] query rows by [`KEY_BLOCK`] keys with the feature
+//! dimension `d` innermost: `K` is packed once per layer into panels `[d][KEY_BLOCK]`, the
+//! row block of `Q` is transposed to `[d][ROW_BLOCK]`, and the tile loop is a chain of
+//! fixed-size array multiply-adds that LLVM keeps in registers and vectorises on the
+//! baseline target (SSE2 on x86-64, NEON on aarch64; no `-C target-cpu=native`). The
+//! exponential is [`exp_f32`]/[`exp_f64`]: a Cody-Waite range reduction and a polynomial,
+//! branch-free in the inner loop, so it vectorises too. A faster `Q·Kᵀ` (faer's matmul, with
+//! runtime AVX2/AVX-512 detection) would live in a separate std crate beside the no_std core,
+//! not behind a core feature; it is not built, because the tiles keep the core portable,
+//! dependency-free and bit-reproducible across machines (no runtime dispatch, no FMA
+//! contraction), and the softmax and head mean, which a GEMM crate does not fuse, would still
+//! be these loops.
+//!
+//! # Validation order
+//!
+//! As [method §15](docs/method.md#s15): the shape and the configuration, the spans, then the
+//! first non-finite value scanning layers ascending, `Q`, then `K`, then the log-sum-exp,
+//! each in flat order (head, row, column), then the first bad row (logits that overflow, or
+//! a log-sum-exp that does not belong) by (layer, head, row). [`QkAccumulator`] keeps this
+//! order across calls: data errors are reported by its `finish`, after every layer was
+//! scanned.
+//!
+//! # Sliding windows of real models
+//!
+//! `w` is the number of keys a query sees, itself included. Mistral and Gemma 2/3 in
+//! Hugging Face transformers (the `sliding_window` of their configs, applied by
+//! `masking_utils` as `kv_idx > q_idx - sliding_window`) map to `w = sliding_window`.
+//! FlashAttention's `window_size = (left, right)` with `right = 0` maps to `w = left + 1`
+//! (a query sees itself and `left` keys before it); transformers passes
+//! `left = sliding_window - 1` there, the same `w`. Gemma 2's logit soft-capping
+//! (`attn_logit_softcapping`), gpt-oss's attention sinks and ALiBi biases are not supported
+//! and are rejected by [`QkConfig::validate`] rather than silently mis-scored.
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use half::{bf16, f16};
+use num_traits::{Float, One, Zero};
+
+use crate::aggregate::Layout;
+use crate::error::{Error, Position, QkTensor};
+use crate::float::FlowFloat;
+use crate::sequence::{Sequence, Spans};
+
+/// Query rows per tile (and per block of the head mean).
+pub const ROW_BLOCK: usize = 4;
+/// Keys per tile (the width of one packed panel of `K`).
+pub const KEY_BLOCK: usize = 8;
+
+/// The arithmetic type of the stage: `f32` or `f64`.
+pub trait QkFloat: FlowFloat {
+    /// `exp(self)` by [`exp_f32`] or [`exp_f64`].
+    fn exp_fast(self) -> Self;
+}
+
+impl QkFloat for f32 {
+    #[inline(always)]
+    fn exp_fast(self) -> Self {
+        exp_f32(self)
+    }
+}
+
+impl QkFloat for f64 {
+    #[inline(always)]
+    fn exp_fast(self) -> Self {
+        exp_f64(self)
+    }
+}
+
+/// An element type of `Q` and `K`: `f32`, `f64`, `half::f16` or `half::bf16`.
+pub trait QkInput: Copy + Send + Sync + 'static {
+    /// The type products and exponentials are computed in: `f64` for `f64`, `f32` for the
+    /// others.
+    type Compute: QkFloat;
+
+    /// Converts to the arithmetic type (exactly: every input type widens without loss).
+    fn to_compute(self) -> Self::Compute;
+}
+
+impl QkInput for f32 {
+    type Compute = f32;
+    #[inline(always)]
+    fn to_compute(self) -> f32 {
+        self
+    }
+}
+
+impl QkInput for f64 {
+    type Compute = f64;
+    #[inline(always)]
+    fn to_compute(self) -> f64 {
+        self
+    }
+}
+
+impl QkInput for f16 {
+    type Compute = f32;
+    #[inline(always)]
+    fn to_compute(self) -> f32 {
+        self.to_f32()
+    }
+}
+
+impl QkInput for bf16 {
+    type Compute = f32;
+    #[inline(always)]
+    fn to_compute(self) -> f32 {
+        self.to_f32()
+    }
+}
+
+/// Largest relative error of [`exp_f32`] against f64 `exp` for `x` in
+/// [`EXP_F32_RANGE`] (the tests check it on every input range the stage produces).
+pub const EXP_F32_MAX_REL_ERROR: f64 = 2.5e-7;
+/// Largest relative error of [`exp_f64`] against f64 `exp` for `x` in [`EXP_F64_RANGE`].
+pub const EXP_F64_MAX_REL_ERROR: f64 = 1e-15;
+/// Where [`exp_f32`] is accurate to [`EXP_F32_MAX_REL_ERROR`]; below it the result is 0
+/// (absolute error below `exp(-87) ≈ 1.6e-38`), above it the result is `exp(88)`.
+pub const EXP_F32_RANGE: (f32, f32) = (-87.0, 88.0);
+/// Where [`exp_f64`] is accurate to [`EXP_F64_MAX_REL_ERROR`]; below it the result is 0
+/// (absolute error below `exp(-708) ≈ 3.3e-308`), above it the result is `exp(709)`.
+pub const EXP_F64_RANGE: (f64, f64) = (-708.0, 709.0);
+
+/// `exp(x)` in f32, branch-free so that loops over it vectorise.
+///
+/// Cody-Waite range reduction `x = n ln 2 + r`, `|r| <= ln 2 / 2` (with `ln 2` split in two
+/// so `n ln 2` is exact), a degree-7 Taylor polynomial for `exp(r)` (truncation error
+/// below `6e-9` relative), and `2^n` built from its bits. Relative error at most
+/// [`EXP_F32_MAX_REL_ERROR`] on [`EXP_F32_RANGE`]; 0 below it (so `-inf` gives 0), `exp(88)`
+/// above it (finite: `+inf` saturates). NaN gives a finite value: callers detect NaN
+/// inputs themselves.
+///
+/// # Complexity
+///
+/// O(1): 13 floating-point and 3 integer operations, no branch, no table.
+#[inline(always)]
+pub fn exp_f32(x: f32) -> f32 {
+    const LOG2E: f32 = core::f32::consts::LOG2_E;
+    // ln 2 = LN2_HI + LN2_LO; LN2_HI has 16 significant bits, so n * LN2_HI is exact.
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    // 1.5 * 2^23: adding it rounds to an integer held in the low mantissa bits.
+    const SHIFTER: f32 = 12_582_912.0;
+    let (lo, hi) = EXP_F32_RANGE;
+    let xc = x.max(lo).min(hi);
+    let t = xc * LOG2E + SHIFTER;
+    let nf = t - SHIFTER;
+    let n = (t.to_bits() as i32).wrapping_sub(SHIFTER.to_bits() as i32);
+    let r = (xc - nf * LN2_HI) - nf * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0
+                    + r * (1.0 / 24.0
+                        + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    let two_n = f32::from_bits(((n + 127) as u32) << 23);
+    if x < lo { 0.0 } else { p * two_n }
+}
+
+/// `exp(x)` in f64, branch-free so that loops over it vectorise.
+///
+/// As [`exp_f32`], with a degree-13 Taylor polynomial (truncation error below `3e-17`
+/// relative). Relative error at most [`EXP_F64_MAX_REL_ERROR`] on [`EXP_F64_RANGE`]; 0
+/// below it, `exp(709)` above it.
+///
+/// # Complexity
+///
+/// O(1): 33 floating-point and 3 integer operations, no branch, no table.
+#[inline(always)]
+pub fn exp_f64(x: f64) -> f64 {
+    const LOG2E: f64 = core::f64::consts::LOG2_E;
+    const LN2_HI: f64 = 6.931_471_803_691_238_164_9e-1;
+    const LN2_LO: f64 = 1.908_214_929_270_587_700_02e-10;
+    const SHIFTER: f64 = 6_755_399_441_055_744.0;
+    const C: [f64; 14] = [
+        1.0,
+        1.0,
+        1.0 / 2.0,
+        1.0 / 6.0,
+        1.0 / 24.0,
+        1.0 / 120.0,
+        1.0 / 720.0,
+        1.0 / 5040.0,
+        1.0 / 40320.0,
+        1.0 / 362_880.0,
+        1.0 / 3_628_800.0,
+        1.0 / 39_916_800.0,
+        1.0 / 479_001_600.0,
+        1.0 / 6_227_020_800.0,
+    ];
+    let (lo, hi) = EXP_F64_RANGE;
+    let xc = x.max(lo).min(hi);
+    let t = xc * LOG2E + SHIFTER;
+    let nf = t - SHIFTER;
+    let n = (t.to_bits() as i64).wrapping_sub(SHIFTER.to_bits() as i64);
+    let r = (xc - nf * LN2_HI) - nf * LN2_LO;
+    let mut p = C[13];
+    for &c in C[..13].iter().rev() {
+        p = c + r * p;
+    }
+    let two_n = f64::from_bits(((n + 1023) as u64) << 52);
+    if x < lo { 0.0 } else { p * two_n }
+}
+
+/// The shape of one layer's input: query heads, key/value heads, tokens, head dimension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QkShape {
+    /// Query heads `H_q`.
+    pub q_heads: usize,
+    /// Key/value heads `H_kv` (`H_q` must be a multiple of it; 1 for multi-query).
+    pub kv_heads: usize,
+    /// Tokens `N`.
+    pub n: usize,
+    /// Head dimension `d`.
+    pub d: usize,
+}
+
+impl QkShape {
+    /// A shape.
+    pub const fn new(q_heads: usize, kv_heads: usize, n: usize, d: usize) -> Self {
+        Self {
+            q_heads,
+            kv_heads,
+            n,
+            d,
+        }
+    }
+
+    /// Checks the dimensions (check 1 of [method §15](docs/method.md#s15)).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::EmptySequence`] for `N = 0`, then [`Error::ZeroDimension`] for no query
+    /// heads, no key/value heads, `d = 0`, then [`Error::HeadsNotGrouped`].
+    ///
+    /// # Complexity
+    ///
+    /// O(1).
+    pub fn check(&self) -> Result<(), Error> {
+        if self.n == 0 {
+            return Err(Error::EmptySequence);
+        }
+        for (what, v) in [
+            ("query heads", self.q_heads),
+            ("key/value heads", self.kv_heads),
+            ("head dimensions (d)", self.d),
+        ] {
+            if v == 0 {
+                return Err(Error::ZeroDimension { what });
+            }
+        }
+        if !self.q_heads.is_multiple_of(self.kv_heads) {
+            return Err(Error::HeadsNotGrouped {
+                q_heads: self.q_heads,
+                kv_heads: self.kv_heads,
+            });
+        }
+        Ok(())
+    }
+
+    /// Values in one layer's `Q`: `H_q · N · d`.
+    pub fn q_len(&self) -> usize {
+        self.q_heads.saturating_mul(self.n).saturating_mul(self.d)
+    }
+
+    /// Values in one layer's `K`: `H_kv · N · d`.
+    pub fn k_len(&self) -> usize {
+        self.kv_heads.saturating_mul(self.n).saturating_mul(self.d)
+    }
+
+    /// Values in one layer's log-sum-exp: `H_q · N`.
+    pub fn lse_len(&self) -> usize {
+        self.q_heads.saturating_mul(self.n)
+    }
+}
+
+/// Configuration of the Q/K stage. `Default`: scale `1/sqrt(d)`, no window, row tolerance
+/// `1e-3`, no soft-capping, sinks or ALiBi.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub struct QkConfig {
+    /// Softmax scale (`None`: `1 / sqrt(d)`); finite and positive.
+    pub scale: Option<f64>,
+    /// Sliding window `w >= 1`: query `k` sees key `i` iff `k - w < i <= k` (`None`: every
+    /// key `i <= k`). See the module docs for Mistral's and Gemma's mapping.
+    pub window: Option<usize>,
+    /// With a saved log-sum-exp, every row must sum to 1 within this (default `1e-3`).
+    pub row_tolerance: f64,
+    /// Gemma 2's logit soft-capping `cap · tanh(s / cap)`: not supported; `Some` is
+    /// rejected by [`validate`](Self::validate).
+    pub logit_softcap: Option<f64>,
+    /// gpt-oss's per-head attention sinks: not supported; `true` is rejected.
+    pub attention_sinks: bool,
+    /// ALiBi position biases: not supported; `true` is rejected.
+    pub alibi: bool,
+}
+
+impl QkConfig {
+    /// The default, as a constant.
+    pub const DEFAULT: Self = Self {
+        scale: None,
+        window: None,
+        row_tolerance: 1e-3,
+        logit_softcap: None,
+        attention_sinks: false,
+        alibi: false,
+    };
+
+    /// Sets [`scale`](Self::scale).
+    pub fn with_scale(mut self, scale: f64) -> Self {
+        self.scale = Some(scale);
+        self
+    }
+
+    /// Sets [`window`](Self::window).
+    pub fn with_window(mut self, window: usize) -> Self {
+        self.window = Some(window);
+        self
+    }
+
+    /// Sets [`row_tolerance`](Self::row_tolerance).
+    pub fn with_row_tolerance(mut self, tolerance: f64) -> Self {
+        self.row_tolerance = tolerance;
+        self
+    }
+
+    /// Sets [`logit_softcap`](Self::logit_softcap) (rejected by `validate`).
+    pub fn with_logit_softcap(mut self, cap: f64) -> Self {
+        self.logit_softcap = Some(cap);
+        self
+    }
+
+    /// Sets [`attention_sinks`](Self::attention_sinks) (rejected by `validate`).
+    pub fn with_attention_sinks(mut self, sinks: bool) -> Self {
+        self.attention_sinks = sinks;
+        self
+    }
+
+    /// Sets [`alibi`](Self::alibi) (rejected by `validate`).
+    pub fn with_alibi(mut self, alibi: bool) -> Self {
+        self.alibi = alibi;
+        self
+    }
+
+    /// Checks every field.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for the first bad field: `scale` not finite and positive,
+    /// `window = 0`, `row_tolerance` negative or not finite, then soft-capping, sinks,
+    /// ALiBi (unsupported).
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |field, reason| Err(Error::InvalidConfig { field, reason });
+        if let Some(s) = self.scale
+            && !(s > 0.0 && s.is_finite())
+        {
+            return bad("scale", "must be finite and > 0");
+        }
+        if self.window == Some(0) {
+            return bad("window", "must be at least 1 (a query always sees itself)");
+        }
+        if !(self.row_tolerance >= 0.0 && self.row_tolerance.is_finite()) {
+            return bad("row_tolerance", "must be finite and >= 0");
+        }
+        if self.logit_softcap.is_some() {
+            return bad(
+                "logit_softcap",
+                "logit soft-capping (Gemma 2) is not supported by the Q/K stage; capture attention probabilities instead",
+            );
+        }
+        if self.attention_sinks {
+            return bad(
+                "attention_sinks",
+                "attention sinks (gpt-oss) are not supported by the Q/K stage; capture attention probabilities instead",
+            );
+        }
+        if self.alibi {
+            return bad(
+                "alibi",
+                "ALiBi biases are not supported by the Q/K stage; capture attention probabilities instead",
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Default for QkConfig {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// One layer's input: its index (used to report positions), post-RoPE `Q [H_q][N][d]` and
+/// `K [H_kv][N][d]` (row-major), and optionally the saved log-sum-exp `[H_q][N]` (natural
+/// log, f32, as FlashAttention returns it).
+#[derive(Debug, Clone, Copy)]
+pub struct QkLayer<'a, T> {
+    /// The layer's index in the model.
+    pub index: usize,
+    /// Queries `[H_q][N][d]`.
+    pub q: &'a [T],
+    /// Keys `[H_kv][N][d]`.
+    pub k: &'a [T],
+    /// Saved log-sum-exp `[H_q][N]`, if any.
+    pub lse: Option<&'a [f32]>,
+}
+
+impl<'a, T> QkLayer<'a, T> {
+    /// A layer without a saved log-sum-exp.
+    pub fn new(index: usize, q: &'a [T], k: &'a [T]) -> Self {
+        Self {
+            index,
+            q,
+            k,
+            lse: None,
+        }
+    }
+
+    /// Adds the saved log-sum-exp.
+    pub fn with_lse(mut self, lse: &'a [f32]) -> Self {
+        self.lse = Some(lse);
+        self
+    }
+}
+
+/// The first bad row found so far, keyed by (layer, head, row).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum RowDefect {
+    Overflow,
+    Mass(f64),
+}
+
+/// Streams one layer's `Q` and `K` at a time into the running sum of `Ā` (mode (a) of
+/// [method §15](docs/method.md#s15)), so a forward hook that sees one layer at a time never
+/// holds all of them.
+///
+/// Shape errors come back from [`add_layer`](Self::add_layer) at once; data errors are
+/// recorded and reported by [`finish`](Self::finish) in the order of method §15 whatever
+/// order the layers came in (the first non-finite value by lowest layer wins over any bad
+/// row).
+///
+/// # Examples
+///
+/// ```
+/// use flowtracer_core::qk::{QkAccumulator, QkConfig, QkLayer, QkShape};
+/// use flowtracer_core::{Spans, trace};
+/// // One head, d = 1, N = 3, scale 1: keys 0, ln 2, ln 3 give rows [1], [1/3, 2/3],
+/// // [1/6, 2/6, 3/6].
+/// let (q, k) = ([1.0f64; 3], [0.0, 2f64.ln(), 3f64.ln()]);
+/// let mut acc = QkAccumulator::<f64>::new(QkShape::new(1, 1, 3, 1), QkConfig::default().with_scale(1.0), None)?;
+/// acc.add_layer(&QkLayer::new(0, &q, &k))?;
+/// let seq = acc.finish(Spans::new(0..1, 2..3))?;
+/// assert!((seq.at(2, 2) - 0.5).abs() < 1e-15);
+/// assert!((trace(&seq)?.flow()[1] - 0.4).abs() < 1e-12);
+/// # Ok::<(), flowtracer_core::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct QkAccumulator<F> {
+    shape: QkShape,
+    scale: f64,
+    window: Option<usize>,
+    row_tolerance: f64,
+    /// `valid_before[i]`: valid keys among `0..i` (length `N + 1`).
+    valid_before: Vec<usize>,
+    key_valid: Option<Vec<bool>>,
+    layers: usize,
+    sum: Vec<F>,
+    non_finite: Option<(usize, QkTensor, Position)>,
+    bad_row: Option<((usize, usize, usize), RowDefect)>,
+}
+
+impl<F: FlowFloat> QkAccumulator<F> {
+    /// An accumulator for `shape` under `config`, with an optional key-validity mask of
+    /// length `N` (`false`: a padding token no query attends to).
+    ///
+    /// # Errors
+    ///
+    /// The shape errors of [`QkShape::check`], then [`Error::InvalidConfig`], then
+    /// [`Error::ShapeMismatch`] for a mask that is not `N` long.
+    ///
+    /// # Complexity
+    ///
+    /// O(N²) to zero the sum (`N²` values of `F`, the only `N x N` buffer of the stage).
+    pub fn new(shape: QkShape, config: QkConfig, key_valid: Option<&[bool]>) -> Result<Self, Error> {
+        shape.check()?;
+        config.validate()?;
+        let n = shape.n;
+        if let Some(mask) = key_valid
+            && mask.len() != n
+        {
+            return Err(Error::ShapeMismatch {
+                what: "key mask",
+                expected: n,
+                actual: mask.len(),
+            });
+        }
+        let mut valid_before = Vec::with_capacity(n + 1);
+        valid_before.push(0);
+        for i in 0..n {
+            let v = key_valid.is_none_or(|m| m[i]);
+            valid_before.push(valid_before[i] + usize::from(v));
+        }
+        Ok(Self {
+            shape,
+            scale: config
+                .scale
+                .unwrap_or_else(|| 1.0 / num_traits::Float::sqrt(shape.d as f64)),
+            window: config.window,
+            row_tolerance: config.row_tolerance,
+            valid_before,
+            key_valid: key_valid.map(<[bool]>::to_vec),
+            layers: 0,
+            sum: vec![F::zero(); n.saturating_mul(n)],
+            non_finite: None,
+            bad_row: None,
+        })
+    }
+
+    /// The shape every layer must have.
+    pub fn shape(&self) -> QkShape {
+        self.shape
+    }
+
+    /// Number of layers added so far.
+    pub fn layers(&self) -> usize {
+        self.layers
+    }
+
+    /// Checks the lengths of one layer's buffers against the shape.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ShapeMismatch`] for `Q`, then `K`, then the log-sum-exp.
+    pub fn check_layer<T>(&self, layer: &QkLayer<'_, T>) -> Result<(), Error> {
+        let s = self.shape;
+        let lse = layer.lse.map(<[f32]>::len);
+        for (what, expected, actual) in [
+            ("queries", s.q_len(), Some(layer.q.len())),
+            ("keys", s.k_len(), Some(layer.k.len())),
+            ("log-sum-exp", s.lse_len(), lse),
+        ] {
+            if let Some(actual) = actual
+                && actual != expected
+            {
+                return Err(Error::ShapeMismatch {
+                    what,
+                    expected,
+                    actual,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds one layer: scans it for non-finite values, then (if no layer had any) adds its
+    /// head-mean probabilities block by block into the sum.
+    ///
+    /// # Errors
+    ///
+    /// Only [`Error::ShapeMismatch`] (see [`check_layer`](Self::check_layer)); data errors
+    /// are reported by [`finish`](Self::finish).
+    ///
+    /// # Complexity
+    ///
+    /// O(H_q · N_vis · d) time, `N_vis ≈ N² / 2` (causal) or `N · w` (window) visible
+    /// pairs; extra memory O(H_kv · N · d) for the packed keys plus O(N · (d + ROW_BLOCK))
+    /// of scratch, freed on return. No `N x N` allocation.
+    pub fn add_layer<T: QkInput>(&mut self, layer: &QkLayer<'_, T>) -> Result<(), Error> {
+        self.check_layer(layer)?;
+        self.layers += 1;
+        if let Some((tensor, position)) = first_non_finite(layer, self.shape)
+            && self
+                .non_finite
+                .as_ref()
+                .is_none_or(|(l, _, _)| layer.index < *l)
+        {
+            self.non_finite = Some((layer.index, tensor, position));
+        }
+        if self.non_finite.is_none() {
+            self.accumulate(layer);
+        }
+        Ok(())
+    }
+
+    fn record_row(&mut self, key: (usize, usize, usize), defect: RowDefect) {
+        if self.bad_row.as_ref().is_none_or(|(k, _)| key < *k) {
+            self.bad_row = Some((key, defect));
+        }
+    }
+
+    /// The visible keys of query `row`: `lo..=row`.
+    #[inline]
+    fn first_key(&self, row: usize) -> usize {
+        self.window.map_or(0, |w| (row + 1).saturating_sub(w))
+    }
+
+    fn accumulate<T: QkInput>(&mut self, layer: &QkLayer<'_, T>) {
+        let QkShape {
+            q_heads,
+            kv_heads,
+            n,
+            d,
+        } = self.shape;
+        let group = q_heads / kv_heads;
+        let panels = n.div_ceil(KEY_BLOCK);
+        let width = panels * KEY_BLOCK;
+        let zero = T::Compute::zero();
+        // K of every key/value head in panels of KEY_BLOCK keys: [kv][panel][d][KEY_BLOCK].
+        let panel_len = d * KEY_BLOCK;
+        let mut packed = vec![zero; kv_heads * panels * panel_len];
+        for g in 0..kv_heads {
+            for key in 0..n {
+                let src = &layer.k[(g * n + key) * d..][..d];
+                let base = (g * panels + key / KEY_BLOCK) * panel_len + key % KEY_BLOCK;
+                for (j, &x) in src.iter().enumerate() {
+                    packed[base + j * KEY_BLOCK] = x.to_compute();
+                }
+            }
+        }
+        // 0 for a valid key, -inf for padding: added to the logits.
+        let bias: Vec<T::Compute> = (0..n)
+            .map(|i| {
+                if self.key_valid.as_ref().is_none_or(|m| m[i]) {
+                    zero
+                } else {
+                    T::Compute::neg_infinity()
+                }
+            })
+            .collect();
+        let scale = T::Compute::from_f64_lossy(self.scale);
+        let mut qt = vec![zero; d * ROW_BLOCK];
+        let mut logits = vec![zero; ROW_BLOCK * width];
+        let mut mean = vec![zero; ROW_BLOCK * width];
+        for rb in (0..n).step_by(ROW_BLOCK) {
+            let re = (rb + ROW_BLOCK).min(n);
+            let (p_lo, p_hi) = (self.first_key(rb) / KEY_BLOCK, re.div_ceil(KEY_BLOCK));
+            for r in 0..ROW_BLOCK {
+                mean[r * width + p_lo * KEY_BLOCK..r * width + p_hi * KEY_BLOCK].fill(zero);
+            }
+            for h in 0..q_heads {
+                let g = h / group;
+                // This head's row block of Q, transposed to [d][ROW_BLOCK].
+                for r in 0..ROW_BLOCK {
+                    let row = rb + r;
+                    if row < re {
+                        let src = &layer.q[(h * n + row) * d..][..d];
+                        for (j, &x) in src.iter().enumerate() {
+                            qt[j * ROW_BLOCK + r] = x.to_compute();
+                        }
+                    } else {
+                        for j in 0..d {
+                            qt[j * ROW_BLOCK + r] = zero;
+                        }
+                    }
+                }
+                for p in p_lo..p_hi {
+                    let panel = &packed[(g * panels + p) * panel_len..][..panel_len];
+                    let tile = tile(&qt, panel);
+                    for (r, t) in tile.iter().enumerate() {
+                        logits[r * width + p * KEY_BLOCK..][..KEY_BLOCK].copy_from_slice(t);
+                    }
+                }
+                for row in rb..re {
+                    let lo = self.first_key(row);
+                    if self.valid_before[row + 1] == self.valid_before[lo] {
+                        continue; // no visible valid key: the row stays zero
+                    }
+                    let r = row - rb;
+                    let x = &mut logits[r * width + lo..=r * width + row];
+                    let b = &bias[lo..=row];
+                    let (max, finite) = max_and_check(x, b);
+                    if !finite {
+                        self.record_row((layer.index, h, row), RowDefect::Overflow);
+                        continue;
+                    }
+                    let lse = layer.lse.map(|l| l[h * n + row]);
+                    let shift = match lse {
+                        Some(l) => T::Compute::from_f64_lossy(f64::from(l)),
+                        None => max * scale,
+                    };
+                    let mass = exp_row(x, b, scale, shift);
+                    let inv = match lse {
+                        Some(_) => {
+                            if !((mass - 1.0).abs() <= self.row_tolerance) {
+                                self.record_row((layer.index, h, row), RowDefect::Mass(mass));
+                            }
+                            T::Compute::one()
+                        }
+                        None => T::Compute::from_f64_lossy(1.0 / mass),
+                    };
+                    add_scaled(&mut mean[r * width + lo..=r * width + row], x, inv);
+                }
+            }
+            for row in rb..re {
+                let lo = self.first_key(row);
+                let r = row - rb;
+                let src = &mean[r * width + lo..=r * width + row];
+                let dst = &mut self.sum[row * n + lo..=row * n + row];
+                for (s, &m) in dst.iter_mut().zip(src) {
+                    *s = *s + F::from_f64_lossy(m.widen());
+                }
+            }
+        }
+    }
+
+    /// The mean `Ā` (dense `N x N`, zeros above the diagonal and outside the window).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ZeroDimension`] if no layer was added, then [`Error::NonFiniteInput`],
+    /// then [`Error::LogitsOverflow`] or [`Error::LseMismatch`] (the first bad row by
+    /// layer, head, row).
+    ///
+    /// # Complexity
+    ///
+    /// O(N²), in place.
+    pub fn finish_matrix(self) -> Result<Vec<F>, Error> {
+        if self.layers == 0 {
+            return Err(Error::ZeroDimension { what: "layers" });
+        }
+        if let Some((layer, tensor, mut position)) = self.non_finite {
+            position.layer = Some(layer);
+            return Err(Error::NonFiniteInput { tensor, position });
+        }
+        if let Some(((layer, head, row), defect)) = self.bad_row {
+            return Err(match defect {
+                RowDefect::Overflow => Error::LogitsOverflow { layer, head, row },
+                RowDefect::Mass(mass) => Error::LseMismatch {
+                    layer,
+                    head,
+                    row,
+                    mass,
+                    tolerance: self.row_tolerance,
+                },
+            });
+        }
+        let n = self.shape.n;
+        let scale = F::from_f64_lossy(1.0 / (self.layers * self.shape.q_heads) as f64);
+        let mut sum = self.sum;
+        for k in 0..n {
+            for x in &mut sum[k * n..=k * n + k] {
+                *x = *x * scale;
+            }
+        }
+        Ok(sum)
+    }
+
+    /// The validated [`Sequence`] of the mean `Ā` and `spans`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ZeroDimension`] if no layer was added, then the span errors, then the data
+    /// errors of [`finish_matrix`](Self::finish_matrix).
+    ///
+    /// # Complexity
+    ///
+    /// O(N²), in place.
+    pub fn finish(self, spans: Spans) -> Result<Sequence<'static, F>, Error> {
+        if self.layers == 0 {
+            return Err(Error::ZeroDimension { what: "layers" });
+        }
+        spans.check(self.shape.n)?;
+        Sequence::owned(self.finish_matrix()?, Layout::Dense, spans)
+    }
+}
+
+/// The validated [`Sequence`] of `Ā` averaged over `layers` (each `Q`, `K` and optional
+/// log-sum-exp of `shape`) and every query head, with `spans`: mode (a) of
+/// [method §15](docs/method.md#s15) in one call.
+///
+/// # Errors
+///
+/// In the order of method §15: the shape errors ([`QkShape::check`], then
+/// [`Error::ZeroDimension`] for no layer, then each layer's [`Error::ShapeMismatch`]), the
+/// configuration ([`Error::InvalidConfig`]), the mask's length, the spans, then
+/// [`Error::NonFiniteInput`] (layers ascending, `Q`, `K`, LSE, flat order), then
+/// [`Error::LogitsOverflow`] or [`Error::LseMismatch`].
+///
+/// # Complexity
+///
+/// O(L · H_q · N_vis · d) time; `N²` values of `F` for `Ā` plus O(H_kv · N · d) scratch.
+///
+/// # Examples
+///
+/// ```
+/// use flowtracer_core::qk::{QkConfig, QkLayer, QkShape, sequence_from_qk};
+/// use flowtracer_core::{Sequence, Spans};
+/// // Two query heads sharing one key head, N = 2, d = 1.
+/// let q = [0.0f32, 0.0, /* head 1 */ 0.0, 1.0];
+/// let k = [0.0f32, 2f32.ln()];
+/// let seq: Sequence<'_, f32> = sequence_from_qk(
+///     &[QkLayer::new(0, &q, &k)],
+///     QkShape::new(2, 1, 2, 1),
+///     &QkConfig::default().with_scale(1.0),
+///     None,
+///     Spans::new(0..1, 1..2),
+/// )?;
+/// // Row 1: head 0 is uniform (1/2, 1/2), head 1 is (1/3, 2/3).
+/// assert!((seq.at(1, 0) - (0.5 + 1.0 / 3.0) / 2.0).abs() < 1e-6);
+/// # Ok::<(), flowtracer_core::Error>(())
+/// ```
+pub fn sequence_from_qk<T: QkInput, F: FlowFloat>(
+    layers: &[QkLayer<'_, T>],
+    shape: QkShape,
+    config: &QkConfig,
+    key_valid: Option<&[bool]>,
+    spans: Spans,
+) -> Result<Sequence<'static, F>, Error> {
+    shape.check()?;
+    if layers.is_empty() {
+        return Err(Error::ZeroDimension { what: "layers" });
+    }
+    let mut acc = QkAccumulator::<F>::new(shape, *config, key_valid)?;
+    for layer in layers {
+        acc.check_layer(layer)?;
+    }
+    spans.check(shape.n)?;
+    // Ascending layers, so the scan meets the lowest layer's defect first.
+    let mut order: Vec<&QkLayer<'_, T>> = layers.iter().collect();
+    order.sort_by_key(|l| l.index);
+    for layer in order {
+        acc.add_layer(layer)?;
+    }
+    acc.finish(spans)
+}
+
+/// The first non-finite value of one layer: `Q`, then `K`, then the LSE, each in flat order.
+fn first_non_finite<T: QkInput>(
+    layer: &QkLayer<'_, T>,
+    shape: QkShape,
+) -> Option<(QkTensor, Position)> {
+    let (n, d) = (shape.n, shape.d);
+    let at = |idx: usize, width: usize| Position {
+        layer: Some(layer.index),
+        head: Some(idx / (n * width)),
+        row: (idx / width) % n,
+        col: idx % width,
+    };
+    let scan = |x: &[T]| x.iter().position(|v| !v.to_compute().is_finite());
+    if let Some(i) = scan(layer.q) {
+        return Some((QkTensor::Query, at(i, d)));
+    }
+    if let Some(i) = scan(layer.k) {
+        return Some((QkTensor::Key, at(i, d)));
+    }
+    let lse = layer.lse?;
+    lse.iter()
+        .position(|v| !v.is_finite())
+        .map(|i| (QkTensor::LogSumExp, at(i, 1)))
+}
+
+/// One register tile of logits: `ROW_BLOCK` query rows (`qt`, `[d][ROW_BLOCK]`) against
+/// one panel of `KEY_BLOCK` keys (`[d][KEY_BLOCK]`), `d` innermost.
+#[inline(always)]
+fn tile<T: QkFloat>(qt: &[T], panel: &[T]) -> [[T; KEY_BLOCK]; ROW_BLOCK] {
+    let mut acc = [[T::zero(); KEY_BLOCK]; ROW_BLOCK];
+    let (qs, _) = qt.as_chunks::<ROW_BLOCK>();
+    let (ks, _) = panel.as_chunks::<KEY_BLOCK>();
+    for (q, k) in qs.iter().zip(ks) {
+        for r in 0..ROW_BLOCK {
+            for c in 0..KEY_BLOCK {
+                acc[r][c] = acc[r][c] + q[r] * k[c];
+            }
+        }
+    }
+    acc
+}
+
+const LANES: usize = 8;
+
+/// The maximum of `x + bias` and whether every logit of `x` is finite.
+#[inline]
+fn max_and_check<T: QkFloat>(x: &[T], bias: &[T]) -> (T, bool) {
+    let mut m = [T::neg_infinity(); LANES];
+    let mut chk = [T::zero(); LANES];
+    let (xs, xr) = x.as_chunks::<LANES>();
+    let (bs, br) = bias.as_chunks::<LANES>();
+    for (xc, bc) in xs.iter().zip(bs) {
+        for j in 0..LANES {
+            let v = xc[j] + bc[j];
+            m[j] = if v > m[j] { v } else { m[j] };
+            // x - x is 0 for finite x, NaN for inf or NaN.
+            chk[j] = chk[j] + (xc[j] - xc[j]);
+        }
+    }
+    let mut max = T::neg_infinity();
+    let mut c = T::zero();
+    for j in 0..LANES {
+        max = if m[j] > max { m[j] } else { max };
+        c = c + chk[j];
+    }
+    for (&xv, &bv) in xr.iter().zip(br) {
+        let v = xv + bv;
+        max = if v > max { v } else { max };
+        c = c + (xv - xv);
+    }
+    (max, c == T::zero())
+}
+
+/// Replaces each logit by `exp(x · scale + bias − shift)` and returns their sum (f64).
+#[inline]
+fn exp_row<T: QkFloat>(x: &mut [T], bias: &[T], scale: T, shift: T) -> f64 {
+    let mut s = [0.0f64; LANES];
+    let (bs, br) = bias.as_chunks::<LANES>();
+    let (xs, xr) = x.as_chunks_mut::<LANES>();
+    for (xc, bc) in xs.iter_mut().zip(bs) {
+        for j in 0..LANES {
+            let e = (xc[j] * scale + bc[j] - shift).exp_fast();
+            xc[j] = e;
+            s[j] += e.widen();
+        }
+    }
+    let mut sum = ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
+    for (xv, &bv) in xr.iter_mut().zip(br) {
+        let e = (*xv * scale + bv - shift).exp_fast();
+        *xv = e;
+        sum += e.widen();
+    }
+    sum
+}
+
+/// `acc += x · inv`.
+#[inline]
+fn add_scaled<T: QkFloat>(acc: &mut [T], x: &[T], inv: T) {
+    for (a, &v) in acc.iter_mut().zip(x) {
+        *a = *a + v * inv;
+    }
+}
