@@ -30,7 +30,13 @@ fn f32_grid(lo: f32, hi: f32, steps: usize) -> Vec<f32> {
     let mut xs: Vec<f32> = (0..=steps)
         .map(|i| lo + (hi - lo) * (i as f32 / steps as f32))
         .collect();
-    for anchor in [0.0f32, EXP_F32_RANGE.0, EXP_F32_RANGE.1, -0.346_573_6, 0.346_573_6] {
+    for anchor in [
+        0.0f32,
+        EXP_F32_RANGE.0,
+        EXP_F32_RANGE.1,
+        -0.346_573_6,
+        0.346_573_6,
+    ] {
         let b = anchor.to_bits();
         for o in 0..2000u32 {
             xs.push(f32::from_bits(b.wrapping_add(o)));
@@ -124,8 +130,8 @@ fn n3_by_hand() {
         if with_lse {
             layer = layer.with_lse(&lse);
         }
-        let seq: Sequence<'_, f64> = sequence_from_qk(&[layer], shape, &config, None, spans())
-            .expect("valid input");
+        let seq: Sequence<'_, f64> =
+            sequence_from_qk(&[layer], shape, &config, None, spans()).expect("valid input");
         // An LSE rounded to f32 moves p by at most 2 ulp(ln 6) relative.
         let tol = if with_lse { 1e-6 } else { 1e-15 };
         assert_all_close(seq.attention(), &expected_a, tol, 0.0, "Ā");
@@ -143,7 +149,13 @@ fn n3_by_hand() {
         spans(),
     )
     .expect("valid input");
-    assert_all_close(&widen(seq.attention()), &expected_a, F32_ABS, F32_REL, "Ā f32");
+    assert_all_close(
+        &widen(seq.attention()),
+        &expected_a,
+        F32_ABS,
+        F32_REL,
+        "Ā f32",
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -207,8 +219,7 @@ impl QkCase {
                         .map(|i| {
                             let qr = &q[((l * self.q_heads + h) * n + row) * d..][..d];
                             let kr = &k[((l * self.kv_heads + g) * n + i) * d..][..d];
-                            qr.iter().zip(kr).map(|(a, b)| a * b).sum::<f64>()
-                                * self.scale_value()
+                            qr.iter().zip(kr).map(|(a, b)| a * b).sum::<f64>() * self.scale_value()
                         })
                         .collect();
                     if s.is_empty() {
@@ -289,7 +300,9 @@ fn qk_case(max_n: usize) -> impl Strategy<Value = QkCase> {
                 let q_heads = kv_heads * group;
                 let pad = pad.map(|p| p.min(n));
                 (
-                    Just((layers, q_heads, kv_heads, n, d, window, pad, with_lse, scale)),
+                    Just((
+                        layers, q_heads, kv_heads, n, d, window, pad, with_lse, scale,
+                    )),
                     prop::collection::vec(-2.0f64..2.0, layers * q_heads * n * d),
                     prop::collection::vec(-2.0f64..2.0, layers * kv_heads * n * d),
                 )
@@ -487,36 +500,60 @@ fn shapes_and_config() {
     let err = |shape, q: &[f64], k: &[f64], lse, config| {
         one_layer(shape, q, k, lse, config, spans()).unwrap_err()
     };
-    assert_eq!(err(QkShape::new(2, 1, 0, 2), &[], &[], None, cfg), Error::EmptySequence);
+    assert_eq!(
+        err(QkShape::new(2, 1, 0, 2), &[], &[], None, cfg),
+        Error::EmptySequence
+    );
     assert_eq!(
         err(QkShape::new(0, 1, 3, 2), &[], &k, None, cfg),
-        Error::ZeroDimension { what: "query heads" }
+        Error::ZeroDimension {
+            what: "query heads"
+        }
     );
     assert_eq!(
         err(QkShape::new(2, 0, 3, 2), &q, &[], None, cfg),
-        Error::ZeroDimension { what: "key/value heads" }
+        Error::ZeroDimension {
+            what: "key/value heads"
+        }
     );
     assert_eq!(
         err(QkShape::new(2, 1, 3, 0), &[], &[], None, cfg),
-        Error::ZeroDimension { what: "head dimensions (d)" }
+        Error::ZeroDimension {
+            what: "head dimensions (d)"
+        }
     );
     assert_eq!(
         err(QkShape::new(3, 2, 3, 2), &[0.0; 18], &[0.0; 12], None, cfg),
-        Error::HeadsNotGrouped { q_heads: 3, kv_heads: 2 }
+        Error::HeadsNotGrouped {
+            q_heads: 3,
+            kv_heads: 2
+        }
     );
     // Boundary: H_q = H_kv and H_kv = 1 are fine.
     assert!(one_layer(QkShape::new(2, 2, 3, 2), &q, &q, None, cfg, spans()).is_ok());
     assert_eq!(
         err(ok, &q[..11], &k, None, cfg),
-        Error::ShapeMismatch { what: "queries", expected: 12, actual: 11 }
+        Error::ShapeMismatch {
+            what: "queries",
+            expected: 12,
+            actual: 11
+        }
     );
     assert_eq!(
         err(ok, &q, &q, None, cfg),
-        Error::ShapeMismatch { what: "keys", expected: 6, actual: 12 }
+        Error::ShapeMismatch {
+            what: "keys",
+            expected: 6,
+            actual: 12
+        }
     );
     assert_eq!(
         err(ok, &q, &k, Some(&[0.0; 5]), cfg),
-        Error::ShapeMismatch { what: "log-sum-exp", expected: 6, actual: 5 }
+        Error::ShapeMismatch {
+            what: "log-sum-exp",
+            expected: 6,
+            actual: 5
+        }
     );
     // Configuration: after the dimensions, before the buffers.
     for (config, field) in [
@@ -535,7 +572,17 @@ fn shapes_and_config() {
         }
     }
     // Boundaries of the config: window 1 and row tolerance 0 are valid.
-    assert!(one_layer(ok, &q, &k, None, cfg.with_window(1).with_row_tolerance(0.0), spans()).is_ok());
+    assert!(
+        one_layer(
+            ok,
+            &q,
+            &k,
+            None,
+            cfg.with_window(1).with_row_tolerance(0.0),
+            spans()
+        )
+        .is_ok()
+    );
     // The mask's length.
     assert_eq!(
         sequence_from_qk::<f64, f64>(
@@ -546,7 +593,11 @@ fn shapes_and_config() {
             spans()
         )
         .unwrap_err(),
-        Error::ShapeMismatch { what: "key mask", expected: 3, actual: 2 }
+        Error::ShapeMismatch {
+            what: "key mask",
+            expected: 3,
+            actual: 2
+        }
     );
     // No layer at all.
     assert_eq!(
@@ -554,11 +605,18 @@ fn shapes_and_config() {
         Error::ZeroDimension { what: "layers" }
     );
     assert_eq!(
-        QkAccumulator::<f32>::new(ok, cfg, None).unwrap().finish(spans()).unwrap_err(),
+        QkAccumulator::<f32>::new(ok, cfg, None)
+            .unwrap()
+            .finish(spans())
+            .unwrap_err(),
         Error::ZeroDimension { what: "layers" }
     );
     // Messages name the problem.
-    assert!(err(ok, &q, &k, None, cfg.with_logit_softcap(30.0)).to_string().contains("Gemma 2"));
+    assert!(
+        err(ok, &q, &k, None, cfg.with_logit_softcap(30.0))
+            .to_string()
+            .contains("Gemma 2")
+    );
 }
 
 #[test]
@@ -567,30 +625,60 @@ fn spans_come_after_shapes_and_before_data() {
     let q = [f64::NAN, 0.0, 0.0];
     let k = [0.0; 3];
     assert_eq!(
-        one_layer(shape, &q, &k, None, QkConfig::default(), Spans::new(0..1, 3..4)).unwrap_err(),
-        Error::SpanOutOfRange { span: Span::Answer, range: 3..4, n: 3 }
+        one_layer(
+            shape,
+            &q,
+            &k,
+            None,
+            QkConfig::default(),
+            Spans::new(0..1, 3..4)
+        )
+        .unwrap_err(),
+        Error::SpanOutOfRange {
+            span: Span::Answer,
+            range: 3..4,
+            n: 3
+        }
     );
     // A shape error wins over the spans.
     assert_eq!(
-        one_layer(shape, &q[..2], &k, None, QkConfig::default(), Spans::new(0..1, 3..4))
-            .unwrap_err(),
-        Error::ShapeMismatch { what: "queries", expected: 3, actual: 2 }
+        one_layer(
+            shape,
+            &q[..2],
+            &k,
+            None,
+            QkConfig::default(),
+            Spans::new(0..1, 3..4)
+        )
+        .unwrap_err(),
+        Error::ShapeMismatch {
+            what: "queries",
+            expected: 3,
+            actual: 2
+        }
     );
 }
+
+/// A layer's index, Q, K and LSE.
+type LayerData = (usize, Vec<f64>, Vec<f64>, Vec<f32>);
 
 /// The first non-finite value: layers ascending, then Q, K, LSE, each in flat order.
 #[test]
 fn first_non_finite_value_and_its_position() {
     let shape = QkShape::new(2, 1, 3, 2);
     let good = (vec![0.5f64; 12], vec![0.25f64; 6], vec![1.0f32; 6]);
-    let pos = |layer, head, row, col| Position { layer: Some(layer), head: Some(head), row, col };
-    let run = |layers: &[(usize, Vec<f64>, Vec<f64>, Vec<f32>)]| {
+    let pos = |layer, head, row, col| Position {
+        layer: Some(layer),
+        head: Some(head),
+        row,
+        col,
+    };
+    let run = |layers: &[LayerData]| {
         let ls: Vec<QkLayer<'_, f64>> = layers
             .iter()
             .map(|(i, q, k, l)| QkLayer::new(*i, q, k).with_lse(l))
             .collect();
-        sequence_from_qk::<f64, f64>(&ls, shape, &QkConfig::default(), None, spans())
-            .unwrap_err()
+        sequence_from_qk::<f64, f64>(&ls, shape, &QkConfig::default(), None, spans()).unwrap_err()
     };
     // Q at head 1, row 2, column 1 (flat 11); K earlier in flat order does not win.
     let mut q = good.0.clone();
@@ -601,42 +689,70 @@ fn first_non_finite_value_and_its_position() {
     lse[0] = f32::NAN;
     assert_eq!(
         run(&[(0, q.clone(), k.clone(), lse.clone())]),
-        Error::NonFiniteInput { tensor: QkTensor::Query, position: pos(0, 1, 2, 1) }
+        Error::NonFiniteInput {
+            tensor: QkTensor::Query,
+            position: pos(0, 1, 2, 1)
+        }
     );
     assert_eq!(
         run(&[(0, good.0.clone(), k.clone(), lse.clone())]),
-        Error::NonFiniteInput { tensor: QkTensor::Key, position: pos(0, 0, 0, 0) }
+        Error::NonFiniteInput {
+            tensor: QkTensor::Key,
+            position: pos(0, 0, 0, 0)
+        }
     );
     let mut lse4 = good.2.clone();
     lse4[4] = f32::NEG_INFINITY;
     assert_eq!(
         run(&[(0, good.0.clone(), good.1.clone(), lse4.clone())]),
-        Error::NonFiniteInput { tensor: QkTensor::LogSumExp, position: pos(0, 1, 1, 0) }
+        Error::NonFiniteInput {
+            tensor: QkTensor::LogSumExp,
+            position: pos(0, 1, 1, 0)
+        }
     );
     // Layers ascending, whatever order they are given in: layer 3's LSE beats layer 5's Q.
     assert_eq!(
-        run(&[(5, q.clone(), good.1.clone(), good.2.clone()), (3, good.0.clone(), good.1.clone(), lse4.clone())]),
-        Error::NonFiniteInput { tensor: QkTensor::LogSumExp, position: pos(3, 1, 1, 0) }
+        run(&[
+            (5, q.clone(), good.1.clone(), good.2.clone()),
+            (3, good.0.clone(), good.1.clone(), lse4.clone())
+        ]),
+        Error::NonFiniteInput {
+            tensor: QkTensor::LogSumExp,
+            position: pos(3, 1, 1, 0)
+        }
     );
     // The layer-at-a-time accumulator keeps the order across calls, and a non-finite
     // value of a later call wins over a bad row (an LSE that does not belong) of an
     // earlier one.
     let mut acc = QkAccumulator::<f64>::new(shape, QkConfig::default(), None).unwrap();
     let wrong_lse = vec![5.0f32; 6];
-    acc.add_layer(&QkLayer::new(0, &good.0, &good.1).with_lse(&wrong_lse)).unwrap();
+    acc.add_layer(&QkLayer::new(0, &good.0, &good.1).with_lse(&wrong_lse))
+        .unwrap();
     acc.add_layer(&QkLayer::new(1, &q, &good.1)).unwrap();
     assert_eq!(
         acc.finish(spans()).unwrap_err(),
-        Error::NonFiniteInput { tensor: QkTensor::Query, position: pos(1, 1, 2, 1) }
+        Error::NonFiniteInput {
+            tensor: QkTensor::Query,
+            position: pos(1, 1, 2, 1)
+        }
     );
     // f16 input: an infinity of the half type is found the same way.
     let mut qh = vec![f16::from_f32(0.5); 12];
     qh[7] = f16::INFINITY;
     let kh = vec![f16::from_f32(0.25); 6];
     assert_eq!(
-        sequence_from_qk::<f16, f32>(&[QkLayer::new(2, &qh, &kh)], shape, &QkConfig::default(), None, spans())
-            .unwrap_err(),
-        Error::NonFiniteInput { tensor: QkTensor::Query, position: pos(2, 1, 0, 1) }
+        sequence_from_qk::<f16, f32>(
+            &[QkLayer::new(2, &qh, &kh)],
+            shape,
+            &QkConfig::default(),
+            None,
+            spans()
+        )
+        .unwrap_err(),
+        Error::NonFiniteInput {
+            tensor: QkTensor::Query,
+            position: pos(2, 1, 0, 1)
+        }
     );
 }
 
@@ -649,23 +765,52 @@ fn lse_that_does_not_belong() {
     let k = [0.0, 2f64.ln(), 3f64.ln()];
     let cfg = QkConfig::default().with_scale(1.0);
     let true_lse = [0.0f64, 3f64.ln(), 6f64.ln()];
-    for (delta, row) in [(0.01f64, 1usize), (-0.01, 1), (0.5, 2), (-50.0, 2), (1e6, 1)] {
+    for (delta, row) in [
+        (0.01f64, 1usize),
+        (-0.01, 1),
+        (0.5, 2),
+        (-50.0, 2),
+        (1e6, 1),
+    ] {
         let mut lse: Vec<f32> = true_lse.iter().map(|&x| x as f32).collect();
         lse[row] = (true_lse[row] + delta) as f32;
         match one_layer(shape, &q, &k, Some(&lse), cfg, spans()).unwrap_err() {
-            Error::LseMismatch { layer: 0, head: 0, row: r, mass, tolerance } => {
+            Error::LseMismatch {
+                layer: 0,
+                head: 0,
+                row: r,
+                mass,
+                tolerance,
+            } => {
                 assert_eq!(r, row);
                 assert_eq!(tolerance, 1e-3);
-                assert!(close(mass, (-f64::from(lse[row]) + true_lse[row]).exp(), 1e-6, 1e-5) || delta < -40.0, "{mass}");
+                assert!(
+                    close(
+                        mass,
+                        (-f64::from(lse[row]) + true_lse[row]).exp(),
+                        1e-6,
+                        1e-5
+                    ) || delta < -40.0,
+                    "{mass}"
+                );
                 assert!(if delta > 0.0 { mass < 1.0 } else { mass > 1.0 });
             }
             e => panic!("{delta}: {e:?}"),
         }
     }
     // Boundary: a mass 1 ± (tolerance / 2) passes, 1 ± 2 tolerance fails.
-    for (delta, ok) in [(5e-4f64, true), (-5e-4, true), (2e-3, false), (-2e-3, false)] {
+    for (delta, ok) in [
+        (5e-4f64, true),
+        (-5e-4, true),
+        (2e-3, false),
+        (-2e-3, false),
+    ] {
         let lse: Vec<f32> = true_lse.iter().map(|&x| (x + delta) as f32).collect();
-        assert_eq!(one_layer(shape, &q, &k, Some(&lse), cfg, spans()).is_ok(), ok, "{delta}");
+        assert_eq!(
+            one_layer(shape, &q, &k, Some(&lse), cfg, spans()).is_ok(),
+            ok,
+            "{delta}"
+        );
     }
 }
 
@@ -683,7 +828,14 @@ fn logits_that_overflow() {
         spans(),
     )
     .unwrap_err();
-    assert_eq!(err, Error::LogitsOverflow { layer: 4, head: 0, row: 0 });
+    assert_eq!(
+        err,
+        Error::LogitsOverflow {
+            layer: 4,
+            head: 0,
+            row: 0
+        }
+    );
     // The same values in f64 are fine (f64 products for f64 input).
     let q64: Vec<f64> = q.iter().map(|&x| f64::from(x)).collect();
     assert!(one_layer(shape, &q64, &q64, None, QkConfig::default(), spans()).is_ok());
@@ -707,10 +859,22 @@ fn padding_mask_by_hand() {
     )
     .unwrap();
     let want = [
-        0.0, 0.0, 0.0, 0.0, //
-        0.0, 1.0, 0.0, 0.0, //
-        0.0, 1.0 / 3.0, 2.0 / 3.0, 0.0, //
-        0.0, 1.0 / 6.0, 2.0 / 6.0, 3.0 / 6.0,
+        0.0,
+        0.0,
+        0.0,
+        0.0, //
+        0.0,
+        1.0,
+        0.0,
+        0.0, //
+        0.0,
+        1.0 / 3.0,
+        2.0 / 3.0,
+        0.0, //
+        0.0,
+        1.0 / 6.0,
+        2.0 / 6.0,
+        3.0 / 6.0,
     ];
     assert_all_close(seq.attention(), &want, 1e-15, 0.0, "Ā");
     let seq: Sequence<'_, f64> = sequence_from_qk(
@@ -722,10 +886,22 @@ fn padding_mask_by_hand() {
     )
     .unwrap();
     let want = [
-        0.0, 0.0, 0.0, 0.0, //
-        0.0, 1.0, 0.0, 0.0, //
-        0.0, 1.0 / 3.0, 2.0 / 3.0, 0.0, //
-        0.0, 0.0, 2.0 / 5.0, 3.0 / 5.0,
+        0.0,
+        0.0,
+        0.0,
+        0.0, //
+        0.0,
+        1.0,
+        0.0,
+        0.0, //
+        0.0,
+        1.0 / 3.0,
+        2.0 / 3.0,
+        0.0, //
+        0.0,
+        0.0,
+        2.0 / 5.0,
+        3.0 / 5.0,
     ];
     assert_all_close(seq.attention(), &want, 1e-15, 0.0, "Ā window 2");
     // Rows that see no valid key are not checked against a saved LSE.
@@ -751,8 +927,12 @@ fn traces_like_the_dense_path() {
         kv_heads: 2,
         n: 11,
         d: 5,
-        q: (0..2 * 4 * 11 * 5).map(|i| ((i * 37 % 101) as f64 / 50.0) - 1.0).collect(),
-        k: (0..2 * 2 * 11 * 5).map(|i| ((i * 53 % 97) as f64 / 48.0) - 1.0).collect(),
+        q: (0..2 * 4 * 11 * 5)
+            .map(|i| ((i * 37 % 101) as f64 / 50.0) - 1.0)
+            .collect(),
+        k: (0..2 * 2 * 11 * 5)
+            .map(|i| ((i * 53 % 97) as f64 / 48.0) - 1.0)
+            .collect(),
         window: None,
         pad: None,
         with_lse: false,
