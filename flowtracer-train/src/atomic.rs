@@ -9,6 +9,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::error::FileError;
+use crate::fault;
 
 /// Writes `bytes` to `path` atomically and durably.
 ///
@@ -39,10 +40,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
     ));
     let tmp = dir.join(tmp_name);
     let result = (|| {
+        fault::point("write");
         let mut file = File::create(&tmp)?;
         file.write_all(bytes)?;
+        fault::point("fsync");
         file.sync_all()?;
         drop(file);
+        fault::point("rename");
         fs::rename(&tmp, path)?;
         sync_dir(&dir)
     })();
@@ -60,6 +64,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
 ///
 /// A [`FileError`] (action "publish") naming `to`.
 pub fn rename_durable(from: &Path, to: &Path) -> Result<(), FileError> {
+    fault::point("rename");
     fs::rename(from, to)
         .and_then(|()| sync_dir(&parent_dir(to)))
         .map_err(|e| FileError::new("publish", to, e))
@@ -71,6 +76,7 @@ pub fn rename_durable(from: &Path, to: &Path) -> Result<(), FileError> {
 ///
 /// The I/O error of opening or syncing `dir` (on Unix; elsewhere this does nothing).
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    fault::point("fsync");
     #[cfg(unix)]
     {
         File::open(dir)?.sync_all()
@@ -82,8 +88,57 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Removes the directory `path` and everything in it, then fsyncs its parent so the removal
+/// survives a crash. A directory that is already gone is not an error.
+///
+/// # Errors
+///
+/// A [`FileError`] (action "remove") naming `path`.
+pub fn remove_dir_durable(path: &Path) -> Result<(), FileError> {
+    fault::point("remove");
+    match fs::remove_dir_all(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(FileError::new("remove", path, e)),
+    }
+    sync_dir(&parent_dir(path)).map_err(|e| FileError::new("remove", path, e))
+}
+
+/// Reads a whole regular file of at most `limit` bytes.
+///
+/// Anything else is refused before it is read: a directory, a device such as `/dev/zero`, a
+/// FIFO or a socket ("not a regular file"), or a file larger than `limit`. The read itself
+/// stops at `limit + 1` bytes, so a file that grows while it is read cannot exhaust memory.
+///
+/// # Errors
+///
+/// The I/O error of opening or reading, or `InvalidInput` saying what is wrong.
+pub fn read_regular(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, m);
+    let file = File::open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(invalid("not a regular file".into()));
+    }
+    if meta.len() > limit {
+        return Err(invalid(format!(
+            "the file has {} bytes, more than the {limit} allowed",
+            meta.len()
+        )));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(invalid(format!(
+            "the file grew past the {limit} bytes allowed while it was read"
+        )));
+    }
+    Ok(bytes)
+}
+
 /// The directory holding `path` (`.` for a bare file name).
-fn parent_dir(path: &Path) -> PathBuf {
+pub fn parent_dir(path: &Path) -> PathBuf {
     match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),

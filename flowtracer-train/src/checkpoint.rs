@@ -5,8 +5,10 @@
 //! `state.json` (step, RNG state, configs). Each file is written durably
 //! ([`write_atomic`]: fsynced) into a temporary directory, which is renamed into place (and
 //! the run directory fsynced); then the `latest` file (itself written with [`write_atomic`])
-//! is switched to it, and older checkpoints are removed. A kill at any moment leaves either
-//! the previous or the new checkpoint complete.
+//! is switched to it, and only then are older checkpoints removed. A kill at any moment
+//! leaves either the previous or the new checkpoint complete and named by `latest`
+//! (`tests/run/crash.rs` aborts a save at each of its writes, fsyncs, renames and removals in
+//! turn); [`remove_temporaries`] clears what the kill left behind.
 
 use std::collections::HashSet;
 use std::fs;
@@ -18,9 +20,10 @@ use burn::tensor::Device;
 use flowtracer_core::baselines::SplitMix64;
 use serde::{Deserialize, Serialize};
 
-use crate::atomic::{rename_durable, sync_dir, write_atomic};
+use crate::atomic::{read_regular, remove_dir_durable, rename_durable, sync_dir, write_atomic};
 use crate::config::GrpoConfig;
 use crate::error::{FileError, TrainError};
+use crate::fault;
 use crate::model::ModelConfig;
 use crate::sft::adam;
 use crate::task::TaskConfig;
@@ -41,10 +44,17 @@ pub struct State {
     pub model: ModelConfig,
 }
 
+/// The file naming the checkpoint to resume from.
+pub const LATEST: &str = "latest";
+
+/// The most `state.json` may hold (bytes); a larger one is refused before it is read.
+pub const MAX_STATE_BYTES: u64 = 1 << 20;
+
 /// Saves the trainer under `dir` (see the module docs for the layout).
 ///
 /// Every file is written with [`write_atomic`] (fsynced) into the temporary directory, which
 /// is then renamed into place and the run directory fsynced, before `latest` is switched.
+/// Only then are older checkpoints removed (each removal fsynced).
 ///
 /// # Errors
 ///
@@ -54,12 +64,12 @@ pub fn save(
     model_config: &ModelConfig,
     dir: &Path,
 ) -> Result<PathBuf, TrainError> {
+    let _armed = fault::Armed::new();
     fs::create_dir_all(dir).map_err(|e| FileError::new("create", dir, e))?;
-    let name = format!("checkpoint-{:06}", trainer.step);
+    let name = checkpoint_name(trainer.step);
     let tmp = dir.join(format!(".{name}.tmp"));
-    if tmp.exists() {
-        fs::remove_dir_all(&tmp).map_err(|e| FileError::new("clear", &tmp, e))?;
-    }
+    remove_dir_durable(&tmp)?;
+    fault::point("write");
     fs::create_dir_all(&tmp).map_err(|e| FileError::new("create", &tmp, e))?;
     let model_path = tmp.join("model.bpk");
     let model = trainer
@@ -96,54 +106,231 @@ pub fn save(
         serde_json::to_vec_pretty(&state).map_err(|e| FileError::new("encode", &state_path, e))?;
     write_atomic(&state_path, &json)?;
     let target = dir.join(&name);
-    if target.exists() {
-        fs::remove_dir_all(&target).map_err(|e| FileError::new("replace", &target, e))?;
-    }
+    // A checkpoint of this step left by an interrupted earlier try: the new one is complete.
+    remove_dir_durable(&target)?;
     rename_durable(&tmp, &target)?;
-    write_atomic(&dir.join("latest"), name.as_bytes())?;
-    // Remove older checkpoints.
-    if let Ok(entries) = fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let n = e.file_name().to_string_lossy().into_owned();
-            if n.starts_with("checkpoint-") && n != name {
-                let _ = fs::remove_dir_all(e.path());
-            }
+    write_atomic(&dir.join(LATEST), name.as_bytes())?;
+    // `latest` names the new checkpoint (durably): the others are superseded.
+    for old in checkpoints(dir) {
+        if old != target {
+            remove_dir_durable(&old)?;
         }
     }
-    let _ = sync_dir(dir);
     Ok(target)
 }
 
-/// The latest complete checkpoint under `dir`, if any.
+/// `checkpoint-NNNNNN` for a step.
+fn checkpoint_name(step: usize) -> String {
+    format!("checkpoint-{step:06}")
+}
+
+/// Whether `name` is a checkpoint directory's name (`checkpoint-` and at least six digits).
+fn is_checkpoint_name(name: &str) -> bool {
+    name.strip_prefix("checkpoint-")
+        .is_some_and(|d| d.len() >= 6 && d.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Every `checkpoint-NNNNNN` entry of `dir` (complete or not), in step order.
+pub fn checkpoints(dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<(u64, PathBuf)> = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            if !is_checkpoint_name(&name) {
+                return None;
+            }
+            let step = name["checkpoint-".len()..].parse().unwrap_or(u64::MAX);
+            Some((step, e.path()))
+        })
+        .collect();
+    found.sort();
+    found.into_iter().map(|(_, p)| p).collect()
+}
+
+/// Whether `dir` holds a run's checkpoints (`latest` or any `checkpoint-NNNNNN`).
+pub fn holds_checkpoints(dir: &Path) -> bool {
+    dir.join(LATEST).symlink_metadata().is_ok() || !checkpoints(dir).is_empty()
+}
+
+/// Reads and checks `state.json` of a checkpoint directory, and that its other files exist.
+///
+/// # Errors
+///
+/// A [`FileError`] naming the file that is missing, not a regular file, too large, or not a
+/// JSON object of the right fields.
+pub fn read_state(path: &Path) -> Result<State, FileError> {
+    let state_path = path.join("state.json");
+    let bytes = read_regular(&state_path, MAX_STATE_BYTES)
+        .map_err(|e| FileError::new("read", &state_path, e))?;
+    let state: State = json_object(&bytes).map_err(|e| FileError::new("decode", &state_path, e))?;
+    let mut files = vec!["model.bpk", "optim.bpk"];
+    if state.config.beta > 0.0 {
+        files.push("reference.bpk");
+    }
+    for f in files {
+        let file = path.join(f);
+        match fs::metadata(&file) {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => return Err(FileError::new("read", &file, "not a regular file")),
+            Err(e) => return Err(FileError::new("read", &file, e)),
+        }
+    }
+    Ok(state)
+}
+
+/// Decodes a JSON object (an array or any other value is refused, so fields are never read
+/// by position).
+///
+/// # Errors
+///
+/// The JSON error, or "invalid type ..., expected a map" for another value.
+pub fn json_object<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, serde_json::Error> {
+    let map: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(bytes)?;
+    T::deserialize(serde_json::Value::Object(map))
+}
+
+/// Where `--resume` continues from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resume {
+    /// No `latest` and no checkpoint: nothing to resume.
+    Nothing,
+    /// The complete checkpoint `latest` names.
+    Latest(PathBuf),
+    /// `latest` is damaged (`problem` says how) and this is the only complete checkpoint.
+    Fallback {
+        /// The checkpoint resumed from.
+        path: PathBuf,
+        /// What is wrong with `latest` or the checkpoint it names.
+        problem: String,
+    },
+}
+
+/// Finds the checkpoint to resume from in `dir`.
+///
+/// `latest` must name a complete checkpoint (`state.json` a JSON object of the right fields,
+/// `model.bpk` and `optim.bpk` present). If it does not (missing, unreadable, garbage, naming
+/// a missing or incomplete directory), the run falls back to a complete checkpoint only when
+/// exactly one exists. Nothing is removed either way.
+///
+/// # Errors
+///
+/// [`TrainError::Damaged`] saying what is damaged, when there is no complete checkpoint to
+/// fall back to, or several.
+pub fn resume_point(dir: &Path) -> Result<Resume, TrainError> {
+    let latest = dir.join(LATEST);
+    let problem = match read_regular(&latest, 4096) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if checkpoints(dir).is_empty() {
+                return Ok(Resume::Nothing);
+            }
+            format!("{} is missing", latest.display())
+        }
+        Err(e) => format!("cannot read {}: {e}", latest.display()),
+        Ok(bytes) => match core::str::from_utf8(&bytes).map(str::trim) {
+            Ok(name) if is_checkpoint_name(name) => match read_state(&dir.join(name)) {
+                Ok(_) => return Ok(Resume::Latest(dir.join(name))),
+                Err(e) => format!(
+                    "{} names {name}, which is not a complete checkpoint ({e})",
+                    latest.display()
+                ),
+            },
+            _ => format!(
+                "{} does not name a checkpoint (it holds {:?})",
+                latest.display(),
+                String::from_utf8_lossy(&bytes[..bytes.len().min(64)])
+            ),
+        },
+    };
+    let complete: Vec<PathBuf> = checkpoints(dir)
+        .into_iter()
+        .filter(|p| read_state(p).is_ok())
+        .collect();
+    match complete.as_slice() {
+        [only] => Ok(Resume::Fallback {
+            path: only.clone(),
+            problem,
+        }),
+        [] => Err(TrainError::Damaged(FileError::new(
+            "resume from",
+            dir,
+            format!("{problem}; no complete checkpoint to fall back to"),
+        ))),
+        several => {
+            let names: Vec<String> = several.iter().map(|p| p.display().to_string()).collect();
+            Err(TrainError::Damaged(FileError::new(
+                "resume from",
+                dir,
+                format!(
+                    "{problem}; several complete checkpoints ({}): write the name of the one to resume from into {}",
+                    names.join(", "),
+                    latest.display()
+                ),
+            )))
+        }
+    }
+}
+
+/// Removes what a killed run may have left in `dir`: temporary checkpoint directories
+/// (`.checkpoint-NNNNNN.tmp`) and temporary files of [`write_atomic`] (`.NAME.tmp-PID-K`).
+/// Call it only while holding the run directory's lock.
+///
+/// # Errors
+///
+/// A [`FileError`] naming the entry that could not be removed.
+pub fn remove_temporaries(dir: &Path) -> Result<(), FileError> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Ok(());
+    };
+    let mut removed = false;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let path = e.path();
+        if name.starts_with(".checkpoint-") && name.ends_with(".tmp") {
+            fs::remove_dir_all(&path).map_err(|err| FileError::new("remove", &path, err))?;
+            removed = true;
+        } else if name.starts_with('.') && name.contains(".tmp-") {
+            fs::remove_file(&path).map_err(|err| FileError::new("remove", &path, err))?;
+            removed = true;
+        }
+    }
+    if removed {
+        sync_dir(dir).map_err(|e| FileError::new("sync", dir, e))?;
+    }
+    Ok(())
+}
+
+/// The complete checkpoint `latest` names under `dir`, if any (no fallback; see
+/// [`resume_point`]).
 pub fn latest(dir: &Path) -> Option<PathBuf> {
-    let name = fs::read_to_string(dir.join("latest")).ok()?;
-    let path = dir.join(name.trim());
-    path.join("state.json").exists().then_some(path)
+    match resume_point(dir) {
+        Ok(Resume::Latest(p)) => Some(p),
+        _ => None,
+    }
 }
 
 /// Rebuilds a trainer from a checkpoint directory.
 ///
 /// # Errors
 ///
-/// [`TrainError::File`] naming a file that is missing or unreadable.
+/// [`TrainError::Damaged`] naming a file that is missing, unreadable or malformed.
 pub fn load(
     path: &Path,
     held_out: HashSet<Vec<u32>>,
     device: Device,
 ) -> Result<(Trainer, ModelConfig), TrainError> {
-    let state_path = path.join("state.json");
-    let json = fs::read(&state_path).map_err(|e| FileError::new("read", &state_path, e))?;
-    let state: State =
-        serde_json::from_slice(&json).map_err(|e| FileError::new("decode", &state_path, e))?;
+    let state = read_state(path).map_err(TrainError::Damaged)?;
+    let damaged = |action, file: &Path, e| TrainError::Damaged(FileError::new(action, file, e));
     let ad = device.clone().autodiff();
     let model_path = path.join("model.bpk");
     let record =
-        ModuleRecord::load(&model_path).map_err(|e| FileError::new("load", &model_path, e))?;
+        ModuleRecord::load(&model_path).map_err(|e| damaged("load", &model_path, e))?;
     let model = state
         .model
         .init(0, &ad)
         .try_load_record(record)
-        .map_err(|e| FileError::new("apply the model in", &model_path, e))?;
+        .map_err(|e| damaged("apply the model in", &model_path, e))?;
     let mut trainer = Trainer::new(
         state.config.clone(),
         state.task.clone(),
@@ -154,13 +341,13 @@ pub fn load(
     let reference_path = path.join("reference.bpk");
     trainer.reference = if reference_path.exists() {
         let record = ModuleRecord::load(&reference_path)
-            .map_err(|e| FileError::new("load", &reference_path, e))?;
+            .map_err(|e| damaged("load", &reference_path, e))?;
         Some(
             state
                 .model
                 .init(0, &device)
                 .try_load_record(record)
-                .map_err(|e| FileError::new("apply the reference in", &reference_path, e))?
+                .map_err(|e| damaged("apply the reference in", &reference_path, e))?
                 .valid(),
         )
     } else {
@@ -169,7 +356,7 @@ pub fn load(
     let optim_path = path.join("optim.bpk");
     trainer.optim = adam()
         .load(&optim_path)
-        .map_err(|e| FileError::new("load", &optim_path, e))?;
+        .map_err(|e| damaged("load", &optim_path, e))?;
     trainer.rng = SplitMix64::new(state.rng);
     trainer.step = state.step;
     Ok((trainer, state.model))

@@ -107,6 +107,9 @@ pub enum TrainError {
     Config(ConfigError),
     /// A checkpoint, model or output file could not be read or written.
     File(FileError),
+    /// A checkpoint to resume from is missing, incomplete or malformed (bad input: the run
+    /// directory is left as it was).
+    Damaged(FileError),
 }
 
 impl fmt::Display for TrainError {
@@ -118,7 +121,7 @@ impl fmt::Display for TrainError {
             ),
             TrainError::Core(e) => write!(f, "flowtracer-core rejected the batch: {e}"),
             TrainError::Config(e) => write!(f, "bad configuration: {e}"),
-            TrainError::File(e) => write!(f, "{e}"),
+            TrainError::File(e) | TrainError::Damaged(e) => write!(f, "{e}"),
         }
     }
 }
@@ -129,7 +132,7 @@ impl core::error::Error for TrainError {
             TrainError::NonFiniteLoss { .. } => None,
             TrainError::Core(e) => Some(e),
             TrainError::Config(e) => Some(e),
-            TrainError::File(e) => Some(e),
+            TrainError::File(e) | TrainError::Damaged(e) => Some(e),
         }
     }
 }

@@ -27,6 +27,7 @@ pub mod cli;
 pub mod config;
 pub mod credit;
 pub mod error;
+mod fault;
 pub mod metrics;
 pub mod model;
 pub mod plot;

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::CliError;
 use super::demo::mean_of;
 use super::knobs::{Knobs, named};
-use super::train::{grpo_session, warmup};
+use super::train::{Start, grpo_session, warmup};
 use crate::atomic::write_atomic;
 use crate::credit;
 use crate::error::{FileError, TrainError};
@@ -182,7 +182,7 @@ pub fn run(args: Args) -> Result<(), CliError> {
                 &ks,
                 m,
                 seed,
-                Some(model.clone()),
+                Start::Model(Box::new(model.clone())),
                 held.clone(),
                 &eval,
                 &dir,

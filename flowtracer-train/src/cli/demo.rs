@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use super::CliError;
 use super::knobs::Knobs;
-use super::train::{grpo_session, warmup};
+use super::train::{Start, grpo_session, warmup};
 use crate::atomic::write_atomic;
 use crate::metrics::StepMetrics;
 use crate::plot::{Series, line_chart};
@@ -54,7 +54,7 @@ pub fn run(args: Args) -> Result<(), CliError> {
         k,
         k.credit,
         k.seed,
-        Some(model),
+        Start::Model(Box::new(model)),
         held,
         &eval,
         &args.out,

@@ -73,11 +73,12 @@ impl From<ConfigError> for CliError {
     }
 }
 
-/// A bad knob found by the trainer is bad input; everything else stops a started run.
+/// A bad knob found by the trainer and a damaged checkpoint are bad input; everything else
+/// stops a started run.
 impl From<TrainError> for CliError {
     fn from(e: TrainError) -> Self {
         match e {
-            TrainError::Config(_) => Self::bad_input(e),
+            TrainError::Config(_) | TrainError::Damaged(_) => Self::bad_input(e),
             _ => Self::failure(e),
         }
     }

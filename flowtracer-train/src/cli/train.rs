@@ -10,7 +10,8 @@ use serde::Serialize;
 use super::CliError;
 use super::knobs::Knobs;
 use crate::atomic::write_atomic;
-use crate::checkpoint;
+use crate::atomic::{remove_dir_durable, sync_dir};
+use crate::checkpoint::{self, Resume};
 use crate::error::{FileError, TrainError};
 use crate::metrics::StepMetrics;
 use crate::model::Transformer;
@@ -31,8 +32,11 @@ pub struct Args {
     #[arg(long, default_value_t = 10)]
     pub checkpoint_every: usize,
     /// Continue from the latest checkpoint in `--out` (exactly: same RNG state).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "overwrite")]
     pub resume: bool,
+    /// Start a fresh run even though `--out` holds checkpoints: they are deleted first.
+    #[arg(long)]
+    pub overwrite: bool,
     /// Skip the warm-up and start GRPO from this model (e.g. a `warmup.bpk` of another run).
     #[arg(long, value_name = "FILE")]
     pub init: Option<PathBuf>,
@@ -89,7 +93,16 @@ pub fn warmup(
     Ok((model, acc, secs))
 }
 
-/// Runs GRPO from `model` (or resumes from `out`) and evaluates at the end.
+/// Where a GRPO session starts.
+#[derive(Debug)]
+pub enum Start {
+    /// From this model (after a warm-up or `--init`): step 0.
+    Model(Box<Transformer>),
+    /// From this complete checkpoint directory.
+    Checkpoint(PathBuf),
+}
+
+/// Runs GRPO from a model or a checkpoint and evaluates at the end.
 ///
 /// # Errors
 ///
@@ -99,7 +112,7 @@ pub fn grpo_session(
     knobs: &Knobs,
     credit: CreditMethod,
     seed: u64,
-    model: Option<Transformer>,
+    start: Start,
     held: std::collections::HashSet<Vec<u32>>,
     eval: &[Problem],
     out: &Path,
@@ -108,22 +121,19 @@ pub fn grpo_session(
 ) -> Result<Session, TrainError> {
     let device = knobs.device();
     let model_config = knobs.model();
-    let mut trainer = match (model, checkpoint::latest(out)) {
-        (Some(m), _) => Trainer::new(
+    let mut trainer = match start {
+        Start::Model(m) => Trainer::new(
             knobs.grpo(credit, seed),
             knobs.task(),
-            m,
+            *m,
             held,
             device.clone(),
         )?,
-        (None, Some(path)) => {
+        Start::Checkpoint(path) => {
             if !knobs.quiet {
                 eprintln!("resuming from {}", path.display());
             }
             checkpoint::load(&path, held, device.clone())?.0
-        }
-        (None, None) => {
-            return Err(FileError::new("resume from", out, "no complete checkpoint").into());
         }
     };
     let opts = LoopOptions {
@@ -164,16 +174,39 @@ pub fn run(args: Args) -> Result<(), CliError> {
     let k = &args.knobs;
     k.validate()?;
     let (eval, held) = run::held_out(&k.task(), k.eval_size, k.seed);
-    let resuming = args.resume && checkpoint::latest(&args.out).is_some();
-    let (model, warm_acc) = if resuming {
-        (None, None)
-    } else {
-        if args.resume && !k.quiet {
-            eprintln!(
-                "no checkpoint in {}: starting a fresh run",
-                args.out.display()
-            );
+    let from = if args.resume {
+        match checkpoint::resume_point(&args.out)? {
+            Resume::Nothing => {
+                eprintln!(
+                    "no checkpoint in {}: starting a fresh run",
+                    args.out.display()
+                );
+                None
+            }
+            Resume::Latest(path) => Some(path),
+            Resume::Fallback { path, problem } => {
+                eprintln!(
+                    "warning: {problem}; resuming from the only complete checkpoint, {}",
+                    path.display()
+                );
+                Some(path)
+            }
         }
+    } else {
+        if checkpoint::holds_checkpoints(&args.out) {
+            if !args.overwrite {
+                return Err(CliError::bad_input(format!(
+                    "{} holds the checkpoints of an earlier run: pass --resume to continue it, or --overwrite to delete them and start a fresh run",
+                    args.out.display()
+                )));
+            }
+            overwrite(&args.out).map_err(CliError::failure)?;
+        }
+        None
+    };
+    let (start, warm_acc) = if let Some(path) = from {
+        (Start::Checkpoint(path), None)
+    } else {
         let _ = std::fs::remove_file(args.out.join("metrics.jsonl"));
         let (m, acc) = match &args.init {
             Some(path) => {
@@ -198,13 +231,13 @@ pub fn run(args: Args) -> Result<(), CliError> {
             100.0 * acc.1,
             eval.len()
         );
-        (Some(m), Some(acc))
+        (Start::Model(Box::new(m)), Some(acc))
     };
     let mut s = grpo_session(
         k,
         k.credit,
         k.seed,
-        model,
+        start,
         held,
         &eval,
         &args.out,
@@ -228,5 +261,24 @@ pub fn run(args: Args) -> Result<(), CliError> {
     }))
     .map_err(CliError::failure)?;
     write_atomic(&args.out.join("summary.json"), &json).map_err(CliError::failure)?;
+    Ok(())
+}
+
+/// `--overwrite`: deletes the earlier run's `latest`, checkpoints, metrics and summary from
+/// `out` (durably), so a fresh run starts from an empty record.
+fn overwrite(out: &Path) -> Result<(), FileError> {
+    for name in [checkpoint::LATEST, "metrics.jsonl", "summary.json"] {
+        let path = out.join(name);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(FileError::new("remove", &path, e));
+            }
+            _ => {}
+        }
+    }
+    sync_dir(out).map_err(|e| FileError::new("sync", out, e))?;
+    for path in checkpoint::checkpoints(out) {
+        remove_dir_durable(&path)?;
+    }
     Ok(())
 }

@@ -1,0 +1,5 @@
+//! `flowtracer train` as a user runs it: resume, divergence, knobs, concurrency and
+//! durability, each a regression test of issue 14 (the binary, debug build, a tiny model).
+
+mod resume;
+mod support;
