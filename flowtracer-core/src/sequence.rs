@@ -118,27 +118,42 @@ impl Tokens {
         range.chain(list.iter().copied())
     }
 
-    /// Checks the span against a sequence of `n` tokens.
+    /// The index of the first list entry not above its predecessor, if any.
+    fn first_unsorted(&self) -> Option<usize> {
+        match self {
+            Tokens::Range(_) => None,
+            Tokens::List(v) => v.windows(2).position(|w| w[0] >= w[1]).map(|i| i + 1),
+        }
+    }
+
+    /// The three checks of one span against `n` tokens, each as its own step.
+    fn checks(&self, span: Span, n: usize) -> [Result<(), Error>; 3] {
+        [
+            if self.is_empty() {
+                Err(Error::EmptySpan { span })
+            } else {
+                Ok(())
+            },
+            match self.first_unsorted() {
+                Some(index) => Err(Error::UnsortedSpan { span, index }),
+                None => Ok(()),
+            },
+            if self.end() > n {
+                Err(Error::SpanOutOfRange {
+                    span,
+                    range: self.hull(),
+                    n,
+                })
+            } else {
+                Ok(())
+            },
+        ]
+    }
+
+    /// Checks the span on its own against a sequence of `n` tokens: empty, then not
+    /// strictly ascending, then out of range.
     pub(crate) fn check(&self, span: Span, n: usize) -> Result<(), Error> {
-        if self.is_empty() {
-            return Err(Error::EmptySpan { span });
-        }
-        if let Tokens::List(v) = self
-            && let Some(index) = v.windows(2).position(|w| w[0] >= w[1])
-        {
-            return Err(Error::UnsortedSpan {
-                span,
-                index: index + 1,
-            });
-        }
-        if self.end() > n {
-            return Err(Error::SpanOutOfRange {
-                span,
-                range: self.hull(),
-                n,
-            });
-        }
-        Ok(())
+        self.checks(span, n).into_iter().collect()
     }
 }
 
@@ -194,24 +209,16 @@ impl Spans {
             Some((Span::Answer, &answer)),
             response.as_ref().map(|r| (Span::Response, r)),
         ];
-        let spans = || given.iter().flatten().copied();
-        for (span, t) in spans() {
-            if t.is_empty() {
-                return Err(Error::EmptySpan { span });
+        // Each kind of check across every given span before the next kind.
+        let checks: Vec<[Result<(), Error>; 3]> = given
+            .iter()
+            .flatten()
+            .map(|&(span, t)| t.checks(span, n))
+            .collect();
+        for kind in 0..3 {
+            for c in &checks {
+                c[kind].clone()?;
             }
-        }
-        for (span, t) in spans() {
-            if let Tokens::List(v) = t
-                && let Some(index) = v.windows(2).position(|w| w[0] >= w[1])
-            {
-                return Err(Error::UnsortedSpan {
-                    span,
-                    index: index + 1,
-                });
-            }
-        }
-        for (span, t) in spans() {
-            t.check(span, n)?;
         }
         if answer.first() < Some(question.end()) {
             return Err(Error::AnswerNotAfterQuestion {
@@ -256,6 +263,18 @@ pub struct Sequence<'a, F: Clone> {
     question: Tokens,
     answer: Tokens,
     response: Tokens,
+}
+
+/// The `N` of `Ā` stored in `layout` in `len` values.
+fn side(len: usize, layout: Layout) -> Result<usize, Error> {
+    if len == 0 {
+        return Err(Error::EmptySequence);
+    }
+    match layout {
+        Layout::Dense => dense_side(len),
+        Layout::Packed => packed_side(len),
+    }
+    .ok_or(Error::NotSquare { len, layout })
 }
 
 /// The `N` with `len = N²`, if any.
@@ -315,17 +334,7 @@ impl<'a, F: FlowFloat> Sequence<'a, F> {
     ///
     /// As [`dense`](Self::dense).
     pub fn borrowed(attention: &'a [F], layout: Layout, spans: Spans) -> Result<Self, Error> {
-        if attention.is_empty() {
-            return Err(Error::EmptySequence);
-        }
-        let n = match layout {
-            Layout::Dense => dense_side(attention.len()),
-            Layout::Packed => packed_side(attention.len()),
-        }
-        .ok_or(Error::NotSquare {
-            len: attention.len(),
-            layout,
-        })?;
+        let n = side(attention.len(), layout)?;
         Self::with_n(Cow::Borrowed(attention), layout, n, spans)
     }
 
@@ -387,7 +396,7 @@ impl<'a, F: FlowFloat> Sequence<'a, F> {
         layout: Layout,
         spans: Spans,
     ) -> Result<Sequence<'static, F>, Error> {
-        let n = Sequence::borrowed(&attention, layout, spans.clone())?.n;
+        let n = side(attention.len(), layout)?;
         Sequence::with_n(Cow::Owned(attention), layout, n, spans)
     }
 
