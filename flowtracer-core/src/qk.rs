@@ -934,23 +934,24 @@ fn max_and_check<T: QkFloat>(x: &[T], bias: &[T]) -> (T, bool) {
 }
 
 /// Replaces each logit by `exp(x · scale + bias − shift)` and returns their sum (f64).
+///
+/// Two loops: an element-wise one (the exponential; LLVM's loop vectoriser takes it), then
+/// the sum in independent f64 lanes.
 #[inline]
 fn exp_row<T: QkFloat>(x: &mut [T], bias: &[T], scale: T, shift: T) -> f64 {
+    for (v, &b) in x.iter_mut().zip(bias) {
+        *v = (*v * scale + b - shift).exp_fast();
+    }
     let mut s = [0.0f64; LANES];
-    let (bs, br) = bias.as_chunks::<LANES>();
-    let (xs, xr) = x.as_chunks_mut::<LANES>();
-    for (xc, bc) in xs.iter_mut().zip(bs) {
+    let (xs, xr) = x.as_chunks::<LANES>();
+    for c in xs {
         for j in 0..LANES {
-            let e = (xc[j] * scale + bc[j] - shift).exp_fast();
-            xc[j] = e;
-            s[j] += e.widen();
+            s[j] += c[j].widen();
         }
     }
     let mut sum = ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
-    for (xv, &bv) in xr.iter_mut().zip(br) {
-        let e = (*xv * scale + bv - shift).exp_fast();
-        *xv = e;
-        sum += e.widen();
+    for v in xr {
+        sum += v.widen();
     }
     sum
 }
