@@ -78,21 +78,41 @@ pub fn save(
         .into_record()
         .into_bytes()
         .map_err(|e| FileError::new("encode the model for", &model_path, e))?;
-    write_atomic(&model_path, &model)?;
     let optim_path = tmp.join("optim.bpk");
     let optim = trainer
         .optim
         .into_bytes()
         .map_err(|e| FileError::new("encode the optimizer for", &optim_path, e))?;
+    let reference_path = tmp.join("reference.bpk");
+    let reference = match &trainer.reference {
+        Some(r) => Some(
+            r.clone()
+                .into_record()
+                .into_bytes()
+                .map_err(|e| FileError::new("encode the reference for", &reference_path, e))?,
+        ),
+        None => None,
+    };
+    // Nothing non-finite is ever saved: the previous checkpoint stays the latest.
+    for (what, bytes) in [
+        ("parameters", Some(&model)),
+        ("optimizer state", Some(&optim)),
+        ("reference", reference.as_ref()),
+    ] {
+        if let Some(bytes) = bytes
+            && let Some(tensor) =
+                first_non_finite(bytes).map_err(|e| FileError::new("check", &tmp, e))?
+        {
+            return Err(TrainError::NonFiniteLoss {
+                step: trainer.step,
+                detail: format!("the {what} hold non-finite values (tensor {tensor})"),
+            });
+        }
+    }
+    write_atomic(&model_path, &model)?;
     write_atomic(&optim_path, &optim)?;
-    if let Some(r) = &trainer.reference {
-        let path = tmp.join("reference.bpk");
-        let reference = r
-            .clone()
-            .into_record()
-            .into_bytes()
-            .map_err(|e| FileError::new("encode the reference for", &path, e))?;
-        write_atomic(&path, &reference)?;
+    if let Some(reference) = &reference {
+        write_atomic(&reference_path, reference)?;
     }
     let state = State {
         step: trainer.step,
@@ -117,6 +137,41 @@ pub fn save(
         }
     }
     Ok(target)
+}
+
+/// The name of the first tensor of a burnpack record (`.bpk` bytes) that holds a NaN or an
+/// infinity, if any.
+///
+/// # Errors
+///
+/// The decoding error, as text, if `bytes` are not a burnpack record.
+pub fn first_non_finite(bytes: &[u8]) -> Result<Option<String>, String> {
+    use burn_pack::{Bytes, DType, Reader};
+    let reader =
+        Reader::from_bytes(Bytes::from_bytes_vec(bytes.to_vec())).map_err(|e| format!("{e:?}"))?;
+    for tensor in reader.into_tensors().map_err(|e| format!("{e:?}"))? {
+        let (name, dtype, _, _, data) = tensor.into_parts().map_err(|e| format!("{e:?}"))?;
+        let finite = match dtype {
+            DType::F32 | DType::Flex32 => data
+                .chunks_exact(4)
+                .all(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]).is_finite()),
+            DType::F64 => data
+                .chunks_exact(8)
+                .all(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")).is_finite()),
+            // f16 and bf16: the exponent bits all ones is an infinity or a NaN.
+            DType::F16 => data
+                .chunks_exact(2)
+                .all(|c| u16::from_le_bytes([c[0], c[1]]) & 0x7C00 != 0x7C00),
+            DType::BF16 => data
+                .chunks_exact(2)
+                .all(|c| u16::from_le_bytes([c[0], c[1]]) & 0x7F80 != 0x7F80),
+            _ => true,
+        };
+        if !finite {
+            return Ok(Some(name));
+        }
+    }
+    Ok(None)
 }
 
 /// `checkpoint-NNNNNN` for a step.
@@ -321,16 +376,36 @@ pub fn load(
     device: Device,
 ) -> Result<(Trainer, ModelConfig), TrainError> {
     let state = read_state(path).map_err(TrainError::Damaged)?;
-    let damaged = |action, file: &Path, e| TrainError::Damaged(FileError::new(action, file, e));
+    let damaged = |action, file: &Path, e: Box<dyn core::error::Error + Send + Sync>| {
+        TrainError::Damaged(FileError::new(action, file, e))
+    };
+    for name in ["model.bpk", "optim.bpk", "reference.bpk"] {
+        let file = path.join(name);
+        if name == "reference.bpk" && !file.exists() {
+            continue;
+        }
+        let bytes = std::fs::read(&file).map_err(|e| damaged("read", &file, e.into()))?;
+        match first_non_finite(&bytes) {
+            Ok(None) => {}
+            Ok(Some(tensor)) => {
+                return Err(damaged(
+                    "resume from",
+                    &file,
+                    format!("tensor {tensor} holds non-finite values").into(),
+                ));
+            }
+            Err(e) => return Err(damaged("decode", &file, e.into())),
+        }
+    }
     let ad = device.clone().autodiff();
     let model_path = path.join("model.bpk");
     let record =
-        ModuleRecord::load(&model_path).map_err(|e| damaged("load", &model_path, e))?;
+        ModuleRecord::load(&model_path).map_err(|e| damaged("load", &model_path, e.into()))?;
     let model = state
         .model
         .init(0, &ad)
         .try_load_record(record)
-        .map_err(|e| damaged("apply the model in", &model_path, e))?;
+        .map_err(|e| damaged("apply the model in", &model_path, e.into()))?;
     let mut trainer = Trainer::new(
         state.config.clone(),
         state.task.clone(),
@@ -341,13 +416,13 @@ pub fn load(
     let reference_path = path.join("reference.bpk");
     trainer.reference = if reference_path.exists() {
         let record = ModuleRecord::load(&reference_path)
-            .map_err(|e| damaged("load", &reference_path, e))?;
+            .map_err(|e| damaged("load", &reference_path, e.into()))?;
         Some(
             state
                 .model
                 .init(0, &device)
                 .try_load_record(record)
-                .map_err(|e| damaged("apply the reference in", &reference_path, e))?
+                .map_err(|e| damaged("apply the reference in", &reference_path, e.into()))?
                 .valid(),
         )
     } else {
@@ -356,7 +431,7 @@ pub fn load(
     let optim_path = path.join("optim.bpk");
     trainer.optim = adam()
         .load(&optim_path)
-        .map_err(|e| damaged("load", &optim_path, e))?;
+        .map_err(|e| damaged("load", &optim_path, e.into()))?;
     trainer.rng = SplitMix64::new(state.rng);
     trainer.step = state.step;
     Ok((trainer, state.model))

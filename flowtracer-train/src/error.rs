@@ -107,6 +107,17 @@ pub enum TrainError {
     Config(ConfigError),
     /// A checkpoint, model or output file could not be read or written.
     File(FileError),
+    /// The run diverged: a non-finite loss, coefficient, parameter or optimizer state at
+    /// `step`. Nothing of that step was saved.
+    Diverged {
+        /// The 1-based step.
+        step: usize,
+        /// What was not finite.
+        detail: String,
+        /// The last checkpoint of the run and its step (finite: nothing non-finite is
+        /// saved), if one was written.
+        checkpoint: Option<(PathBuf, usize)>,
+    },
     /// A checkpoint to resume from is missing, incomplete or malformed (bad input: the run
     /// directory is left as it was).
     Damaged(FileError),
@@ -119,6 +130,26 @@ impl fmt::Display for TrainError {
                 f,
                 "non-finite loss at step {step} ({detail}): stopping; lower the learning rate or resume from an earlier checkpoint"
             ),
+            TrainError::Diverged {
+                step,
+                detail,
+                checkpoint,
+            } => {
+                write!(
+                    f,
+                    "training diverged at step {step} ({detail}); nothing of that step was saved; "
+                )?;
+                match checkpoint {
+                    Some((path, at)) => write!(
+                        f,
+                        "the last checkpoint, {} (step {at}), holds finite parameters and optimizer state: resume from it with a lower --lr",
+                        path.display()
+                    ),
+                    None => f.write_str(
+                        "no checkpoint was written before it: start again with a lower --lr",
+                    ),
+                }
+            }
             TrainError::Core(e) => write!(f, "flowtracer-core rejected the batch: {e}"),
             TrainError::Config(e) => write!(f, "bad configuration: {e}"),
             TrainError::File(e) | TrainError::Damaged(e) => write!(f, "{e}"),
@@ -129,7 +160,7 @@ impl fmt::Display for TrainError {
 impl core::error::Error for TrainError {
     fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
         match self {
-            TrainError::NonFiniteLoss { .. } => None,
+            TrainError::NonFiniteLoss { .. } | TrainError::Diverged { .. } => None,
             TrainError::Core(e) => Some(e),
             TrainError::Config(e) => Some(e),
             TrainError::File(e) | TrainError::Damaged(e) => Some(e),

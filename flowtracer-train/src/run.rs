@@ -167,7 +167,9 @@ pub fn grpo_loop(
     bar.set_position(trainer.step as u64);
     let eval_subset = &eval[..opts.eval_size.min(eval.len())];
     while trainer.step < opts.steps {
-        let mut m = trainer.train_step()?;
+        let mut m = trainer
+            .train_step()
+            .map_err(|e| diverged(e, &opts.out_dir, opts.checkpoint_every))?;
         if opts.eval_every > 0 && (m.step % opts.eval_every == 0 || m.step == opts.steps) {
             let (g, s) = eval_both(
                 &trainer.model,
@@ -191,9 +193,33 @@ pub fn grpo_loop(
         ));
         all.push(m);
         if opts.checkpoint_every > 0 && trainer.step.is_multiple_of(opts.checkpoint_every) {
-            checkpoint::save(trainer, model_config, &opts.out_dir)?;
+            checkpoint::save(trainer, model_config, &opts.out_dir)
+                .map_err(|e| diverged(e, &opts.out_dir, opts.checkpoint_every))?;
         }
     }
     bar.finish_and_clear();
     Ok(all)
+}
+
+/// A non-finite step becomes [`TrainError::Diverged`], naming the run's last checkpoint
+/// (which is finite: nothing non-finite is saved); other errors pass through.
+fn diverged(e: TrainError, out: &Path, checkpoint_every: usize) -> TrainError {
+    match e {
+        TrainError::NonFiniteLoss { step, detail } => {
+            let checkpoint = if checkpoint_every > 0 {
+                checkpoint::latest(out).and_then(|p| {
+                    let step = checkpoint::read_state(&p).ok()?.step;
+                    Some((p, step))
+                })
+            } else {
+                None
+            };
+            TrainError::Diverged {
+                step,
+                detail,
+                checkpoint,
+            }
+        }
+        e => e,
+    }
 }

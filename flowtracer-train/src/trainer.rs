@@ -30,7 +30,7 @@ use crate::config::GrpoConfig;
 use crate::credit::{CapturedBatch, CreditedBatch, score_rollouts};
 use crate::error::TrainError;
 use crate::metrics::{StepMetrics, UpdateStats, step_metrics};
-use crate::model::{Transformer, token_entropy, token_logps};
+use crate::model::{Transformer, param_values, token_entropy, token_logps};
 use crate::rollout::{Rollout, completion_targets, full_batch, to_f64};
 use crate::sampling::{Completion, SamplingConfig, generate};
 use crate::sft::{adam, train_problem};
@@ -300,7 +300,10 @@ impl Trainer {
     ///
     /// # Errors
     ///
-    /// [`TrainError::NonFiniteLoss`] naming the step (the model is left unchanged).
+    /// [`TrainError::NonFiniteLoss`] naming the step: the model is left unchanged when the
+    /// loss or a coefficient is non-finite; when the update itself makes a parameter
+    /// non-finite, the model holds it and must not be saved (nor is it: see
+    /// [`crate::checkpoint::save`]).
     pub fn update(&mut self, rollout: &Rollout) -> Result<UpdateStats, TrainError> {
         let (b, c) = (rollout.problems.len(), rollout.completion_len);
         let out = self
@@ -343,6 +346,12 @@ impl Trainer {
         let stand_in = placeholder(&self.model);
         let model = core::mem::replace(&mut self.model, stand_in);
         self.model = self.optim.step(self.config.lr, model, grads);
+        if param_values(&self.model).iter().any(|x| !x.is_finite()) {
+            return Err(TrainError::NonFiniteLoss {
+                step,
+                detail: "the update made parameters non-finite".into(),
+            });
+        }
         Ok(UpdateStats {
             loss: core.loss,
             clip_ratio_low: core.stats.clip_ratio_low,

@@ -1,5 +1,6 @@
 //! `flowtracer train` as a user runs it: resume, divergence, knobs, concurrency and
 //! durability, each a regression test of issue 14 (the binary, debug build, a tiny model).
 
+mod divergence;
 mod resume;
 mod support;

@@ -37,7 +37,10 @@ fn resume_with_a_damaged_latest_falls_back_to_the_only_checkpoint() {
             "{case}: the fallback is said on stderr: {err}"
         );
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(!stdout.contains("warm-up accuracy"), "{case}: no warm-up: {stdout}");
+        assert!(
+            !stdout.contains("warm-up accuracy"),
+            "{case}: no warm-up: {stdout}"
+        );
         assert_eq!(metric_steps(&dir), [1, 2, 3], "{case}");
         assert!(dir.join("checkpoint-000003/state.json").exists(), "{case}");
     }
@@ -64,7 +67,11 @@ fn resume_from_a_damaged_checkpoint_is_an_error_naming_the_file() {
     // A garbage state.json.
     let dir = two_steps("damaged-garbage-state");
     std::fs::write(dir.join("checkpoint-000002/state.json"), b"{\"step\": [").unwrap();
-    assert_exit(&train(&dir, 3, &["--resume"]), 2, &["checkpoint-000002/state.json"]);
+    assert_exit(
+        &train(&dir, 3, &["--resume"]),
+        2,
+        &["checkpoint-000002/state.json"],
+    );
     assert!(dir.join("checkpoint-000002/model.bpk").exists());
 }
 
@@ -72,7 +79,10 @@ fn resume_from_a_damaged_checkpoint_is_an_error_naming_the_file() {
 #[test]
 fn resume_with_an_ambiguous_fallback_is_an_error() {
     let dir = two_steps("ambiguous");
-    copy_dir(&dir.join("checkpoint-000002"), &dir.join("checkpoint-000001"));
+    copy_dir(
+        &dir.join("checkpoint-000002"),
+        &dir.join("checkpoint-000001"),
+    );
     std::fs::write(dir.join("latest"), b"nonsense").unwrap();
     let before = listing(&dir);
     assert_exit(
@@ -89,9 +99,16 @@ fn a_fresh_run_over_checkpoints_refuses_without_overwrite() {
     let dir = two_steps("fresh-over");
     let before = listing(&dir);
     let model = std::fs::read(dir.join("checkpoint-000002/model.bpk")).unwrap();
-    assert_exit(&train(&dir, 1, &[]), 2, &["checkpoint", "--resume", "--overwrite"]);
+    assert_exit(
+        &train(&dir, 1, &[]),
+        2,
+        &["checkpoint", "--resume", "--overwrite"],
+    );
     assert_eq!(listing(&dir), before);
-    assert_eq!(std::fs::read(dir.join("checkpoint-000002/model.bpk")).unwrap(), model);
+    assert_eq!(
+        std::fs::read(dir.join("checkpoint-000002/model.bpk")).unwrap(),
+        model
+    );
     assert_ok(&train(&dir, 1, &["--overwrite"]));
     assert_eq!(metric_steps(&dir), [1]);
     assert!(dir.join("checkpoint-000001/state.json").exists());
@@ -104,6 +121,10 @@ fn resume_in_an_empty_directory_starts_fresh_and_says_so() {
     let dir = temp_dir("resume-empty");
     let out = train(&dir, 1, &["--resume"]);
     assert_ok(&out);
-    assert!(stderr(&out).contains("starting a fresh run"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("starting a fresh run"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(metric_steps(&dir), [1]);
 }

@@ -98,7 +98,11 @@ pub(crate) fn assert_exit(out: &Output, code: i32, needles: &[&str]) -> String {
     let lines: Vec<&str> = err.lines().collect();
     assert_eq!(lines.len(), 1, "one line on stderr, got: {err:?}");
     for n in needles {
-        assert!(lines[0].contains(n), "stderr {:?} should contain {n:?}", lines[0]);
+        assert!(
+            lines[0].contains(n),
+            "stderr {:?} should contain {n:?}",
+            lines[0]
+        );
     }
     lines[0].to_owned()
 }
