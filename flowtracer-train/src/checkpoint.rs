@@ -25,7 +25,7 @@ use crate::config::GrpoConfig;
 use crate::error::{FileError, TrainError};
 use crate::fault;
 use crate::model::ModelConfig;
-use crate::sft::adam;
+use crate::sft::{SftConfig, adam};
 use crate::task::TaskConfig;
 use crate::trainer::Trainer;
 
@@ -42,6 +42,22 @@ pub struct State {
     pub task: TaskConfig,
     /// Model shape.
     pub model: ModelConfig,
+    /// What the run recorded before GRPO (absent in checkpoints of earlier versions).
+    #[serde(default)]
+    pub run: RunInfo,
+}
+
+/// What a `flowtracer train` run records about itself beyond the trainer: the knobs that
+/// chose its held-out set and warm-up, and the warm-up's accuracy (for `summary.json` of a
+/// resumed run).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunInfo {
+    /// `--eval-size`: the held-out problems (excluded from training).
+    pub eval_size: Option<usize>,
+    /// The warm-up knobs (`None` with `--init` or outside `flowtracer train`).
+    pub warmup: Option<SftConfig>,
+    /// Held-out (greedy, sampled) accuracy after the warm-up.
+    pub warmup_accuracy: Option<(f64, f64)>,
 }
 
 /// The file naming the checkpoint to resume from.
@@ -62,6 +78,7 @@ pub const MAX_STATE_BYTES: u64 = 1 << 20;
 pub fn save(
     trainer: &Trainer,
     model_config: &ModelConfig,
+    run: &RunInfo,
     dir: &Path,
 ) -> Result<PathBuf, TrainError> {
     let _armed = fault::Armed::new();
@@ -120,6 +137,7 @@ pub fn save(
         config: trainer.config.clone(),
         task: trainer.task.clone(),
         model: model_config.clone(),
+        run: run.clone(),
     };
     let state_path = tmp.join("state.json");
     let json =

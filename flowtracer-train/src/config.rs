@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::credit::CreditConfig;
 use crate::error::ConfigError;
+use crate::model::ModelConfig;
+use crate::sft::SftConfig;
+use crate::task::TaskConfig;
 
 /// The `eps` of the advantage normalisation `(r - mean) / (std + eps)`: the core's default
 /// (`GrpoConfig::DEFAULT.advantage_eps`, TRL's value).
@@ -114,6 +117,49 @@ impl GrpoConfig {
         }
         Ok(self.credit.shaping().validate()?)
     }
+}
+
+/// Checks every knob of a run together, whatever their source (the command line through
+/// [`Knobs::validate`](crate::cli::knobs::Knobs::validate), or a checkpoint's `state.json`
+/// through [`checkpoint::read_state`](crate::checkpoint::read_state)): the GRPO knobs, the
+/// task, the model's shape and, when given, the warm-up.
+///
+/// # Errors
+///
+/// A [`ConfigError`] naming the first bad knob.
+pub fn validate_run(
+    grpo: &GrpoConfig,
+    task: &TaskConfig,
+    model: &ModelConfig,
+    sft: Option<&SftConfig>,
+) -> Result<(), ConfigError> {
+    task.validate()?;
+    grpo.validate()?;
+    if model.n_heads == 0
+        || model.d_model == 0
+        || !model.d_model.is_multiple_of(model.n_heads)
+        || model.n_layers == 0
+    {
+        return Err(ConfigError::knob(
+            "d_model must be a positive multiple of heads, layers >= 1",
+        ));
+    }
+    if task.prompt_len() + grpo.max_completion_length > model.max_len {
+        return Err(ConfigError::knob(format!(
+            "prompt ({}) + max_completion_length ({}) exceeds the model's {} positions",
+            task.prompt_len(),
+            grpo.max_completion_length,
+            model.max_len
+        )));
+    }
+    if let Some(sft) = sft
+        && (!(sft.lr > 0.0 && sft.lr.is_finite()) || sft.batch_size == 0)
+    {
+        return Err(ConfigError::knob(
+            "warmup_lr must be positive and warmup_batch >= 1",
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

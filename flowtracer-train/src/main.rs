@@ -10,7 +10,8 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use flowtracer_train::cli;
 
 #[derive(Debug, Parser)]
@@ -39,10 +40,22 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let result = match cli.command {
         Command::Demo(a) => cli::demo::run(a),
-        Command::Train(a) => cli::train::run(a),
+        Command::Train(mut a) => {
+            // With --resume, only the knobs given on the command line are compared with
+            // the checkpoint's.
+            if let Some(("train", sub)) = matches.subcommand() {
+                a.given = sub
+                    .ids()
+                    .filter(|id| sub.value_source(id.as_str()) == Some(ValueSource::CommandLine))
+                    .map(|id| id.as_str().to_owned())
+                    .collect();
+            }
+            cli::train::run(a)
+        }
         Command::Compare(a) => cli::compare::run(a),
         Command::Score(a) => cli::score::run(a),
         Command::Explain(a) => cli::explain::run(a),

@@ -38,6 +38,8 @@ pub struct LoopOptions {
     pub quiet: bool,
     /// Progress bar prefix.
     pub label: String,
+    /// What each checkpoint records about the run.
+    pub run: checkpoint::RunInfo,
 }
 
 /// A progress bar (hidden in quiet mode).
@@ -193,7 +195,7 @@ pub fn grpo_loop(
         ));
         all.push(m);
         if opts.checkpoint_every > 0 && trainer.step.is_multiple_of(opts.checkpoint_every) {
-            checkpoint::save(trainer, model_config, &opts.out_dir)
+            checkpoint::save(trainer, model_config, &opts.run, &opts.out_dir)
                 .map_err(|e| diverged(e, &opts.out_dir, opts.checkpoint_every))?;
         }
     }

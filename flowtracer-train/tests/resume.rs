@@ -19,7 +19,7 @@ fn resume_after_checkpoint_equals_uninterrupted_run() {
     let mut first = trainer(CreditMethod::FlowTracer);
     first.train_step().unwrap();
     first.train_step().unwrap();
-    checkpoint::save(&first, &model_config(), &dir).unwrap();
+    checkpoint::save(&first, &model_config(), &Default::default(), &dir).unwrap();
     drop(first);
     let path = checkpoint::latest(&dir).expect("a checkpoint");
     let (mut resumed, _) = checkpoint::load(&path, Default::default(), Device::flex()).unwrap();

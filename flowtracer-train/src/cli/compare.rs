@@ -182,7 +182,10 @@ pub fn run(args: Args) -> Result<(), CliError> {
                 &ks,
                 m,
                 seed,
-                Start::Model(Box::new(model.clone())),
+                Start::Model {
+                    model: Box::new(model.clone()),
+                    run: Default::default(),
+                },
                 held.clone(),
                 &eval,
                 &dir,

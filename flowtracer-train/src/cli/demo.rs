@@ -54,7 +54,10 @@ pub fn run(args: Args) -> Result<(), CliError> {
         k,
         k.credit,
         k.seed,
-        Start::Model(Box::new(model)),
+        Start::Model {
+            model: Box::new(model),
+            run: Default::default(),
+        },
         held,
         &eval,
         &args.out,

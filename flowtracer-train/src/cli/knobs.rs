@@ -143,32 +143,12 @@ impl Knobs {
     ///
     /// A [`ConfigError`] naming the first bad knob.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.task().validate()?;
-        self.grpo(self.credit, self.seed).validate()?;
-        let m = self.model();
-        if m.n_heads == 0
-            || m.d_model == 0
-            || !m.d_model.is_multiple_of(m.n_heads)
-            || m.n_layers == 0
-        {
-            return Err(ConfigError::knob(
-                "d_model must be a positive multiple of heads, layers >= 1",
-            ));
-        }
-        if self.task().prompt_len() + self.max_completion_length > m.max_len {
-            return Err(ConfigError::knob(format!(
-                "prompt ({}) + max_completion_length ({}) exceeds the model's {} positions",
-                self.task().prompt_len(),
-                self.max_completion_length,
-                m.max_len
-            )));
-        }
-        if !(self.warmup_lr > 0.0 && self.warmup_lr.is_finite()) || self.warmup_batch == 0 {
-            return Err(ConfigError::knob(
-                "warmup_lr must be positive and warmup_batch >= 1",
-            ));
-        }
-        Ok(())
+        crate::config::validate_run(
+            &self.grpo(self.credit, self.seed),
+            &self.task(),
+            &self.model(),
+            Some(&self.sft()),
+        )
     }
 
     /// Task config.

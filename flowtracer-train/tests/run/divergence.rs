@@ -59,3 +59,32 @@ fn a_non_finite_optimizer_state_is_refused_on_resume() {
     assert_eq!(listing(&dir), before);
     assert_eq!(std::fs::read(&optim).unwrap(), bytes);
 }
+
+/// Diverging after a resume (`--lr 1e39` applied from step 3): the message names the last
+/// checkpoint, which is still there, finite and loadable; `latest` still names it.
+#[test]
+fn a_diverging_resume_keeps_the_last_finite_checkpoint() {
+    let dir = temp_dir("diverge-resume");
+    assert_ok(&train(&dir, 2, &[]));
+    let model = std::fs::read(dir.join("checkpoint-000002/model.bpk")).unwrap();
+    let out = train(&dir, 5, &["--resume", "--lr", "1e39"]);
+    let err = super::support::stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let last = err.lines().last().unwrap();
+    for needle in ["diverged at step 3", "checkpoint-000002 (step 2)", "finite"] {
+        assert!(last.contains(needle), "{needle:?} in {last}");
+    }
+    assert_eq!(
+        checkpoint::checkpoints(&dir),
+        [dir.join("checkpoint-000002")]
+    );
+    assert_eq!(
+        std::fs::read(dir.join("latest")).unwrap(),
+        b"checkpoint-000002"
+    );
+    assert_eq!(
+        std::fs::read(dir.join("checkpoint-000002/model.bpk")).unwrap(),
+        model
+    );
+    assert_checkpoints_finite(&dir);
+}

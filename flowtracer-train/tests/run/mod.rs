@@ -2,5 +2,6 @@
 //! durability, each a regression test of issue 14 (the binary, debug build, a tiny model).
 
 mod divergence;
+mod knobs;
 mod resume;
 mod support;

@@ -59,7 +59,8 @@ pub(crate) fn flowtracer(args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().expect("the flowtracer binary runs")
 }
 
-/// `flowtracer train` with the tiny knobs, `--out dir --steps steps` and `extra`.
+/// `flowtracer train` with `--out dir --steps steps`, `extra`, and the tiny knobs that
+/// `extra` does not give.
 pub(crate) fn train(dir: &Path, steps: usize, extra: &[&str]) -> Output {
     train_env(dir, steps, extra, &[])
 }
@@ -68,7 +69,15 @@ pub(crate) fn train(dir: &Path, steps: usize, extra: &[&str]) -> Output {
 pub(crate) fn train_env(dir: &Path, steps: usize, extra: &[&str], env: &[(&str, &str)]) -> Output {
     let steps = steps.to_string();
     let mut args = vec!["train", "--out", arg(dir), "--steps", &steps];
-    args.extend_from_slice(TINY);
+    // The tiny knobs, less those `extra` gives.
+    let mut tiny = TINY.iter().peekable();
+    while let Some(&a) = tiny.next() {
+        let value = tiny.next_if(|v| !v.starts_with("--")).copied();
+        if !extra.contains(&a) {
+            args.push(a);
+            args.extend(value);
+        }
+    }
     args.extend_from_slice(extra);
     flowtracer(&args, env)
 }
