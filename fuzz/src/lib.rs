@@ -352,3 +352,49 @@ pub mod alloc_guard {
         (out, PEAK.load(Ordering::Relaxed).saturating_sub(before))
     }
 }
+
+/// The log-sum-exp of every (layer, head, row) over its visible keys, in f64 (the shared
+/// oracle of the `qk` target): `q` is `[layers][q_heads][N][d]`, `k` is
+/// `[layers][kv_heads][N][d]`, query `row` sees key `i <= row` with `row - i < window` (if
+/// any) and `valid[i]`; 0 for a row that sees nothing. Also returns, per (layer, head, row),
+/// the largest `Σ_j |q_j k_j| · scale` over the visible keys (a bound on the logits, to tell
+/// rows whose logits may overflow).
+#[allow(clippy::too_many_arguments)]
+pub fn qk_lse(
+    q: &[f64],
+    k: &[f64],
+    (layers, q_heads, kv_heads): (usize, usize, usize),
+    n: usize,
+    d: usize,
+    scale: f64,
+    window: Option<usize>,
+    valid: &[bool],
+) -> (Vec<f64>, Vec<f64>) {
+    let group = q_heads / kv_heads;
+    let mut lse = vec![0.0; layers * q_heads * n];
+    let mut bound = vec![0.0f64; layers * q_heads * n];
+    for l in 0..layers {
+        for h in 0..q_heads {
+            for row in 0..n {
+                let mut s = Vec::new();
+                let at = (l * q_heads + h) * n + row;
+                for i in 0..=row {
+                    if window.is_some_and(|w| row - i >= w) || !valid[i] {
+                        continue;
+                    }
+                    let qr = &q[at * d..][..d];
+                    let kr = &k[((l * kv_heads + h / group) * n + i) * d..][..d];
+                    s.push(qr.iter().zip(kr).map(|(a, b)| a * b).sum::<f64>() * scale);
+                    let b = qr.iter().zip(kr).map(|(a, b)| (a * b).abs()).sum::<f64>() * scale;
+                    bound[at] = bound[at].max(b);
+                }
+                if s.is_empty() {
+                    continue;
+                }
+                let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                lse[at] = m + s.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
+            }
+        }
+    }
+    (lse, bound)
+}
