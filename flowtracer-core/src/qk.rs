@@ -904,7 +904,7 @@ fn tile<T: QkFloat>(qt: &[T], panel: &[T]) -> [[T; KEY_BLOCK]; ROW_BLOCK] {
 
 const LANES: usize = 8;
 
-/// The maximum of `x + bias` and whether every logit of `x` is finite.
+/// The maximum of `x + bias` and whether every logit of a valid key (`bias = 0`) is finite.
 #[inline]
 fn max_and_check<T: QkFloat>(x: &[T], bias: &[T]) -> (T, bool) {
     let mut m = [T::neg_infinity(); LANES];
@@ -915,8 +915,9 @@ fn max_and_check<T: QkFloat>(x: &[T], bias: &[T]) -> (T, bool) {
         for j in 0..LANES {
             let v = xc[j] + bc[j];
             m[j] = if v > m[j] { v } else { m[j] };
-            // x * 0 is 0 for finite x, NaN for inf or NaN.
-            chk[j] = chk[j] + xc[j] * T::zero();
+            // x * 0 is 0 for finite x, NaN for inf or NaN; padding keys are not checked.
+            let z = xc[j] * T::zero();
+            chk[j] = chk[j] + if bc[j] == T::zero() { z } else { T::zero() };
         }
     }
     let mut max = T::neg_infinity();
@@ -928,7 +929,11 @@ fn max_and_check<T: QkFloat>(x: &[T], bias: &[T]) -> (T, bool) {
     for (&xv, &bv) in xr.iter().zip(br) {
         let v = xv + bv;
         max = if v > max { v } else { max };
-        c = c + xv * T::zero();
+        c = c + if bv == T::zero() {
+            xv * T::zero()
+        } else {
+            T::zero()
+        };
     }
     (max, c == T::zero())
 }
@@ -940,7 +945,9 @@ fn max_and_check<T: QkFloat>(x: &[T], bias: &[T]) -> (T, bool) {
 #[inline]
 fn exp_row<T: QkFloat>(x: &mut [T], bias: &[T], scale: T, shift: T) -> f64 {
     for (v, &b) in x.iter_mut().zip(bias) {
-        *v = (*v * scale + b - shift).exp_fast();
+        let e = (*v * scale + b - shift).exp_fast();
+        // Exactly 0 for a padding key, whatever its logit.
+        *v = if b == T::zero() { e } else { T::zero() };
     }
     let mut s = [0.0f64; LANES];
     let (xs, xr) = x.as_chunks::<LANES>();

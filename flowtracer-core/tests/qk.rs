@@ -918,6 +918,29 @@ fn padding_mask_by_hand() {
     );
 }
 
+/// fuzz/regressions/qk/padding-key-logit-overflow: a padding key whose logit overflows in
+/// f32 (or is NaN) never counts: no `LogitsOverflow`, and its probability is exactly 0.
+#[test]
+fn padding_key_never_counts() {
+    let shape = QkShape::new(1, 1, 4, 1);
+    let q = [3.5f32; 4];
+    let k = [3.5f32, -2.5e38, 0.0, 1.0];
+    let mask = [true, false, true, true];
+    let seq: Sequence<'_, f32> = sequence_from_qk(
+        &[QkLayer::new(0, &q[..], &k[..])],
+        shape,
+        &QkConfig::default().with_scale(3.5),
+        Some(&mask),
+        Spans::new(0..1, 3..4),
+    )
+    .unwrap();
+    for row in 1..4 {
+        assert_eq!(seq.at(row, 1), 0.0);
+    }
+    let mass: f32 = seq.row(3).iter().sum();
+    assert!((mass - 1.0).abs() < 1e-6);
+}
+
 /// The stage's `Ā` traces like the same `Ā` given densely (the existing path).
 #[test]
 fn traces_like_the_dense_path() {
