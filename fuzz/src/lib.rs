@@ -7,12 +7,17 @@ use core::fmt;
 use core::ops::Range;
 
 use arbitrary::Arbitrary;
-use flowtracer_core::{AnswerMode, Error, Position, Span, TraceConfig};
+use flowtracer_core::{
+    AnswerMode, Config, Error, Position, Sequence, Span, Spans, Tokens, TraceConfig, Tracer,
+};
 
 /// Largest sequence the trace targets build (keeps the naive oracle fast).
 pub const MAX_N: usize = 24;
 /// The default row tolerance the oracles assume.
-pub const ROW_TOLERANCE: f64 = 1e-3;
+pub const ROW_TOLERANCE: f64 = TraceConfig::DEFAULT.row_tolerance;
+/// Span positions the generators draw, `0..SPAN_LIMIT`: past `MAX_N`, so spans out of range
+/// occur.
+pub const SPAN_LIMIT: usize = MAX_N + 2;
 
 /// A value planted into otherwise valid attention.
 #[derive(Debug, Clone, Copy, Arbitrary)]
@@ -68,6 +73,44 @@ pub struct TraceCase {
     relay: bool,
     single: bool,
     threshold: u8,
+    // Last, so that inputs written before it existed (the committed regressions) decode to
+    // `SpanForm::Ranges`, exactly the case they were.
+    form: SpanForm,
+}
+
+/// How a [`TraceCase`] gives its spans.
+#[derive(Debug, Clone, Arbitrary)]
+pub enum SpanForm {
+    /// The question and answer as half-open ranges; the default response.
+    Ranges,
+    /// Sorted position lists cut from the same ranges: position `start + j` of a span is
+    /// kept when bit `j` of its mask is set (an empty mask gives an empty list). With
+    /// `response`, an explicit response: the positions `j < SPAN_LIMIT` whose bit is set.
+    Sorted {
+        /// Mask over the question range.
+        question: u32,
+        /// Mask over the answer range.
+        answer: u32,
+        /// Mask over `0..SPAN_LIMIT` (`None`: the default response).
+        response: Option<u32>,
+    },
+    /// Lists exactly as given (modulo `SPAN_LIMIT`): possibly unsorted or repeated.
+    Raw {
+        /// Question positions.
+        question: Vec<u8>,
+        /// Answer positions.
+        answer: Vec<u8>,
+        /// Response positions (`None`: the default response).
+        response: Option<Vec<u8>>,
+    },
+}
+
+/// The positions of `start..end` whose bit is set in `mask`.
+fn masked(range: Range<usize>, mask: u32) -> Vec<usize> {
+    let start = range.start;
+    range
+        .filter(|&p| (mask >> ((p - start) % 32)) & 1 == 1)
+        .collect()
 }
 
 /// A [`TraceCase`] resolved into the values flowtracer sees.
@@ -78,9 +121,11 @@ pub struct Problem {
     /// Dense `n x n` attention (f64; in single mode every value is an f32 widened).
     pub attention: Vec<f64>,
     /// Question span.
-    pub question: Range<usize>,
+    pub question: Tokens,
     /// Answer span.
-    pub answer: Range<usize>,
+    pub answer: Tokens,
+    /// Response span (`None`: the default, every token after the question).
+    pub response: Option<Tokens>,
     /// Answer mode.
     pub mode: AnswerMode,
     /// Run in f32.
@@ -97,15 +142,29 @@ impl TraceCase {
         for k in 0..n {
             let w = |i: usize| {
                 let j = k * n + i;
-                if self.weights.is_empty() { 1.0 } else { f64::from(self.weights[j % self.weights.len()]) }
+                if self.weights.is_empty() {
+                    1.0
+                } else {
+                    f64::from(self.weights[j % self.weights.len()])
+                }
             };
             let total: f64 = (0..=k).map(w).sum();
             let m = self.masses.get(k).copied().unwrap_or(255);
             // Mostly 1; sometimes lighter; bytes above 250 make the row a little heavier
             // than 1, straddling the 1e-3 tolerance.
-            let mass = if m > 250 { 1.0 + f64::from(m - 250) * 4e-4 } else if m > 127 { 1.0 } else { 0.5 + f64::from(m) / 256.0 };
+            let mass = if m > 250 {
+                1.0 + f64::from(m - 250) * 4e-4
+            } else if m > 127 {
+                1.0
+            } else {
+                0.5 + f64::from(m) / 256.0
+            };
             for i in 0..=k {
-                a[k * n + i] = if total > 0.0 { w(i) / total * mass } else { 0.0 };
+                a[k * n + i] = if total > 0.0 {
+                    w(i) / total * mass
+                } else {
+                    0.0
+                };
             }
             // Garbage above the diagonal must be ignored.
             for i in k + 1..n {
@@ -122,16 +181,44 @@ impl TraceCase {
                 *x = f64::from(*x as f32);
             }
         }
-        let span = |(s, e): (u8, u8)| usize::from(s) % (MAX_N + 2)..usize::from(e) % (MAX_N + 2);
+        let span = |(s, e): (u8, u8)| usize::from(s) % SPAN_LIMIT..usize::from(e) % SPAN_LIMIT;
+        let (q, ans) = (span(self.question), span(self.answer));
+        let raw = |v: &[u8]| Tokens::List(v.iter().map(|&x| usize::from(x) % SPAN_LIMIT).collect());
+        let (question, answer, response) = match &self.form {
+            SpanForm::Ranges => (Tokens::Range(q), Tokens::Range(ans), None),
+            SpanForm::Sorted {
+                question,
+                answer,
+                response,
+            } => (
+                Tokens::List(masked(q, *question)),
+                Tokens::List(masked(ans, *answer)),
+                response.map(|m| Tokens::List(masked(0..SPAN_LIMIT, m))),
+            ),
+            SpanForm::Raw {
+                question,
+                answer,
+                response,
+            } => (raw(question), raw(answer), response.as_deref().map(raw)),
+        };
         Problem {
             n,
             attention: a,
-            question: span(self.question),
-            answer: span(self.answer),
-            mode: if self.relay { AnswerMode::Relay } else { AnswerMode::Absorbing },
+            question,
+            answer,
+            response,
+            mode: if self.relay {
+                AnswerMode::Relay
+            } else {
+                AnswerMode::Absorbing
+            },
             single: self.single,
             // Representable in f32, so both precisions prune the same edges.
-            threshold: if self.threshold < 200 { 0.0 } else { f64::from((f64::from(self.threshold - 200) / 400.0) as f32) },
+            threshold: if self.threshold < 200 {
+                0.0
+            } else {
+                f64::from((f64::from(self.threshold - 200) / 400.0) as f32)
+            },
         }
     }
 }
@@ -154,16 +241,71 @@ impl fmt::Debug for Problem {
             write!(f, "{}, ", literal(*x, ty))?;
         }
         writeln!(f, "\n];")?;
+        let tokens = |t: &Tokens| match t {
+            Tokens::Range(r) => format!("{r:?}"),
+            Tokens::List(v) => format!("vec!{v:?}"),
+        };
+        write!(
+            f,
+            "let spans = flowtracer_core::Spans::new({}, {})",
+            tokens(&self.question),
+            tokens(&self.answer)
+        )?;
+        if let Some(r) = &self.response {
+            write!(f, ".with_response({})", tokens(r))?;
+        }
+        writeln!(f, ";")?;
         writeln!(
             f,
-            "let cfg = flowtracer_core::TraceConfig::<{ty}>::default().with_answer_mode(flowtracer_core::AnswerMode::{:?}).with_edge_threshold({:?});",
+            "let cfg = flowtracer_core::TraceConfig::default().with_answer_mode(flowtracer_core::AnswerMode::{:?}).with_edge_threshold({:?});",
             self.mode, self.threshold
         )?;
         write!(
             f,
-            "let result = flowtracer_core::trace(&a, {}, {:?}, {:?}, &cfg);",
-            self.n, self.question, self.answer
+            "let result = flowtracer_core::Sequence::dense(&a, spans).and_then(|s| flowtracer_core::Tracer::new(flowtracer_core::Config::default().with_trace(cfg))?.trace(&s));"
         )
+    }
+}
+
+impl Problem {
+    /// The spans as flowtracer takes them.
+    pub fn spans(&self) -> Spans {
+        let spans = Spans::new(self.question.clone(), self.answer.clone());
+        match &self.response {
+            Some(r) => spans.with_response(r.clone()),
+            None => spans,
+        }
+    }
+
+    /// The configuration (valid by construction).
+    pub fn config(&self) -> Config {
+        Config::default().with_trace(
+            TraceConfig::default()
+                .with_answer_mode(self.mode)
+                .with_edge_threshold(self.threshold),
+        )
+    }
+
+    /// The attention in the problem's precision (f32 values are exact: they were rounded
+    /// through f32 when the problem was built).
+    pub fn attention_f32(&self) -> Vec<f32> {
+        self.attention.iter().map(|&x| x as f32).collect()
+    }
+}
+
+/// The positions of a span, written out independently of [`Tokens`]' own methods.
+pub fn positions(t: &Tokens) -> Vec<usize> {
+    match t {
+        Tokens::Range(r) => (r.start..r.end).collect(),
+        Tokens::List(v) => v.clone(),
+    }
+}
+
+/// The smallest range holding a non-empty span (what span errors report).
+fn hull(t: &Tokens) -> Range<usize> {
+    match t {
+        Tokens::Range(r) => r.clone(),
+        Tokens::List(v) => v[0]..v[v.len() - 1] + 1,
     }
 }
 
@@ -191,32 +333,68 @@ pub fn close(x: f64, y: f64, abs: f64, rel: f64) -> bool {
 /// spans and data are valid. `Ok(Some(row))` marks a row mass within rounding of the
 /// limit, where either answer is right.
 pub fn expected_error(p: &Problem) -> Result<Option<Error>, usize> {
-    let (n, q, a) = (p.n, &p.question, &p.answer);
+    let n = p.n;
     if n == 0 {
         return Ok(Some(Error::EmptySequence));
     }
-    if q.start >= q.end {
-        return Ok(Some(Error::EmptySpan { span: Span::Question }));
+    let mut spans = vec![(Span::Question, &p.question), (Span::Answer, &p.answer)];
+    if let Some(r) = &p.response {
+        spans.push((Span::Response, r));
     }
-    if a.start >= a.end {
-        return Ok(Some(Error::EmptySpan { span: Span::Answer }));
+    let spans: Vec<(Span, &Tokens, Vec<usize>)> = spans
+        .into_iter()
+        .map(|(s, t)| (s, t, positions(t)))
+        .collect();
+    for (span, _, pos) in &spans {
+        if pos.is_empty() {
+            return Ok(Some(Error::EmptySpan { span: *span }));
+        }
     }
-    if q.end > n {
-        return Ok(Some(Error::SpanOutOfRange { span: Span::Question, range: q.clone(), n }));
+    for (span, _, pos) in &spans {
+        if let Some(i) = (1..pos.len()).find(|&i| pos[i] <= pos[i - 1]) {
+            return Ok(Some(Error::UnsortedSpan {
+                span: *span,
+                index: i,
+            }));
+        }
     }
-    if a.end > n {
-        return Ok(Some(Error::SpanOutOfRange { span: Span::Answer, range: a.clone(), n }));
+    for (span, t, pos) in &spans {
+        if pos[pos.len() - 1] >= n {
+            return Ok(Some(Error::SpanOutOfRange {
+                span: *span,
+                range: hull(t),
+                n,
+            }));
+        }
     }
-    if a.start < q.end {
-        return Ok(Some(Error::AnswerNotAfterQuestion { question: q.clone(), answer: a.clone() }));
+    let (q, a) = (&spans[0].2, &spans[1].2);
+    if a[0] <= q[q.len() - 1] {
+        return Ok(Some(Error::AnswerNotAfterQuestion {
+            question: hull(&p.question),
+            answer: hull(&p.answer),
+        }));
+    }
+    if let Some(r) = &p.response {
+        let rp = positions(r);
+        if a.iter().any(|x| !rp.contains(x)) {
+            return Ok(Some(Error::ResponseMissesAnswer {
+                response: hull(r),
+                answer: hull(&p.answer),
+            }));
+        }
     }
     let lower = || (0..n).flat_map(move |k| (0..=k).map(move |i| (k, i)));
     if let Some((k, i)) = lower().find(|&(k, i)| !p.attention[k * n + i].is_finite()) {
-        return Ok(Some(Error::NonFinite { position: Position::matrix(k, i) }));
+        return Ok(Some(Error::NonFinite {
+            position: Position::matrix(k, i),
+        }));
     }
     if let Some((k, i)) = lower().find(|&(k, i)| p.attention[k * n + i] < 0.0) {
         let value = p.attention[k * n + i];
-        return Ok(Some(Error::Negative { position: Position::matrix(k, i), value }));
+        return Ok(Some(Error::Negative {
+            position: Position::matrix(k, i),
+            value,
+        }));
     }
     for k in 0..n {
         let mass: f64 = p.attention[k * n..=k * n + k].iter().sum();
@@ -225,26 +403,35 @@ pub fn expected_error(p: &Problem) -> Result<Option<Error>, usize> {
             return Err(k);
         }
         if mass > limit {
-            return Ok(Some(Error::RowMassExceeded { row: k, mass, tolerance: ROW_TOLERANCE }));
+            return Ok(Some(Error::RowMassExceeded {
+                row: k,
+                mass,
+                tolerance: ROW_TOLERANCE,
+            }));
         }
     }
     Ok(None)
 }
 
+/// `(h, f, tau, answer mass)` of a trace, widened to f64.
+pub type Traced = (Vec<f64>, Vec<f64>, Vec<f64>, f64);
+
 /// Runs flowtracer on a problem in its own precision, returning `(h, f, tau, answer mass)`
 /// widened to f64.
-pub fn run(p: &Problem) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>, f64), Error> {
-    fn go<F: flowtracer_core::FlowFloat>(p: &Problem, a: &[F]) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>, f64), Error> {
-        let cfg = TraceConfig::<F>::default()
-            .with_answer_mode(p.mode)
-            .with_edge_threshold(F::from_f64_lossy(p.threshold));
-        let t = flowtracer_core::trace(a, p.n, p.question.clone(), p.answer.clone(), &cfg)?;
+pub fn run(p: &Problem) -> Result<Traced, Error> {
+    fn go<F: flowtracer_core::FlowFloat>(p: &Problem, a: &[F]) -> Result<Traced, Error> {
+        let seq = Sequence::dense(a, p.spans())?;
+        let t = Tracer::new(p.config())?.trace(&seq)?;
         let w = |x: &[F]| x.iter().map(|v| v.widen()).collect::<Vec<f64>>();
-        Ok((w(t.reach()), w(t.flow()), w(t.throughput()), t.answer_mass()))
+        Ok((
+            w(t.reach()),
+            w(t.flow()),
+            w(t.throughput()),
+            t.answer_mass(),
+        ))
     }
     if p.single {
-        let a: Vec<f32> = p.attention.iter().map(|&x| x as f32).collect();
-        go(p, &a)
+        go(p, &p.attention_f32())
     } else {
         go(p, &p.attention)
     }
@@ -260,11 +447,22 @@ pub fn check_trace(p: &Problem) {
     };
     if let Some(e) = expected {
         match (&got, &e) {
-            (Err(Error::RowMassExceeded { row, mass, .. }), Error::RowMassExceeded { row: r, mass: m, .. }) => {
+            (
+                Err(Error::RowMassExceeded { row, mass, .. }),
+                Error::RowMassExceeded {
+                    row: r, mass: m, ..
+                },
+            ) => {
                 assert_eq!(row, r, "row mass error on the wrong row");
                 assert!(close(*mass, *m, 0.0, 1e-12), "mass {mass} vs {m}");
             }
-            (Err(Error::Negative { position, value }), Error::Negative { position: p2, value: v2 }) => {
+            (
+                Err(Error::Negative { position, value }),
+                Error::Negative {
+                    position: p2,
+                    value: v2,
+                },
+            ) => {
                 assert_eq!(position, p2);
                 assert_eq!(value.to_bits(), v2.to_bits());
             }
@@ -272,35 +470,68 @@ pub fn check_trace(p: &Problem) {
         }
         return;
     }
-    let naive = flowtracer_core::reference::trace(&p.attention, p.n, p.question.clone(), p.answer.clone(), p.mode, p.threshold);
+    let (q, a) = (positions(&p.question), positions(&p.answer));
+    let naive = flowtracer_core::reference::trace(&p.attention, p.n, &q, &a, p.mode, p.threshold);
     let (h, f, tau, mass) = match got {
         Err(Error::NoSourceMass) => {
-            assert_eq!(naive.sources, 0, "NoSourceMass but the reference has sources");
+            assert_eq!(
+                naive.sources, 0,
+                "NoSourceMass but the reference has sources"
+            );
             return;
         }
         Err(e) => panic!("valid input rejected: {e}"),
         Ok(x) => x,
     };
-    assert_eq!(h.iter().filter(|&&x| x > 0.0).count(), naive.h.iter().filter(|&&x| x > 0.0).count(), "live sets differ");
+    assert_eq!(
+        h.iter().filter(|&&x| x > 0.0).count(),
+        naive.h.iter().filter(|&&x| x > 0.0).count(),
+        "live sets differ"
+    );
     let rel = if p.single { 1e-6 } else { 1e-9 };
     let normal = naive.h.iter().all(|&x| x == 0.0 || x >= 1e-290);
     for k in 0..p.n {
-        assert!(h[k].is_finite() && f[k].is_finite() && tau[k].is_finite(), "non-finite result at {k}");
+        assert!(
+            h[k].is_finite() && f[k].is_finite() && tau[k].is_finite(),
+            "non-finite result at {k}"
+        );
         // f32 output: absolute error up to f32's subnormal spacing (a live reach below it is
         // stored as the smallest subnormal).
         let abs = if p.single { 1.5e-45 } else { 1e-300 };
-        assert!(close(h[k], naive.h[k], abs, rel), "h[{k}] {} vs reference {}", h[k], naive.h[k]);
-        assert_eq!(tau[k], if h[k] > 0.0 { 2.0 * f[k] } else { 0.0 }, "tau != 2f at {k}");
+        assert!(
+            close(h[k], naive.h[k], abs, rel),
+            "h[{k}] {} vs reference {}",
+            h[k],
+            naive.h[k]
+        );
+        assert_eq!(
+            tau[k],
+            if h[k] > 0.0 { 2.0 * f[k] } else { 0.0 },
+            "tau != 2f at {k}"
+        );
         if p.mode == AnswerMode::Absorbing {
-            assert!(f[k] >= 0.0 && f[k] <= 1.0 + 1e-9, "f[{k}] = {} outside [0, 1]", f[k]);
+            assert!(
+                f[k] >= 0.0 && f[k] <= 1.0 + 1e-9,
+                "f[{k}] = {} outside [0, 1]",
+                f[k]
+            );
         }
         if normal {
-            assert!(close(f[k], naive.f[k], 1e-9, rel), "f[{k}] {} vs reference {}", f[k], naive.f[k]);
+            assert!(
+                close(f[k], naive.f[k], 1e-9, rel),
+                "f[{k}] {} vs reference {}",
+                f[k],
+                naive.f[k]
+            );
         }
     }
     if normal {
         // f32 results are f64 results rounded once: the sum of |A| of them is off by ~|A| ulp.
-        let tol = if p.single { 1e-6 * p.answer.len() as f64 } else { 1e-9 };
+        let tol = if p.single {
+            1e-6 * a.len() as f64
+        } else {
+            1e-9
+        };
         assert!(close(mass, 1.0, tol, 0.0), "answer mass {mass} != 1");
     }
 }
@@ -333,7 +564,8 @@ pub mod alloc_guard {
         }
         unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
             if new_size >= layout.size() {
-                let live = LIVE.fetch_add(new_size - layout.size(), Ordering::Relaxed) + new_size - layout.size();
+                let live = LIVE.fetch_add(new_size - layout.size(), Ordering::Relaxed) + new_size
+                    - layout.size();
                 PEAK.fetch_max(live, Ordering::Relaxed);
             } else {
                 LIVE.fetch_sub(layout.size() - new_size, Ordering::Relaxed);
