@@ -231,13 +231,16 @@ pub fn holds_checkpoints(dir: &Path) -> bool {
 ///
 /// # Errors
 ///
-/// A [`FileError`] naming the file that is missing, not a regular file, too large, or not a
-/// JSON object of the right fields.
+/// A [`FileError`] naming the file that is missing, not a regular file, too large, not a
+/// JSON object of the right fields, or holding a knob that
+/// [`validate_run`](crate::config::validate_run) rejects.
 pub fn read_state(path: &Path) -> Result<State, FileError> {
     let state_path = path.join("state.json");
     let bytes = read_regular(&state_path, MAX_STATE_BYTES)
         .map_err(|e| FileError::new("read", &state_path, e))?;
     let state: State = json_object(&bytes).map_err(|e| FileError::new("decode", &state_path, e))?;
+    crate::config::validate_run(&state.config, &state.task, &state.model, &state.run)
+        .map_err(|e| FileError::new("use", &state_path, format!("bad knob: {e}")))?;
     let mut files = vec!["model.bpk", "optim.bpk"];
     if state.config.beta > 0.0 {
         files.push("reference.bpk");

@@ -8,11 +8,12 @@
 use flowtracer_core::grpo::{GrpoConfig as CoreGrpoConfig, LossType, ScaleRewards};
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::RunInfo;
 use crate::credit::CreditConfig;
 use crate::error::ConfigError;
 use crate::model::ModelConfig;
-use crate::sft::SftConfig;
 use crate::task::TaskConfig;
+use crate::tokenizer::VOCAB_SIZE;
 
 /// The `eps` of the advantage normalisation `(r - mean) / (std + eps)`: the core's default
 /// (`GrpoConfig::DEFAULT.advantage_eps`, TRL's value).
@@ -92,72 +93,189 @@ impl GrpoConfig {
             .with_advantage_eps(self.adv_eps)
     }
 
-    /// Checks the knobs.
+    /// Checks the GRPO knobs (part of [`validate_run`], which also checks them against the
+    /// task and the model).
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] naming the first bad knob.
+    /// A [`ConfigError`] naming the first bad knob by its command-line flag, with its value
+    /// and what it may be.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.num_generations < 2 {
-            return Err(ConfigError::knob("num_generations must be >= 2"));
+        in_range(
+            "--num-generations",
+            self.num_generations,
+            2,
+            MAX_GENERATIONS,
+        )?;
+        in_range(
+            "--prompts-per-step",
+            self.prompts_per_step,
+            1,
+            MAX_PROMPTS_PER_STEP,
+        )?;
+        in_range("--num-iterations", self.num_iterations, 1, MAX_ITERATIONS)?;
+        in_range(
+            "--max-completion-length",
+            self.max_completion_length,
+            1,
+            MAX_POSITIONS,
+        )?;
+        positive("--temperature", self.temperature)?;
+        positive("--lr", self.lr)?;
+        non_negative("--beta", self.beta)?;
+        non_negative("--epsilon", self.epsilon)?;
+        non_negative("--epsilon-high", self.epsilon_high)?;
+        non_negative("adv_eps", self.adv_eps)?;
+        let c = &self.credit;
+        if !(0.0..=1.0).contains(&c.rho) {
+            return Err(ConfigError::knob(format!(
+                "--rho must be in [0, 1], got {}",
+                c.rho
+            )));
         }
-        if self.prompts_per_step == 0 || self.num_iterations == 0 {
-            return Err(ConfigError::knob(
-                "prompts_per_step and num_iterations must be >= 1",
-            ));
-        }
-        if self.max_completion_length == 0 {
-            return Err(ConfigError::knob("max_completion_length must be >= 1"));
-        }
-        if self.temperature.is_nan() || self.temperature <= 0.0 {
-            return Err(ConfigError::knob("temperature must be > 0"));
-        }
-        if !(self.lr > 0.0 && self.lr.is_finite()) {
-            return Err(ConfigError::knob("lr must be a positive number"));
-        }
+        non_negative("--gamma", c.gamma)?;
         Ok(self.credit.shaping().validate()?)
     }
+}
+
+/// The most completions per prompt (`--num-generations`).
+pub const MAX_GENERATIONS: usize = 1024;
+/// The most prompts per step (`--prompts-per-step`).
+pub const MAX_PROMPTS_PER_STEP: usize = 4096;
+/// The most sequences in one batch: GRPO's `prompts_per_step * num_generations`, and the
+/// warm-up's `--warmup-batch`.
+pub const MAX_BATCH: usize = 16384;
+/// The most updates per generated batch (`--num-iterations`).
+pub const MAX_ITERATIONS: usize = 1000;
+/// The widest model (`--d-model`).
+pub const MAX_D_MODEL: usize = 4096;
+/// The deepest model (`--layers`) and the most heads (`--heads`).
+pub const MAX_LAYERS: usize = 64;
+/// The most heads (`--heads`).
+pub const MAX_HEADS: usize = 64;
+/// The longest position table of a model (and so the longest prompt + completion).
+pub const MAX_POSITIONS: usize = 4096;
+/// The most held-out problems (`--eval-size`).
+pub const MAX_EVAL_SIZE: usize = 100_000;
+/// The memory a run may need, by the estimate of [`estimated_bytes`]: 16 GiB (the project's
+/// machines have 24 GiB).
+pub const MAX_BYTES: u128 = 16 << 30;
+
+fn in_range(flag: &str, value: usize, lo: usize, hi: usize) -> Result<(), ConfigError> {
+    if (lo..=hi).contains(&value) {
+        Ok(())
+    } else {
+        Err(ConfigError::knob(format!(
+            "{flag} must be in {lo}..={hi}, got {value}"
+        )))
+    }
+}
+
+fn positive(flag: &str, value: f64) -> Result<(), ConfigError> {
+    if value > 0.0 && value.is_finite() {
+        Ok(())
+    } else {
+        Err(ConfigError::knob(format!(
+            "{flag} must be a finite number > 0, got {value}"
+        )))
+    }
+}
+
+fn non_negative(flag: &str, value: f64) -> Result<(), ConfigError> {
+    if value >= 0.0 && value.is_finite() {
+        Ok(())
+    } else {
+        Err(ConfigError::knob(format!(
+            "{flag} must be a finite number >= 0, got {value}"
+        )))
+    }
+}
+
+/// An estimate of the bytes a batch of `batch` sequences of `len` tokens needs while it
+/// trains `model`: the parameters with their gradient and two Adam moments (4 copies of
+/// `f32`), plus the activations autodiff keeps per layer and token (about `16 d_model`
+/// values and two `heads x len` attention rows, `f32`). Computed in `u128`: never
+/// overflows for sizes within the per-knob bounds.
+pub fn estimated_bytes(model: &ModelConfig, batch: usize, len: usize) -> u128 {
+    let (d, l, h, v) = (
+        model.d_model as u128,
+        model.n_layers as u128,
+        model.n_heads as u128,
+        model.vocab_size as u128,
+    );
+    let params = 2 * v * d + model.max_len as u128 * d + l * (12 * d * d + 13 * d) + 2 * d + v;
+    let activations = batch as u128 * len as u128 * (l * (16 * d + 2 * h * len as u128) + v);
+    4 * (4 * params + activations)
 }
 
 /// Checks every knob of a run together, whatever their source (the command line through
 /// [`Knobs::validate`](crate::cli::knobs::Knobs::validate), or a checkpoint's `state.json`
 /// through [`checkpoint::read_state`](crate::checkpoint::read_state)): the GRPO knobs, the
-/// task, the model's shape and, when given, the warm-up.
+/// task, the model's shape, the held-out set and the warm-up when known, each within its
+/// range, and the memory the run needs within [`MAX_BYTES`].
 ///
 /// # Errors
 ///
-/// A [`ConfigError`] naming the first bad knob.
+/// A [`ConfigError`] naming the first bad knob by its command-line flag, with its value and
+/// what it may be.
 pub fn validate_run(
     grpo: &GrpoConfig,
     task: &TaskConfig,
     model: &ModelConfig,
-    sft: Option<&SftConfig>,
+    run: &RunInfo,
 ) -> Result<(), ConfigError> {
     task.validate()?;
     grpo.validate()?;
-    if model.n_heads == 0
-        || model.d_model == 0
-        || !model.d_model.is_multiple_of(model.n_heads)
-        || model.n_layers == 0
-    {
-        return Err(ConfigError::knob(
-            "d_model must be a positive multiple of heads, layers >= 1",
-        ));
-    }
-    if task.prompt_len() + grpo.max_completion_length > model.max_len {
+    if model.vocab_size != VOCAB_SIZE {
         return Err(ConfigError::knob(format!(
-            "prompt ({}) + max_completion_length ({}) exceeds the model's {} positions",
-            task.prompt_len(),
-            grpo.max_completion_length,
-            model.max_len
+            "vocab_size must be the task's {VOCAB_SIZE}, got {}",
+            model.vocab_size
         )));
     }
-    if let Some(sft) = sft
-        && (!(sft.lr > 0.0 && sft.lr.is_finite()) || sft.batch_size == 0)
-    {
-        return Err(ConfigError::knob(
-            "warmup_lr must be positive and warmup_batch >= 1",
-        ));
+    in_range("--d-model", model.d_model, 1, MAX_D_MODEL)?;
+    in_range("--layers", model.n_layers, 1, MAX_LAYERS)?;
+    in_range("--heads", model.n_heads, 1, MAX_HEADS)?;
+    if !model.d_model.is_multiple_of(model.n_heads) {
+        return Err(ConfigError::knob(format!(
+            "--heads must divide --d-model, got --heads {} and --d-model {}",
+            model.n_heads, model.d_model
+        )));
+    }
+    in_range("max_len", model.max_len, 1, MAX_POSITIONS)?;
+    let (prompt, response) = (task.prompt_len(), task.response_len());
+    if prompt + grpo.max_completion_length > model.max_len {
+        return Err(ConfigError::knob(format!(
+            "--max-completion-length must be at most {} (the model's {} positions less the prompt's {prompt}), got {}",
+            model.max_len.saturating_sub(prompt),
+            model.max_len,
+            grpo.max_completion_length
+        )));
+    }
+    let batch = grpo.prompts_per_step * grpo.num_generations;
+    if batch > MAX_BATCH {
+        return Err(ConfigError::knob(format!(
+            "--prompts-per-step x --num-generations must be at most {MAX_BATCH} sequences, got {} x {} = {batch}",
+            grpo.prompts_per_step, grpo.num_generations
+        )));
+    }
+    let mut need = estimated_bytes(model, batch, prompt + grpo.max_completion_length);
+    if let Some(n) = run.eval_size {
+        in_range("--eval-size", n, 0, MAX_EVAL_SIZE)?;
+    }
+    if let Some(sft) = &run.warmup {
+        in_range("--warmup-batch", sft.batch_size, 1, MAX_BATCH)?;
+        positive("--warmup-lr", sft.lr)?;
+        need = need.max(estimated_bytes(model, sft.batch_size, prompt + response));
+    }
+    if need > MAX_BYTES {
+        return Err(ConfigError::knob(format!(
+            "the run needs about {:.1} GiB ({batch} sequences of up to {} tokens through {} layers of width {}), more than the {} GiB bound: lower --prompts-per-step, --num-generations, --warmup-batch, --d-model or --layers",
+            need as f64 / f64::from(1u32 << 30),
+            prompt + grpo.max_completion_length,
+            model.n_layers,
+            model.d_model,
+            MAX_BYTES >> 30
+        )));
     }
     Ok(())
 }
@@ -202,5 +320,60 @@ mod tests {
         );
         assert_eq!(c.scale_rewards, ScaleRewards::default());
         c.validate().unwrap();
+    }
+
+    /// Every bound at its edge: the limit passes, one past it fails (`>=` where `>=` is
+    /// meant).
+    #[test]
+    fn knobs_pass_at_their_bounds_and_fail_past_them() {
+        let check = |f: &dyn Fn(&mut GrpoConfig)| {
+            let mut c = GrpoConfig::default();
+            f(&mut c);
+            c.validate()
+        };
+        assert!(check(&|c| c.num_generations = 2).is_ok());
+        assert!(check(&|c| c.num_generations = 1).is_err());
+        assert!(check(&|c| c.num_generations = MAX_GENERATIONS).is_ok());
+        assert!(check(&|c| c.num_generations = MAX_GENERATIONS + 1).is_err());
+        assert!(check(&|c| c.prompts_per_step = MAX_PROMPTS_PER_STEP).is_ok());
+        assert!(check(&|c| c.prompts_per_step = MAX_PROMPTS_PER_STEP + 1).is_err());
+        assert!(check(&|c| c.prompts_per_step = 0).is_err());
+        assert!(check(&|c| c.beta = 0.0).is_ok());
+        assert!(check(&|c| c.beta = -f64::MIN_POSITIVE).is_err());
+        assert!(check(&|c| c.epsilon_high = f64::INFINITY).is_err());
+        assert!(check(&|c| c.lr = f64::MIN_POSITIVE).is_ok());
+        assert!(check(&|c| c.lr = 0.0).is_err());
+        assert!(check(&|c| c.credit.rho = 1.0).is_ok());
+        assert!(check(&|c| c.credit.rho = 1.0 + f64::EPSILON).is_err());
+        let err = check(&|c| c.num_generations = 1).unwrap_err().to_string();
+        assert_eq!(err, "--num-generations must be in 2..=1024, got 1");
+
+        let tiny = ModelConfig {
+            d_model: 16,
+            n_heads: 2,
+            n_layers: 2,
+            ..ModelConfig::default()
+        };
+        let task = TaskConfig::level(1);
+        let run = RunInfo::default();
+        let batch = |prompts| GrpoConfig {
+            prompts_per_step: prompts,
+            num_generations: 1024,
+            ..GrpoConfig::default()
+        };
+        assert!(validate_run(&batch(MAX_BATCH / 1024), &task, &tiny, &run).is_ok());
+        let err = validate_run(&batch(MAX_BATCH / 1024 + 1), &task, &tiny, &run).unwrap_err();
+        assert!(err.to_string().contains("at most 16384 sequences"), "{err}");
+        // The default model at the largest batch exceeds the memory bound.
+        let err = validate_run(&batch(16), &task, &ModelConfig::default(), &run).unwrap_err();
+        assert!(err.to_string().contains("16 GiB bound"), "{err}");
+        let sane = GrpoConfig::default();
+        assert!(validate_run(&sane, &task, &ModelConfig::default(), &run).is_ok());
+        let wide = ModelConfig {
+            d_model: MAX_D_MODEL + 1,
+            n_heads: 1,
+            ..ModelConfig::default()
+        };
+        assert!(validate_run(&sane, &task, &wide, &run).is_err());
     }
 }

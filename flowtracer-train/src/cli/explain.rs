@@ -52,7 +52,7 @@ pub fn run(args: Args) -> Result<(), CliError> {
             "--tokens {} has {} tokens, but the attention in {} is over {} tokens",
             args.tokens.display(),
             tokens.len(),
-            args.input.attention.display(),
+            args.input.source().display(),
             scored.n
         )));
     }
@@ -86,7 +86,7 @@ pub fn run(args: Args) -> Result<(), CliError> {
     let title = args
         .title
         .clone()
-        .unwrap_or_else(|| display_name(&args.input.attention));
+        .unwrap_or_else(|| display_name(args.input.source()));
     let html = render_explain_html(&ExplainPage {
         title: &title,
         tokens: &tokens,

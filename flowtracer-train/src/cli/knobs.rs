@@ -137,18 +137,35 @@ impl Knobs {
         Device::flex()
     }
 
-    /// Checks every knob before any work is done.
+    /// Checks every knob before any work is done: `--difficulty`, then everything else with
+    /// [`validate_run`](crate::config::validate_run), the one check a `state.json` goes
+    /// through too.
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] naming the first bad knob.
+    /// A [`ConfigError`] naming the first bad knob, its value and what it may be.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=4).contains(&self.difficulty) {
+            return Err(ConfigError::knob(format!(
+                "--difficulty must be in 1..=4, got {}",
+                self.difficulty
+            )));
+        }
         crate::config::validate_run(
             &self.grpo(self.credit, self.seed),
             &self.task(),
             &self.model(),
-            Some(&self.sft()),
+            &self.run_info(),
         )
+    }
+
+    /// What a fresh run records about itself before its warm-up accuracy is known.
+    pub fn run_info(&self) -> crate::checkpoint::RunInfo {
+        crate::checkpoint::RunInfo {
+            eval_size: Some(self.eval_size),
+            warmup: Some(self.sft()),
+            warmup_accuracy: None,
+        }
     }
 
     /// Task config.

@@ -9,6 +9,7 @@ pub mod demo;
 mod error;
 pub mod explain;
 pub mod knobs;
+mod qk;
 pub mod score;
 pub mod train;
 

@@ -87,7 +87,8 @@ use flowtracer_io::{Array, SafeTensors, read_npy};
 use serde::{Deserialize, Serialize};
 
 use super::CliError;
-use crate::atomic::write_atomic;
+use crate::atomic::{read_regular, write_atomic};
+use crate::checkpoint::json_object;
 
 /// Arguments of `flowtracer score`.
 #[derive(Debug, Clone, clap::Args)]
@@ -107,8 +108,12 @@ pub struct Args {
 #[derive(Debug, Clone, clap::Args)]
 pub struct Input {
     /// Attention probabilities: .npy (N x N, H x N x N or L x H x N x N) or .safetensors.
-    #[arg(long, value_name = "FILE")]
-    pub attention: PathBuf,
+    #[arg(long, value_name = "FILE", required_unless_present = "qk")]
+    pub attention: Option<PathBuf>,
+    /// Post-RoPE queries and keys instead (FlashAttention models): .safetensors with
+    /// q.{L} [H_q, N, d], k.{L} [H_kv, N, d], optional lse.{L} [H_q, N] (see `cli::qk`).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["attention", "tensor"])]
+    pub qk: Option<PathBuf>,
     /// Safetensors tensor to read; repeat to list per-layer tensors in layer order.
     #[arg(long, value_name = "NAME")]
     pub tensor: Vec<String>,
@@ -127,6 +132,16 @@ pub struct Input {
     /// A JSON file of scoring options (rho, gamma_flow, answer_mode, coverage, ...).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+}
+
+impl Input {
+    /// The input file: `--qk` or `--attention`.
+    pub fn source(&self) -> &Path {
+        self.qk
+            .as_deref()
+            .or(self.attention.as_deref())
+            .unwrap_or(Path::new(""))
+    }
 }
 
 /// Runs `flowtracer score`.
@@ -391,25 +406,38 @@ pub fn score(input: &Input) -> Result<Scored, CliError> {
         .map(|r| parse_range("--response", r))
         .transpose()?;
 
-    let file = AttentionFile::open(&input.attention, &input.tensor)?;
-    let n = file.n;
     let core = |e: flowtracer_core::Error| CliError::bad_input(e.to_string());
-    // Spans are checked against the file's N before its data is read (method §13 order).
     let spans = match &response {
         Some(r) => Spans::new(question.clone(), answer.clone()).with_response(r.clone()),
         None => Spans::new(question.clone(), answer.clone()),
     };
-    check_spans(n, &spans).map_err(core)?;
+    let (n, attention, layers) = if let Some(path) = &input.qk {
+        // Method §15 order: the file's shapes and config, the spans, then the data.
+        let file = super::qk::QkFile::open(path)?;
+        check_spans(file.n(), &spans).map_err(core)?;
+        let (attention, layers) = file.aggregate(
+            &selection.unwrap_or_default(),
+            options.trace().row_tolerance,
+        )?;
+        (file.n(), attention, Some(layers))
+    } else {
+        let path = input.source();
+        let file = AttentionFile::open(path, &input.tensor)?;
+        // Spans are checked against the file's N before its data is read (method §13 order).
+        check_spans(file.n, &spans).map_err(core)?;
+        if file.layers.is_none() && selection.is_some() {
+            return Err(CliError::bad_input(format!(
+                "--layers needs attention with a layer axis ([L,H,N,N] or per-layer tensors), but {} has shape {:?}",
+                path.display(),
+                file.shape
+            )));
+        }
+        let n = file.n;
+        let (attention, layers) = file.aggregate(&selection.unwrap_or_default())?;
+        (n, attention, layers)
+    };
     // The core's default response: every token after the question.
     let response = response.unwrap_or(question.end..n);
-    if file.layers.is_none() && selection.is_some() {
-        return Err(CliError::bad_input(format!(
-            "--layers needs attention with a layer axis ([L,H,N,N] or per-layer tensors), but {} has shape {:?}",
-            input.attention.display(),
-            file.shape
-        )));
-    }
-    let (attention, layers) = file.aggregate(&selection.unwrap_or_default())?;
     let sequence = Sequence::owned(attention, Layout::Dense, spans).map_err(core)?;
     let config = Config::default()
         .with_trace(options.trace())
@@ -432,11 +460,16 @@ pub fn score(input: &Input) -> Result<Scored, CliError> {
     })
 }
 
+/// The most bytes a `--config` file may hold.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// Reads `--config`: a regular file of at most [`MAX_CONFIG_BYTES`] holding a JSON object
+/// (an array or any other value is refused, never read by position).
 fn read_options(path: &Path) -> Result<Options, CliError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let bytes = read_regular(path, MAX_CONFIG_BYTES).map_err(|e| {
         CliError::bad_input(format!("cannot read --config {}: {e}", path.display()))
     })?;
-    serde_json::from_str(&text)
+    json_object(&bytes)
         .map_err(|e| CliError::bad_input(format!("bad --config {}: {e}", path.display())))
 }
 

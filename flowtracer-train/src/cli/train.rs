@@ -509,7 +509,7 @@ pub fn resume_config(
     apply!("rho", credit.rho, k.rho);
     apply!("gamma", credit.gamma, k.gamma);
     apply!("prompts_per_step", prompts_per_step, k.prompts_per_step);
-    crate::config::validate_run(&new, task, m, None)?;
+    crate::config::validate_run(&new, task, m, &state.run)?;
     for n in notes {
         eprintln!("{n}");
     }

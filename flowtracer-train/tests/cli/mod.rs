@@ -4,5 +4,6 @@
 mod bad_input;
 mod compare;
 mod explain;
+mod qk;
 mod score;
 mod support;

@@ -5,3 +5,4 @@ mod divergence;
 mod knobs;
 mod resume;
 mod support;
+mod validation;
