@@ -4,7 +4,14 @@
 //! flowtracer score --attention FILE [--tensor NAME]... [--layers SPEC]
 //!                  --question A..B --answer C..D [--response E..F]
 //!                  [--config FILE] [--out FILE]
+//! flowtracer score --qk FILE.safetensors [--layers SPEC] --question A..B --answer C..D ...
 //! ```
+//!
+//! `--qk` takes post-RoPE queries and keys instead of probabilities (models that run
+//! FlashAttention): tensors `q.{L}`, `k.{L}`, optional `lse.{L}`, `__metadata__` keys
+//! `num_layers`, `scale`, `window`; the format is in `src/cli/qk.rs` and
+//! [method §15](docs/method.md#s15). `Ā` is formed without any per-head `N x N` matrix,
+//! then scored exactly as below; `layers` in the output are model layer numbers.
 //!
 //! # Input
 //!
