@@ -112,7 +112,9 @@ pub(crate) fn edge_order(a: &Edge, b: &Edge) -> Ordering {
 /// Computes the backbone of a trace over the `Ā` it was computed from ([method §8](docs/method.md#s8)).
 ///
 /// `path`: dynamic programming in log space over `W'`, on ties the earlier predecessor wins
-/// (starting at a source counts as the earliest), then the earlier answer token.
+/// (starting at a source counts as the earliest), then the earlier answer token. Ties are
+/// exact ties of the computed log sums: paths equally probable in exact arithmetic may
+/// differ in their last bits, and then the larger computed sum wins.
 /// `edges`: the total flow is summed row by row of `Ā`; a bisection on the flow value finds
 /// a threshold whose edges cover the target, and only those are kept and sorted.
 ///
