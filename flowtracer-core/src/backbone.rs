@@ -28,15 +28,42 @@ pub struct BackboneConfig {
 
 impl Default for BackboneConfig {
     fn default() -> Self {
-        Self {
-            coverage: 0.8,
-            checkpoint_threshold: 0.5,
-            rho: 0.4,
-        }
+        Self::DEFAULT
     }
 }
 
 impl BackboneConfig {
+    /// The defaults, as a constant (what `Default` returns); `rho` is the shaping's.
+    pub const DEFAULT: Self = Self {
+        coverage: 0.8,
+        checkpoint_threshold: 0.5,
+        rho: crate::shaping::ShapingConfig::DEFAULT.rho,
+    };
+
+    /// Checks every field's domain.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] naming the first bad field: `coverage` or `rho` outside
+    /// `[0, 1]`, a non-finite `checkpoint_threshold`.
+    pub fn validate(&self) -> Result<(), Error> {
+        for (field, v) in [("coverage", self.coverage), ("rho", self.rho)] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(Error::InvalidConfig {
+                    field,
+                    reason: "must lie in [0, 1]",
+                });
+            }
+        }
+        if !self.checkpoint_threshold.is_finite() {
+            return Err(Error::InvalidConfig {
+                field: "checkpoint_threshold",
+                reason: "must be finite",
+            });
+        }
+        Ok(())
+    }
+
     /// Sets [`coverage`](Self::coverage).
     pub fn with_coverage(mut self, coverage: f64) -> Self {
         self.coverage = coverage;
@@ -163,24 +190,7 @@ pub fn backbone<F: FlowFloat>(
             actual: trace.n(),
         });
     }
-    if !(0.0..=1.0).contains(&config.coverage) {
-        return Err(Error::InvalidConfig {
-            field: "coverage",
-            reason: "must lie in [0, 1]",
-        });
-    }
-    if !(0.0..=1.0).contains(&config.rho) {
-        return Err(Error::InvalidConfig {
-            field: "rho",
-            reason: "must lie in [0, 1]",
-        });
-    }
-    if !config.checkpoint_threshold.is_finite() {
-        return Err(Error::InvalidConfig {
-            field: "checkpoint_threshold",
-            reason: "must be finite",
-        });
-    }
+    config.validate()?;
     let (h, fp) = h_and_passing_flow(trace);
     let threshold = trace.edge_threshold();
     let w = |k: usize, i: usize| {
