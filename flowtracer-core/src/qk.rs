@@ -37,7 +37,9 @@
 //! not behind a core feature; it is not built, because the tiles keep the core portable,
 //! dependency-free and bit-reproducible across machines (no runtime dispatch, no FMA
 //! contraction), and the softmax and head mean, which a GEMM crate does not fuse, would still
-//! be these loops.
+//! be these loops. With the `parallel` feature the row blocks of a layer are spread over
+//! rayon's threads (each block writes its own rows of `Ā`; the result is the same bit for
+//! bit, and so is the first bad row reported).
 //!
 //! # Validation order
 //!
@@ -624,22 +626,9 @@ impl<F: FlowFloat> QkAccumulator<F> {
         }
     }
 
-    /// The visible keys of query `row`: `lo..=row`.
-    #[inline]
-    fn first_key(&self, row: usize) -> usize {
-        self.window.map_or(0, |w| (row + 1).saturating_sub(w))
-    }
-
     fn accumulate<T: QkInput>(&mut self, layer: &QkLayer<'_, T>) {
-        let QkShape {
-            q_heads,
-            kv_heads,
-            n,
-            d,
-        } = self.shape;
-        let group = q_heads / kv_heads;
+        let QkShape { kv_heads, n, d, .. } = self.shape;
         let panels = n.div_ceil(KEY_BLOCK);
-        let width = panels * KEY_BLOCK;
         let zero = T::Compute::zero();
         // K of every key/value head in panels of KEY_BLOCK keys: [kv][panel][d][KEY_BLOCK].
         let panel_len = d * KEY_BLOCK;
@@ -663,79 +652,40 @@ impl<F: FlowFloat> QkAccumulator<F> {
                 }
             })
             .collect();
-        let scale = T::Compute::from_f64_lossy(self.scale);
-        let mut qt = vec![zero; d * ROW_BLOCK];
-        let mut logits = vec![zero; ROW_BLOCK * width];
-        let mut mean = vec![zero; ROW_BLOCK * width];
-        for rb in (0..n).step_by(ROW_BLOCK) {
-            let re = (rb + ROW_BLOCK).min(n);
-            let (p_lo, p_hi) = (self.first_key(rb) / KEY_BLOCK, re.div_ceil(KEY_BLOCK));
-            for r in 0..ROW_BLOCK {
-                mean[r * width + p_lo * KEY_BLOCK..r * width + p_hi * KEY_BLOCK].fill(zero);
-            }
-            for h in 0..q_heads {
-                let g = h / group;
-                // This head's row block of Q, transposed to [d][ROW_BLOCK].
-                for r in 0..ROW_BLOCK {
-                    let row = rb + r;
-                    if row < re {
-                        let src = &layer.q[(h * n + row) * d..][..d];
-                        for (j, &x) in src.iter().enumerate() {
-                            qt[j * ROW_BLOCK + r] = x.to_compute();
-                        }
-                    } else {
-                        for j in 0..d {
-                            qt[j * ROW_BLOCK + r] = zero;
-                        }
-                    }
-                }
-                for p in p_lo..p_hi {
-                    let panel = &packed[(g * panels + p) * panel_len..][..panel_len];
-                    let tile = tile(&qt, panel);
-                    for (r, t) in tile.iter().enumerate() {
-                        logits[r * width + p * KEY_BLOCK..][..KEY_BLOCK].copy_from_slice(t);
-                    }
-                }
-                for row in rb..re {
-                    let lo = self.first_key(row);
-                    if self.valid_before[row + 1] == self.valid_before[lo] {
-                        continue; // no visible valid key: the row stays zero
-                    }
-                    let r = row - rb;
-                    let x = &mut logits[r * width + lo..=r * width + row];
-                    let b = &bias[lo..=row];
-                    let (max, finite) = max_and_check(x, b);
-                    if !finite {
-                        self.record_row((layer.index, h, row), RowDefect::Overflow);
-                        continue;
-                    }
-                    let lse = layer.lse.map(|l| l[h * n + row]);
-                    let shift = match lse {
-                        Some(l) => T::Compute::from_f64_lossy(f64::from(l)),
-                        None => max * scale,
-                    };
-                    let mass = exp_row(x, b, scale, shift);
-                    let inv = match lse {
-                        Some(_) => {
-                            if mass.is_nan() || (mass - 1.0).abs() > self.row_tolerance {
-                                self.record_row((layer.index, h, row), RowDefect::Mass(mass));
-                            }
-                            T::Compute::one()
-                        }
-                        None => T::Compute::from_f64_lossy(1.0 / mass),
-                    };
-                    add_scaled(&mut mean[r * width + lo..=r * width + row], x, inv);
-                }
-            }
-            for row in rb..re {
-                let lo = self.first_key(row);
-                let r = row - rb;
-                let src = &mean[r * width + lo..=r * width + row];
-                let dst = &mut self.sum[row * n + lo..=row * n + row];
-                for (s, &m) in dst.iter_mut().zip(src) {
-                    *s = *s + F::from_f64_lossy(m.widen());
-                }
-            }
+        let block = Block {
+            shape: self.shape,
+            window: self.window,
+            row_tolerance: self.row_tolerance,
+            valid_before: &self.valid_before,
+            scale: T::Compute::from_f64_lossy(self.scale),
+            packed: &packed,
+            bias: &bias,
+            layer,
+        };
+        let rows = ROW_BLOCK * n;
+        #[cfg(feature = "parallel")]
+        let defect = {
+            use rayon::prelude::*;
+            self.sum
+                .par_chunks_mut(rows)
+                .enumerate()
+                .map_init(
+                    || Scratch::new(self.shape),
+                    |scratch, (b, sum)| block.run(b * ROW_BLOCK, sum, scratch),
+                )
+                .reduce(|| None, first_defect)
+        };
+        #[cfg(not(feature = "parallel"))]
+        let defect = {
+            let mut scratch = Scratch::new(self.shape);
+            self.sum
+                .chunks_mut(rows)
+                .enumerate()
+                .map(|(b, sum)| block.run(b * ROW_BLOCK, sum, &mut scratch))
+                .fold(None, first_defect)
+        };
+        if let Some((key, defect)) = defect {
+            self.record_row(key, defect);
         }
     }
 
@@ -797,6 +747,152 @@ impl<F: FlowFloat> QkAccumulator<F> {
         }
         spans.check(self.shape.n)?;
         Sequence::owned(self.finish_matrix()?, Layout::Dense, spans)
+    }
+}
+
+/// A row defect keyed by (layer, head, row).
+type Defect = Option<((usize, usize, usize), RowDefect)>;
+
+/// The earlier of two row defects.
+fn first_defect(a: Defect, b: Defect) -> Defect {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(if y.0 < x.0 { y } else { x }),
+        (x, None) => x,
+        (None, y) => y,
+    }
+}
+
+/// Per-thread scratch of one row block: the block of `Q` transposed, its logits, and the
+/// head sum.
+struct Scratch<C> {
+    qt: Vec<C>,
+    logits: Vec<C>,
+    mean: Vec<C>,
+}
+
+impl<C: QkFloat> Scratch<C> {
+    fn new(shape: QkShape) -> Self {
+        let width = shape.n.div_ceil(KEY_BLOCK) * KEY_BLOCK;
+        Self {
+            qt: vec![C::zero(); shape.d * ROW_BLOCK],
+            logits: vec![C::zero(); ROW_BLOCK * width],
+            mean: vec![C::zero(); ROW_BLOCK * width],
+        }
+    }
+}
+
+/// What every row block of one layer reads.
+struct Block<'a, 'l, T: QkInput> {
+    shape: QkShape,
+    window: Option<usize>,
+    row_tolerance: f64,
+    valid_before: &'a [usize],
+    scale: T::Compute,
+    packed: &'a [T::Compute],
+    bias: &'a [T::Compute],
+    layer: &'a QkLayer<'l, T>,
+}
+
+impl<T: QkInput> Block<'_, '_, T> {
+    /// The visible keys of query `row`: `lo..=row`.
+    #[inline]
+    fn first_key(&self, row: usize) -> usize {
+        self.window.map_or(0, |w| (row + 1).saturating_sub(w))
+    }
+
+    /// Rows `rb..rb + ROW_BLOCK` (clipped to `N`): every head's probabilities, summed over
+    /// the heads in `scratch`, then added into `sum` (those rows of the running `Ā`,
+    /// `ROW_BLOCK x N` or fewer rows). Returns the block's first bad row.
+    fn run<F: FlowFloat>(
+        &self,
+        rb: usize,
+        sum: &mut [F],
+        scratch: &mut Scratch<T::Compute>,
+    ) -> Defect {
+        let QkShape {
+            q_heads,
+            kv_heads,
+            n,
+            d,
+        } = self.shape;
+        let layer = self.layer;
+        let group = q_heads / kv_heads;
+        let panels = n.div_ceil(KEY_BLOCK);
+        let width = panels * KEY_BLOCK;
+        let panel_len = d * KEY_BLOCK;
+        let zero = T::Compute::zero();
+        let Scratch { qt, logits, mean } = scratch;
+        let mut defect: Defect = None;
+        let re = (rb + ROW_BLOCK).min(n);
+        let (p_lo, p_hi) = (self.first_key(rb) / KEY_BLOCK, re.div_ceil(KEY_BLOCK));
+        for r in 0..ROW_BLOCK {
+            mean[r * width + p_lo * KEY_BLOCK..r * width + p_hi * KEY_BLOCK].fill(zero);
+        }
+        for h in 0..q_heads {
+            let g = h / group;
+            // This head's row block of Q, transposed to [d][ROW_BLOCK].
+            for r in 0..ROW_BLOCK {
+                let row = rb + r;
+                if row < re {
+                    let src = &layer.q[(h * n + row) * d..][..d];
+                    for (j, &x) in src.iter().enumerate() {
+                        qt[j * ROW_BLOCK + r] = x.to_compute();
+                    }
+                } else {
+                    for j in 0..d {
+                        qt[j * ROW_BLOCK + r] = zero;
+                    }
+                }
+            }
+            for p in p_lo..p_hi {
+                let panel = &self.packed[(g * panels + p) * panel_len..][..panel_len];
+                let tile = tile(qt, panel);
+                for (r, t) in tile.iter().enumerate() {
+                    logits[r * width + p * KEY_BLOCK..][..KEY_BLOCK].copy_from_slice(t);
+                }
+            }
+            for row in rb..re {
+                let lo = self.first_key(row);
+                if self.valid_before[row + 1] == self.valid_before[lo] {
+                    continue; // no visible valid key: the row stays zero
+                }
+                let r = row - rb;
+                let x = &mut logits[r * width + lo..=r * width + row];
+                let b = &self.bias[lo..=row];
+                let (max, finite) = max_and_check(x, b);
+                let key = (layer.index, h, row);
+                if !finite {
+                    defect = first_defect(defect, Some((key, RowDefect::Overflow)));
+                    continue;
+                }
+                let lse = layer.lse.map(|l| l[h * n + row]);
+                let shift = match lse {
+                    Some(l) => T::Compute::from_f64_lossy(f64::from(l)),
+                    None => max * self.scale,
+                };
+                let mass = exp_row(x, b, self.scale, shift);
+                let inv = match lse {
+                    Some(_) => {
+                        if mass.is_nan() || (mass - 1.0).abs() > self.row_tolerance {
+                            defect = first_defect(defect, Some((key, RowDefect::Mass(mass))));
+                        }
+                        T::Compute::one()
+                    }
+                    None => T::Compute::from_f64_lossy(1.0 / mass),
+                };
+                add_scaled(&mut mean[r * width + lo..=r * width + row], x, inv);
+            }
+        }
+        for row in rb..re {
+            let lo = self.first_key(row);
+            let r = row - rb;
+            let src = &mean[r * width + lo..=r * width + row];
+            let dst = &mut sum[r * n + lo..=r * n + row];
+            for (s, &m) in dst.iter_mut().zip(src) {
+                *s = *s + F::from_f64_lossy(m.widen());
+            }
+        }
+        defect
     }
 }
 
