@@ -104,6 +104,44 @@ pub fn remove_dir_durable(path: &Path) -> Result<(), FileError> {
     sync_dir(&parent_dir(path)).map_err(|e| FileError::new("remove", path, e))
 }
 
+/// The name of the lock file in a run directory.
+pub const LOCK: &str = ".lock";
+
+/// An advisory lock on a run directory (`DIR/.lock`), held until dropped: two processes
+/// never write one run directory at once.
+#[derive(Debug)]
+pub struct DirLock {
+    _file: File,
+}
+
+impl DirLock {
+    /// Creates `dir` if needed and takes its lock without waiting.
+    ///
+    /// # Errors
+    ///
+    /// A [`FileError`] (action "lock") naming the lock file: another process holds it
+    /// ("another flowtracer process is using this directory"), or it cannot be created.
+    pub fn acquire(dir: &Path) -> Result<Self, FileError> {
+        let path = dir.join(LOCK);
+        fs::create_dir_all(dir).map_err(|e| FileError::new("create", dir, e))?;
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| FileError::new("lock", &path, e))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Self { _file: file }),
+            Err(fs::TryLockError::WouldBlock) => Err(FileError::new(
+                "lock",
+                &path,
+                "another flowtracer process is using this directory: wait for it to finish or choose another --out",
+            )),
+            Err(fs::TryLockError::Error(e)) => Err(FileError::new("lock", &path, e)),
+        }
+    }
+}
+
 /// Reads a whole regular file of at most `limit` bytes.
 ///
 /// Anything else is refused before it is read: a directory, a device such as `/dev/zero`, a

@@ -149,6 +149,7 @@ pub fn run(args: Args) -> Result<(), CliError> {
     }
     let k = &args.knobs;
     k.validate()?;
+    let _lock = crate::atomic::DirLock::acquire(&args.out).map_err(CliError::bad_input)?;
     if args.seeds == 0 || args.methods.is_empty() {
         return Err(CliError::bad_input(
             "compare needs at least one seed and one method",

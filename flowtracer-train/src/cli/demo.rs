@@ -38,6 +38,7 @@ pub fn mean_of(metrics: &[StepMetrics], f: impl Fn(&StepMetrics) -> Option<f64>)
 pub fn run(args: Args) -> Result<(), CliError> {
     let k = &args.knobs;
     k.validate()?;
+    let _lock = crate::atomic::DirLock::acquire(&args.out).map_err(CliError::bad_input)?;
     let t0 = Instant::now();
     let (eval, held) = run::held_out(&k.task(), k.eval_size, k.seed);
     let _ = std::fs::remove_file(args.out.join("metrics.jsonl"));

@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::CliError;
 use super::knobs::Knobs;
 use crate::atomic::write_atomic;
-use crate::atomic::{remove_dir_durable, sync_dir};
+use crate::atomic::{DirLock, remove_dir_durable, sync_dir};
 use crate::checkpoint::{self, Resume, RunInfo, State};
 use crate::config::GrpoConfig;
 use crate::error::{FileError, TrainError};
@@ -196,6 +196,8 @@ pub fn grpo_session(
 pub fn run(args: Args) -> Result<(), CliError> {
     let k = &args.knobs;
     k.validate()?;
+    let _lock = DirLock::acquire(&args.out).map_err(CliError::bad_input)?;
+    checkpoint::remove_temporaries(&args.out).map_err(CliError::failure)?;
     let from = if args.resume {
         match checkpoint::resume_point(&args.out)? {
             Resume::Nothing => {
@@ -236,6 +238,14 @@ pub fn run(args: Args) -> Result<(), CliError> {
         }
         let (mut trainer, model) = checkpoint::load(&path, held.clone(), k.device())?;
         trainer.config = config;
+        // Checkpoints older than the one loaded are superseded (a kill during a rotation
+        // may have left one, possibly half removed).
+        for old in checkpoint::checkpoints(&args.out)
+            .into_iter()
+            .take_while(|p| *p != path)
+        {
+            remove_dir_durable(&old).map_err(CliError::failure)?;
+        }
         let start = Start::Resumed {
             trainer: Box::new(trainer),
             model,
