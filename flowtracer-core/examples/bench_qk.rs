@@ -1,0 +1,132 @@
+//! The bench binary behind `benches/compare_qk.py`: times mode (a) of the Q/K stage
+//! (`qk::QkAccumulator`, method §15) and the trace of its `Ā`, on Q and K written by the
+//! script, and reports the peak heap bytes allocated (a counting global allocator).
+//!
+//! ```text
+//! bench_qk --q Q.f32 --k K.f32 --layers L --q-heads HQ --kv-heads HKV --n N --d D
+//!          --question A..B --answer C..D [--reps R] [--out HF.f64]
+//! ```
+//!
+//! `Q.f32` is `[L][HQ][N][D]`, `K.f32` `[L][HKV][N][D]`, little-endian f32. Prints one JSON
+//! line: `{"n", "median_s", "min_s", "qk_median_s", "peak_extra_bytes"}` (`median_s`: Q/K
+//! to `Ā` plus the trace; `qk_median_s`: Q/K to `Ā` alone); with `--out`, writes `h` then
+//! `f` (f64, little-endian) for the agreement check. Threads: rayon's (`RAYON_NUM_THREADS`)
+//! when built with `--features parallel`.
+
+use core::alloc::{GlobalAlloc, Layout};
+use core::sync::atomic::{AtomicUsize, Ordering};
+use std::alloc::System;
+use std::time::Instant;
+
+use flowtracer_core::qk::{QkAccumulator, QkConfig, QkLayer, QkShape};
+use flowtracer_core::{Spans, Trace, Tracer};
+
+/// Counts live heap bytes and their high-water mark.
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards every call to the system allocator unchanged; only counts sizes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+        PEAK.fetch_max(live, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn range(s: &str) -> core::ops::Range<usize> {
+    let (a, b) = s.split_once("..").expect("range A..B");
+    a.parse().expect("range start")..b.parse().expect("range end")
+}
+
+fn read_f32(path: &str, len: usize) -> Vec<f32> {
+    let bytes = std::fs::read(path).expect("read input");
+    assert_eq!(bytes.len(), len * 4, "{path}: wrong length");
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let get = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .map(|i| args[i + 1].clone())
+    };
+    let num = |flag: &str| -> usize { get(flag).expect(flag).parse().expect(flag) };
+    let (layers, hq, hkv, n, d) = (
+        num("--layers"),
+        num("--q-heads"),
+        num("--kv-heads"),
+        num("--n"),
+        num("--d"),
+    );
+    let reps: usize = get("--reps").map_or(5, |r| r.parse().expect("--reps R"));
+    let spans = Spans::new(
+        range(&get("--question").expect("--question")),
+        range(&get("--answer").expect("--answer")),
+    );
+    let shape = QkShape::new(hq, hkv, n, d);
+    let q = read_f32(&get("--q").expect("--q"), layers * shape.q_len());
+    let k = read_f32(&get("--k").expect("--k"), layers * shape.k_len());
+
+    let run = |out: &mut Trace<f32>, tracer: &mut Tracer| -> f64 {
+        let t = Instant::now();
+        let mut acc = QkAccumulator::<f32>::new(shape, QkConfig::default(), None).expect("shape");
+        for l in 0..layers {
+            let layer = QkLayer::new(
+                l,
+                &q[l * shape.q_len()..][..shape.q_len()],
+                &k[l * shape.k_len()..][..shape.k_len()],
+            );
+            acc.add_layer(&layer).expect("layer");
+        }
+        let seq = acc.finish(spans.clone()).expect("Ā");
+        let qk = t.elapsed().as_secs_f64();
+        tracer.trace_into(&seq, out).expect("trace");
+        qk
+    };
+    let mut tracer = Tracer::default();
+    let mut out = Trace::default();
+    // First call: the peak of everything it allocates (Ā, packed K, scratch, trace).
+    let before = LIVE.load(Ordering::Relaxed);
+    PEAK.store(before, Ordering::Relaxed);
+    run(&mut out, &mut tracer);
+    let peak_extra = PEAK.load(Ordering::Relaxed) - before;
+
+    let mut times = Vec::with_capacity(reps);
+    let mut qk_times = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let t = Instant::now();
+        qk_times.push(run(&mut out, &mut tracer));
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    qk_times.sort_by(f64::total_cmp);
+    if let Some(path) = get("--out") {
+        let mut bytes = Vec::with_capacity(16 * n);
+        for x in out.reach().iter().chain(out.flow()) {
+            bytes.extend_from_slice(&f64::from(*x).to_le_bytes());
+        }
+        std::fs::write(path, bytes).expect("write --out");
+    }
+    println!(
+        "{{\"n\": {n}, \"median_s\": {}, \"min_s\": {}, \"qk_median_s\": {}, \"peak_extra_bytes\": {peak_extra}}}",
+        times[reps / 2],
+        times[0],
+        qk_times[reps / 2]
+    );
+}
