@@ -2,8 +2,8 @@
 //! JSONL, periodic evaluation and checkpoints.
 
 use std::collections::HashSet;
-use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::fs::{self, OpenOptions};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use flowtracer_core::baselines::SplitMix64;
 
-use crate::atomic::write_atomic;
+use crate::atomic::{read_regular, write_atomic};
 use crate::checkpoint;
 use crate::error::{FileError, TrainError};
 use crate::metrics::StepMetrics;
@@ -122,25 +122,34 @@ pub fn eval_accuracy(
     )
 }
 
-/// Keeps the lines of `metrics.jsonl` up to `step` (used when resuming).
+/// The most bytes `metrics.jsonl` may hold when a run resumes (about a million steps).
+const MAX_METRICS_BYTES: u64 = 1 << 30;
+
+/// Keeps the lines of `metrics.jsonl` up to `step` (used when resuming), byte for byte: the
+/// file is cut after the last complete line of a step `<= step` (a line past the checkpoint,
+/// written before a kill, and a partial last line go) and left untouched when nothing goes.
+/// Returns the kept lines' metrics.
 fn truncate_metrics(path: &Path, step: usize) -> Result<Vec<StepMetrics>, FileError> {
+    let bytes = match read_regular(path, MAX_METRICS_BYTES) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(FileError::new("read", path, e)),
+    };
     let mut kept = Vec::new();
-    if let Ok(f) = File::open(path) {
-        for line in BufReader::new(f).lines() {
-            let line = line.map_err(|e| FileError::new("read", path, e))?;
-            if let Ok(m) = serde_json::from_str::<StepMetrics>(&line)
-                && m.step <= step
-            {
-                kept.push(m);
-            }
+    let mut end = 0;
+    for line in bytes.split_inclusive(|&b| b == b'\n') {
+        if !line.ends_with(b"\n") {
+            break;
         }
+        match serde_json::from_slice::<StepMetrics>(line) {
+            Ok(m) if m.step <= step => kept.push(m),
+            _ => break,
+        }
+        end += line.len();
     }
-    let mut out = String::new();
-    for m in &kept {
-        out.push_str(&serde_json::to_string(m).expect("serialisable"));
-        out.push('\n');
+    if end < bytes.len() {
+        write_atomic(path, &bytes[..end])?;
     }
-    write_atomic(path, out.as_bytes())?;
     Ok(kept)
 }
 

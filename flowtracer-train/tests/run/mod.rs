@@ -4,6 +4,7 @@
 mod concurrency;
 mod crash;
 mod divergence;
+mod history;
 mod knobs;
 mod resume;
 mod support;
