@@ -1,0 +1,118 @@
+"""Type stubs of the extension module flowtracer._native (the Rust binding)."""
+
+from typing import Any, Literal, TypedDict
+
+import numpy as np
+import numpy.typing as npt
+
+METRICS: tuple[str, ...]
+ERROR_ATTRIBUTES: tuple[str, ...]
+SCORING_OPTIONS: tuple[str, ...]
+SHAPING_OPTIONS: tuple[str, ...]
+BACKBONE_OPTIONS: tuple[str, ...]
+
+_Float = np.float32 | np.float64
+_Span = tuple[int, int] | range | list[int] | npt.NDArray[np.integer[Any]]
+
+class Error(ValueError):
+    """Every error of flowtracer; the fields an error does not have are None."""
+
+    kind: str
+    sequence: int | None
+    span: Literal["question", "answer", "response"] | None
+    row: int | None
+    col: int | None
+    layer: int | None
+    head: int | None
+    index: int | None
+    value: float | int | None
+    field: str | None
+    what: str | None
+    given: str | None
+    allowed: list[str] | None
+    expected: int | None
+    actual: int | None
+    n: int | None
+    range: tuple[int, int] | None
+    mass: float | None
+    tolerance: float | None
+    dtype: str | None
+
+class Backbone(TypedDict):
+    path: list[int]
+    path_probability: float
+    edges: list[tuple[int, int, float]]
+    total_edge_flow: float
+    hubs: list[int]
+    checkpoints: list[int]
+
+class Trace:
+    """The result of flowtracer.trace."""
+
+    @property
+    def n(self) -> int: ...
+    @property
+    def dtype(self) -> Literal["float32", "float64"]: ...
+    @property
+    def reach(self) -> npt.NDArray[_Float]: ...
+    @property
+    def flow(self) -> npt.NDArray[_Float]: ...
+    @property
+    def throughput(self) -> npt.NDArray[_Float]: ...
+    @property
+    def num_sources(self) -> int: ...
+    @property
+    def answer_mass(self) -> float: ...
+    @property
+    def question(self) -> tuple[int, int] | list[int]: ...
+    @property
+    def answer(self) -> tuple[int, int] | list[int]: ...
+    @property
+    def response(self) -> tuple[int, int] | list[int]: ...
+    def token_weights(self) -> npt.NDArray[_Float]: ...
+    def backbone(
+        self,
+        *,
+        coverage: float = ...,
+        checkpoint_threshold: float = ...,
+        rho: float = ...,
+    ) -> Backbone: ...
+
+def defaults() -> dict[str, Any]: ...
+def choices() -> dict[str, list[str]]: ...
+def trace(
+    attention: Any,
+    question: _Span,
+    answer: _Span,
+    response: _Span | None,
+    options: dict[str, Any] | None,
+) -> Trace: ...
+def shape_advantages(
+    rewards: Any, num_generations: int, weights: Any, options: dict[str, Any] | None
+) -> npt.NDArray[_Float]: ...
+def score_batch(
+    attention: Any,
+    questions: Any,
+    answers: Any,
+    responses: Any,
+    attention_mask: Any,
+    cu_seqlens: Any,
+    completion_start: Any,
+    completion_length: int | None,
+    packed: bool,
+    options: dict[str, Any] | None,
+) -> npt.NDArray[_Float]: ...
+def _data_ptr(attention: Any) -> int: ...
+def _batch_data_ptrs(
+    attention: Any, attention_mask: Any = None, cu_seqlens: Any = None, packed: bool = False
+) -> list[int]: ...
+def _core_trace_f64(
+    flat: list[float], question: list[int], answer: list[int], response: list[int] | None = None
+) -> tuple[list[float], list[float], list[float], list[float]]: ...
+def _reference_trace_f64(
+    flat: list[float], n: int, question: list[int], answer: list[int]
+) -> tuple[list[float], list[float], list[float], int]: ...
+def _core_shape_advantages_f64(
+    rewards: list[float], num_generations: int, weights: list[float]
+) -> list[float]: ...
+def _busy(millis: int, release_gil: bool) -> None: ...

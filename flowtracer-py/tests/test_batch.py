@@ -1,0 +1,109 @@
+"""score_batch against one-by-one calls: list, padded with a mask, packed buffer."""
+
+import numpy as np
+import pytest
+from conftest import causal, packed
+
+import flowtracer
+
+
+def one_by_one(seqs, questions, answers, t, starts=None, **options):
+    """The (B, T) rows from per-sequence token_weights (weight 1 past the end / no answer)."""
+    dtype = np.asarray(seqs[0]).dtype
+    out = np.ones((len(seqs), t), dtype=dtype)
+    for b, (a, q, ans) in enumerate(zip(seqs, questions, answers)):
+        if ans is None:
+            continue
+        w = flowtracer.token_weights(a, q, ans, **options)
+        start = q[1] if starts is None else starts[b]
+        row = w[start : start + t]
+        out[b, : len(row)] = row
+    return out
+
+
+def batch_case(dtype=np.float64):
+    lens = [9, 14, 6, 14, 11]
+    seqs = [causal(n, seed, dtype) for seed, n in enumerate(lens)]
+    questions = [(0, 3), (0, 5), (0, 2), (1, 4), (0, 4)]
+    answers = [(7, 9), (12, 13), (5, 6), None, (9, 11)]
+    return lens, seqs, questions, answers
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_list_equals_one_by_one(dtype):
+    lens, seqs, questions, answers = batch_case(dtype)
+    w = flowtracer.score_batch(seqs, questions, answers)
+    t = max(n - q[1] for n, q in zip(lens, questions))
+    assert w.shape == (5, t) and w.dtype == dtype
+    assert np.array_equal(w, one_by_one(seqs, questions, answers, t))
+    assert np.all(w[3] == 1.0)  # no answer: weight 1
+    # options reach every sequence
+    w2 = flowtracer.score_batch(seqs, questions, answers, gamma_flow=2.0, rho=0.5)
+    assert np.array_equal(w2, one_by_one(seqs, questions, answers, t, gamma_flow=2.0, rho=0.5))
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padded_with_mask_equals_one_by_one(side):
+    lens, seqs, questions, answers = batch_case()
+    n = max(lens)
+    padded = np.full((5, n, n), np.nan)  # padding is never read
+    mask = np.zeros((5, n), dtype=np.int64)
+    for b, (a, m) in enumerate(zip(seqs, lens)):
+        o = n - m if side == "left" else 0
+        padded[b, o : o + m, o : o + m] = a
+        mask[b, o : o + m] = 1
+    w = flowtracer.score_batch(padded, questions, answers, attention_mask=mask)
+    t = max(m - q[1] for m, q in zip(lens, questions))
+    assert np.array_equal(w, one_by_one(seqs, questions, answers, t))
+    # a boolean mask, an explicit completion layout
+    starts = [q[1] + 1 for q in questions]
+    w = flowtracer.score_batch(
+        padded, questions, answers, attention_mask=mask.astype(bool), completion_start=starts, completion_length=4
+    )
+    assert np.array_equal(w, one_by_one(seqs, questions, answers, 4, starts))
+
+
+def test_padded_per_layer_equals_one_by_one():
+    lens, _, questions, answers = batch_case()
+    n, layers, heads = max(lens), 3, 2
+    per_seq = [np.stack([causal(m, 10 * b + l, heads=heads) for l in range(layers)]) for b, m in enumerate(lens)]
+    padded = np.zeros((5, layers, heads, n, n))
+    mask = np.zeros((5, n))
+    for b, (x, m) in enumerate(zip(per_seq, lens)):
+        padded[b, :, :, n - m :, n - m :] = x
+        mask[b, n - m :] = 1
+    for sel in ["middle", "all", "0,2"]:
+        w = flowtracer.score_batch(padded, questions, answers, attention_mask=mask, layers=sel)
+        t = max(m - q[1] for m, q in zip(lens, questions))
+        assert np.array_equal(w, one_by_one(per_seq, questions, answers, t, layers=sel))
+
+
+def test_unpadded_array_and_cu_seqlens_equal_one_by_one():
+    n = 10
+    seqs = [causal(n, s) for s in range(4)]
+    questions = [(0, 3)] * 4
+    answers = [(8, 10), (9, 10), None, (5, 7)]
+    expect = one_by_one(seqs, questions, answers, 7)
+    assert np.array_equal(flowtracer.score_batch(np.stack(seqs), questions, answers), expect)
+    lens, _, questions, answers = batch_case()
+    _, seqs, _, _ = batch_case()
+    cu = np.concatenate([[0], np.cumsum(lens)])
+    t = max(m - q[1] for m, q in zip(lens, questions))
+    expect = one_by_one(seqs, questions, answers, t)
+    dense = np.concatenate([a.ravel() for a in seqs])
+    assert np.array_equal(flowtracer.score_batch(dense, questions, answers, cu_seqlens=cu), expect)
+    tri = np.concatenate([packed(a) for a in seqs])
+    assert np.array_equal(flowtracer.score_batch(tri, questions, answers, cu_seqlens=cu, packed=True), expect)
+
+
+def test_batch_spans_as_lists_and_responses():
+    lens, seqs, questions, answers = batch_case()
+    answers = [None if a is None else list(range(*a)) for a in answers]
+    responses = [None if a is None else list(range(q[1], a[-1] + 1)) for q, a in zip(questions, answers)]
+    w = flowtracer.score_batch(seqs, questions, answers, responses)
+    for b in range(5):
+        if answers[b] is None:
+            continue
+        expect = flowtracer.token_weights(seqs[b], questions[b], answers[b], responses[b])
+        row = expect[questions[b][1] :]
+        assert np.array_equal(w[b, : len(row)], row)
