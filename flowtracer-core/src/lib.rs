@@ -48,6 +48,10 @@
 //! - **NaN policy.** Non-finite or negative attention is an error naming its first position
 //!   (lowest flat index); it is never propagated into results. Checks run in the order of
 //!   [method §13](docs/method.md#s13) ([`validate`]), identically on CPU and GPU.
+//! - **Q/K input.** [`qk`] forms `Ā` from post-RoPE queries and keys in safe register tiles
+//!   and its own vectorisable `exp` (error bound stated there) rather than through a GEMM
+//!   crate: `gemm`/`matrixmultiply` are `unsafe fn` and need std for AVX/FMA detection, and
+//!   the core stays `forbid(unsafe_code)` and no_std; see that module for the trade-off.
 //! - **Panics.** None on any input data. Functions that take caller-sized buffers panic on
 //!   a wrong buffer length, as documented under `# Panics`.
 #![no_std]
