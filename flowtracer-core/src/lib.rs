@@ -7,8 +7,9 @@
 //!
 //! The pipeline, one module per stage: [`qk`] (for models that run FlashAttention: `Ā`
 //! straight from post-RoPE queries and keys, no per-head `N x N`) or [`aggregate`] (from
-//! attention probabilities) → [`sequence`] (the validated input: `Ā` and its spans) → reach → [`flow`] → [`backbone`] → [`shaping`] → [`grpo`], with
-//! [`baselines`] for the point-wise alternatives, [`reference`](mod@reference) for the naive
+//! attention probabilities) → [`sequence`] (the validated input: `Ā` and its spans) →
+//! reach → [`flow`] → [`backbone`] → [`shaping`] → [`grpo`], with [`baselines`] for the
+//! point-wise alternatives, [`reference`](mod@reference) for the naive
 //! oracles the tests check every fast path against, [`vocabulary`] for the option names and
 //! metric names every crate shares, and [`Tracer`] as the front door (with [`trace()`] for
 //! the default configuration). The method itself is in
