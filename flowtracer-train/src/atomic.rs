@@ -154,6 +154,10 @@ impl DirLock {
 pub fn read_regular(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
     use std::io::Read as _;
     let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, m);
+    // Checked before opening too: opening a FIFO for reading blocks until a writer comes.
+    if !fs::metadata(path)?.is_file() {
+        return Err(invalid("not a regular file".into()));
+    }
     let file = File::open(path)?;
     let meta = file.metadata()?;
     if !meta.is_file() {
@@ -166,7 +170,7 @@ pub fn read_regular(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
         )));
     }
     let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
-    file.take(limit + 1).read_to_end(&mut bytes)?;
+    file.take(limit.saturating_add(1)).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > limit {
         return Err(invalid(format!(
             "the file grew past the {limit} bytes allowed while it was read"
@@ -229,6 +233,22 @@ mod tests {
         let missing = dir.join("no-such-dir").join("out.json");
         assert!(write_atomic(&missing, b"x").is_err());
         assert_eq!(entries(&dir), ["taken"]);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn read_regular_reads_up_to_the_limit_and_refuses_the_rest() {
+        let dir = temp_dir("read");
+        let path = dir.join("five");
+        fs::write(&path, b"12345").unwrap();
+        assert_eq!(read_regular(&path, 5).unwrap(), b"12345");
+        assert_eq!(read_regular(&path, u64::MAX).unwrap(), b"12345");
+        let err = read_regular(&path, 4).unwrap_err();
+        assert!(err.to_string().contains("more than the 4 allowed"), "{err}");
+        let err = read_regular(&dir, 100).unwrap_err();
+        assert_eq!(err.to_string(), "not a regular file");
+        let err = read_regular(Path::new("/dev/zero"), 100).unwrap_err();
+        assert_eq!(err.to_string(), "not a regular file");
         let _ = fs::remove_dir_all(&dir);
     }
 }

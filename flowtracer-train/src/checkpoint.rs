@@ -405,7 +405,7 @@ pub fn load(
         if name == "reference.bpk" && !file.exists() {
             continue;
         }
-        let bytes = std::fs::read(&file).map_err(|e| damaged("read", &file, e.into()))?;
+        let bytes = read_regular(&file, u64::MAX).map_err(|e| damaged("read", &file, e.into()))?;
         match first_non_finite(&bytes) {
             Ok(None) => {}
             Ok(Some(tensor)) => {

@@ -234,8 +234,8 @@ pub fn run(args: Args) -> Result<(), CliError> {
 /// result, or the report cannot be written.
 pub fn report_only(args: &Args) -> Result<(), CliError> {
     let path = args.out.join("results.json");
-    let bytes =
-        std::fs::read(&path).map_err(|e| CliError::bad_input(FileError::new("read", &path, e)))?;
+    let bytes = crate::atomic::read_regular(&path, 1 << 30)
+        .map_err(|e| CliError::bad_input(FileError::new("read", &path, e)))?;
     let saved: Saved = serde_json::from_slice(&bytes).map_err(|e| {
         CliError::bad_input(format!("{} is not a compare result: {e}", path.display()))
     })?;

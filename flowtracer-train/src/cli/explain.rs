@@ -102,16 +102,20 @@ pub fn run(args: Args) -> Result<(), CliError> {
     write_out(&args.out, html.as_bytes())
 }
 
+/// The most bytes a `--tokens` file may hold.
+pub const MAX_TOKENS_BYTES: u64 = 64 << 20;
+
 /// Reads a JSON list of token strings.
 ///
 /// # Errors
 ///
-/// A [`CliError`] if the file cannot be read or is not a JSON list of strings.
+/// A [`CliError`] if the file cannot be read (not a regular file, or larger than
+/// [`MAX_TOKENS_BYTES`]) or is not a JSON list of strings.
 pub fn read_tokens(path: &Path) -> Result<Vec<String>, CliError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let bytes = crate::atomic::read_regular(path, MAX_TOKENS_BYTES).map_err(|e| {
         CliError::bad_input(format!("cannot read --tokens {}: {e}", path.display()))
     })?;
-    serde_json::from_str(&text).map_err(|e| {
+    serde_json::from_slice(&bytes).map_err(|e| {
         CliError::bad_input(format!(
             "bad --tokens {}: expected a JSON list of strings ({e})",
             path.display()

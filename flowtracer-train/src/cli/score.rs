@@ -544,7 +544,8 @@ enum Source {
 impl AttentionFile {
     fn open(path: &Path, tensors: &[String]) -> Result<Self, CliError> {
         let shown = path.display();
-        let bytes = std::fs::read(path)
+        // A regular file, read up to the size it has (a device, FIFO or directory is refused).
+        let bytes = read_regular(path, u64::MAX)
             .map_err(|e| CliError::bad_input(format!("cannot read --attention {shown}: {e}")))?;
         let io = |e: flowtracer_io::Error| CliError::bad_input(format!("{shown}: {e}"));
         let is_npy = bytes.starts_with(b"\x93NUMPY")

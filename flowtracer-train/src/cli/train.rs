@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::CliError;
 use super::knobs::Knobs;
 use crate::atomic::write_atomic;
-use crate::atomic::{DirLock, remove_dir_durable, sync_dir};
+use crate::atomic::{DirLock, read_regular, remove_dir_durable, sync_dir};
 use crate::checkpoint::{self, Resume, RunInfo, State};
 use crate::config::GrpoConfig;
 use crate::error::{FileError, TrainError};
@@ -258,7 +258,12 @@ pub fn run(args: Args) -> Result<(), CliError> {
         let (m, acc) = match &args.init {
             Some(path) => {
                 let bad_init = |e| CliError::bad_input(FileError::new("load --init", path, e));
-                let record = burn::store::ModuleRecord::load(path).map_err(bad_init)?;
+                let bytes = read_regular(path, u64::MAX)
+                    .map_err(|e| CliError::bad_input(FileError::new("load --init", path, e)))?;
+                let record = burn::store::ModuleRecord::from_bytes(
+                    burn::tensor::Bytes::from_bytes_vec(bytes),
+                )
+                .map_err(bad_init)?;
                 let m = k
                     .model()
                     .init(0, &k.device().autodiff())

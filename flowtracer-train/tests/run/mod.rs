@@ -5,6 +5,7 @@ mod concurrency;
 mod crash;
 mod divergence;
 mod history;
+mod inputs;
 mod knobs;
 mod resume;
 mod support;
