@@ -32,3 +32,17 @@ pub fn parse(bytes: &[u8]) -> usize {
     let st = flowtracer_io::read_safetensors(bytes).map(|t| t.len()).unwrap_or(0);
     npy + st
 }
+
+/// Uses the Q/K stage (and so the `half` crate, which must not link std either).
+pub fn from_qk(q: &[f32], k: &[f32], n: usize, d: usize) -> Vec<f32> {
+    use flowtracer_core::qk::{QkConfig, QkLayer, QkShape, sequence_from_qk};
+    use flowtracer_core::{Sequence, Spans};
+    let seq: Result<Sequence<'static, f32>, _> = sequence_from_qk(
+        &[QkLayer::new(0, q, k)],
+        QkShape::new(1, 1, n, d),
+        &QkConfig::default(),
+        None,
+        Spans::new(0..1, n.saturating_sub(1)..n),
+    );
+    seq.map(|s| s.attention().to_vec()).unwrap_or_default()
+}
