@@ -383,6 +383,10 @@ impl QkConfig {
     /// [`Error::InvalidConfig`] for the first bad field: `scale` not finite and positive,
     /// `window = 0`, `row_tolerance` negative or not finite, then soft-capping, sinks,
     /// ALiBi (unsupported).
+    ///
+    /// # Complexity
+    ///
+    /// O(1).
     pub fn validate(&self) -> Result<(), Error> {
         let bad = |field, reason| Err(Error::InvalidConfig { field, reason });
         if let Some(s) = self.scale
@@ -569,6 +573,10 @@ impl<F: FlowFloat> QkAccumulator<F> {
     /// # Errors
     ///
     /// [`Error::ShapeMismatch`] for `Q`, then `K`, then the log-sum-exp.
+    ///
+    /// # Complexity
+    ///
+    /// O(1).
     pub fn check_layer<T>(&self, layer: &QkLayer<'_, T>) -> Result<(), Error> {
         let s = self.shape;
         let lse = layer.lse.map(<[f32]>::len);
