@@ -251,6 +251,12 @@ pub fn validate_run(
             grpo.max_completion_length
         )));
     }
+    if grpo.max_completion_length < response {
+        return Err(ConfigError::knob(format!(
+            "--max-completion-length must be at least {response} (the task's canonical response, EOS included: a shorter completion is truncated and never rewarded), got {}",
+            grpo.max_completion_length
+        )));
+    }
     let batch = grpo.prompts_per_step * grpo.num_generations;
     if batch > MAX_BATCH {
         return Err(ConfigError::knob(format!(

@@ -21,6 +21,10 @@ use crate::sft::{self, SftConfig};
 use crate::task::{Problem, TaskConfig};
 use crate::trainer::Trainer;
 
+/// After this many GRPO steps in a row with no reward variance in any group
+/// (`zero_std_frac = 1`), [`grpo_loop`] warns once on stderr: the run learns nothing.
+pub const NO_SIGNAL_STEPS: usize = 20;
+
 /// How a GRPO loop is driven.
 #[derive(Debug, Clone)]
 pub struct LoopOptions {
@@ -177,6 +181,8 @@ pub fn grpo_loop(
     let bar = progress(opts.steps, opts.quiet, &opts.label);
     bar.set_position(trainer.step as u64);
     let eval_subset = &eval[..opts.eval_size.min(eval.len())];
+    // Steps in a row in which no group had any reward variance (no learning signal).
+    let mut flat = 0usize;
     while trainer.step < opts.steps {
         let mut m = trainer
             .train_step()
@@ -191,6 +197,16 @@ pub fn grpo_loop(
             );
             m.eval_accuracy = Some(g);
             m.eval_sampled_accuracy = Some(s);
+        }
+        flat = if m.zero_std_frac >= 1.0 { flat + 1 } else { 0 };
+        if flat == NO_SIGNAL_STEPS {
+            bar.suspend(|| {
+                eprintln!(
+                    "warning: no reward variance in any group for {NO_SIGNAL_STEPS} steps in a row (zero_std_frac = 1 at steps {}..={}): GRPO gets no learning signal; check that --max-completion-length fits a correct answer, lower --difficulty or warm up longer",
+                    m.step + 1 - NO_SIGNAL_STEPS,
+                    m.step
+                );
+            });
         }
         writeln!(file, "{}", serde_json::to_string(&m).expect("serialisable")).map_err(append)?;
         file.flush().map_err(append)?;

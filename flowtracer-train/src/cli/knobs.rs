@@ -82,9 +82,10 @@ pub struct Knobs {
     /// Top-k sampling (0: off).
     #[arg(long, default_value_t = GrpoConfig::default().top_k)]
     pub top_k: usize,
-    /// Maximum completion length in tokens.
-    #[arg(long, default_value_t = GrpoConfig::default().max_completion_length)]
-    pub max_completion_length: usize,
+    /// Maximum completion length in tokens [default: 40, or the task's canonical response
+    /// length when longer; at least that length].
+    #[arg(long)]
+    pub max_completion_length: Option<usize>,
     /// Exclude truncated completions from the loss.
     #[arg(long)]
     pub mask_truncated_completions: bool,
@@ -168,6 +169,17 @@ impl Knobs {
         }
     }
 
+    /// `--max-completion-length`, or its default: [`GrpoConfig::default`]'s 40, raised to
+    /// the task's canonical response length (EOS included) when that is longer, so that a
+    /// correct completion always fits.
+    pub fn completion_length(&self) -> usize {
+        self.max_completion_length.unwrap_or_else(|| {
+            GrpoConfig::default()
+                .max_completion_length
+                .max(self.task().response_len())
+        })
+    }
+
     /// Task config.
     pub fn task(&self) -> TaskConfig {
         TaskConfig::level(self.difficulty)
@@ -205,7 +217,7 @@ impl Knobs {
             num_iterations: self.num_iterations,
             temperature: self.temperature,
             top_k: self.top_k,
-            max_completion_length: self.max_completion_length,
+            max_completion_length: self.completion_length(),
             mask_truncated_completions: self.mask_truncated_completions,
             lr: self.lr,
             seed,

@@ -514,7 +514,7 @@ pub fn resume_config(
     apply!(
         "max_completion_length",
         max_completion_length,
-        k.max_completion_length
+        k.completion_length()
     );
     apply!(
         "mask_truncated_completions",

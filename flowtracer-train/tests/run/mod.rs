@@ -8,5 +8,6 @@ mod history;
 mod inputs;
 mod knobs;
 mod resume;
+mod signal;
 mod support;
 mod validation;
