@@ -10,7 +10,7 @@
 use flowtracer_core::qk::{
     EXP_F32_MAX_REL_ERROR, EXP_F32_RANGE, EXP_F64_MAX_REL_ERROR, EXP_F64_RANGE, KEY_BLOCK,
     QkAccumulator, QkConfig, QkInput, QkLayer, QkShape, ROW_BLOCK, exp_f32, exp_f64,
-    sequence_from_qk,
+    sequence_from_qk, split_ragged, split_ragged_lse,
 };
 use flowtracer_core::{
     AnswerMode, Error, FlowFloat, Position, QkTensor, Sequence, Span, Spans, TraceConfig,
@@ -968,4 +968,128 @@ fn traces_like_the_dense_path() {
     let (a, b) = (tracer.trace(&seq).unwrap(), tracer.trace(&dense).unwrap());
     assert_all_close(a.flow(), b.flow(), F64_ABS, F64_REL, "f");
     assert_all_close(a.reach(), b.reach(), F64_ABS, F64_REL, "h");
+}
+
+/// A ragged batch in FlashAttention's varlen layout (token-major `[total][H][d]`, LSE
+/// `[H][total]`) cut by `cu_seqlens` gives, per sequence, exactly the head-major input, so
+/// the same `Ā` bit for bit, and the oracle's.
+#[test]
+fn ragged_batch_equals_each_sequence_alone() {
+    let (hq, hkv, d) = (4, 2, 3);
+    let lens = [5usize, 1, 7, 0, 2];
+    let cu: Vec<usize> = core::iter::once(0)
+        .chain(lens.iter().scan(0, |s, &l| {
+            *s += l;
+            Some(*s)
+        }))
+        .collect();
+    let total = cu[lens.len()];
+    let val = |i: usize| ((i * 37 % 101) as f64 / 25.0) - 2.0;
+    // Head-major per sequence, generated directly.
+    let q_seq: Vec<Vec<f64>> = lens
+        .iter()
+        .enumerate()
+        .map(|(b, &n)| (0..hq * n * d).map(|i| val(i + 1000 * b)).collect())
+        .collect();
+    let k_seq: Vec<Vec<f64>> = lens
+        .iter()
+        .enumerate()
+        .map(|(b, &n)| (0..hkv * n * d).map(|i| val(i + 7 + 1000 * b)).collect())
+        .collect();
+    // The same values token-major in one buffer.
+    let pack = |seqs: &[Vec<f64>], heads: usize| {
+        let mut buf = vec![0.0; total * heads * d];
+        for (b, s) in seqs.iter().enumerate() {
+            let n = lens[b];
+            for h in 0..heads {
+                for t in 0..n {
+                    for j in 0..d {
+                        buf[((cu[b] + t) * heads + h) * d + j] = s[(h * n + t) * d + j];
+                    }
+                }
+            }
+        }
+        buf
+    };
+    let (q_buf, k_buf) = (pack(&q_seq, hq), pack(&k_seq, hkv));
+    let qs = split_ragged(&q_buf, &cu, hq, d).unwrap();
+    let ks = split_ragged(&k_buf, &cu, hkv, d).unwrap();
+    assert_eq!(qs, q_seq);
+    assert_eq!(ks, k_seq);
+    // LSE: [H][total] head-major.
+    let lse_buf: Vec<f32> = (0..hq * total).map(|i| i as f32).collect();
+    let lses = split_ragged_lse(&lse_buf, &cu, hq).unwrap();
+    for (b, l) in lses.iter().enumerate() {
+        assert_eq!(l.len(), hq * lens[b]);
+        for h in 0..hq {
+            for t in 0..lens[b] {
+                assert_eq!(l[h * lens[b] + t], lse_buf[h * total + cu[b] + t]);
+            }
+        }
+    }
+    for (b, &n) in lens.iter().enumerate() {
+        if n < 2 {
+            continue;
+        }
+        let shape = QkShape::new(hq, hkv, n, d);
+        let seq: Sequence<'_, f64> = sequence_from_qk(
+            &[QkLayer::new(0, &qs[b][..], &ks[b][..])],
+            shape,
+            &QkConfig::default(),
+            None,
+            Spans::new(0..1, n - 1..n),
+        )
+        .unwrap();
+        let want = reference::attention_from_qk(
+            &q_seq[b],
+            &k_seq[b],
+            None,
+            (1, hq, hkv),
+            n,
+            d,
+            1.0 / (d as f64).sqrt(),
+            None,
+            None,
+        );
+        assert_all_close(
+            seq.attention(),
+            &want,
+            F64_ABS,
+            F64_REL,
+            "Ā of a ragged sequence",
+        );
+    }
+    // Bad offsets and lengths.
+    assert_eq!(
+        split_ragged(&q_buf, &[1, 2], hq, d),
+        Err(Error::BadOffsets { index: 0 })
+    );
+    assert_eq!(
+        split_ragged(&q_buf, &[0, 3, 2], hq, d),
+        Err(Error::BadOffsets { index: 2 })
+    );
+    assert_eq!(
+        split_ragged::<f64>(&q_buf, &[], hq, d),
+        Err(Error::BadOffsets { index: 0 })
+    );
+    assert_eq!(
+        split_ragged(&q_buf[1..], &cu, hq, d),
+        Err(Error::ShapeMismatch {
+            what: "ragged queries or keys",
+            expected: q_buf.len(),
+            actual: q_buf.len() - 1
+        })
+    );
+    assert_eq!(
+        split_ragged(&q_buf, &cu, 0, d),
+        Err(Error::ZeroDimension { what: "heads" })
+    );
+    assert_eq!(
+        split_ragged_lse(&lse_buf[1..], &cu, hq),
+        Err(Error::ShapeMismatch {
+            what: "ragged log-sum-exp",
+            expected: lse_buf.len(),
+            actual: lse_buf.len() - 1
+        })
+    );
 }
