@@ -762,7 +762,13 @@ fn credit_scores_dispatch_to_each_method() {
         let r = credit_scores(method, &mut tracer, &no_seq);
         if method.needs_attention() || method.needs_answer() {
             assert!(
-                matches!(r, Err(Error::InvalidConfig { field: "credit", .. })),
+                matches!(
+                    r,
+                    Err(Error::InvalidConfig {
+                        field: "credit",
+                        ..
+                    })
+                ),
                 "{method}: {r:?}"
             );
         } else {
