@@ -296,6 +296,14 @@ pub enum Error {
         /// The tolerance in force.
         tolerance: f64,
     },
+    /// A buffer the input's shape implies could not be allocated (for example `Ā`'s
+    /// `N²` values for the `N` of queries and keys).
+    OutOfMemory {
+        /// What the buffer is.
+        what: &'static str,
+        /// Its size in bytes (saturated at `usize::MAX`).
+        bytes: usize,
+    },
     /// A configuration value outside its domain.
     InvalidConfig {
         /// The field's name.
@@ -411,6 +419,9 @@ impl fmt::Display for Error {
                 f,
                 "the log-sum-exp of layer {layer}, head {head}, row {row} does not belong to its Q and K: the row's probabilities sum to {mass}, not 1 within {tolerance}"
             ),
+            Error::OutOfMemory { what, bytes } => {
+                write!(f, "cannot allocate {what}: {bytes} bytes")
+            }
             Error::InvalidConfig { field, reason } => write!(f, "invalid {field}: {reason}"),
             Error::UnknownName {
                 what,

@@ -516,7 +516,8 @@ impl<F: FlowFloat> QkAccumulator<F> {
     /// # Errors
     ///
     /// The shape errors of [`QkShape::check`], then [`Error::InvalidConfig`], then
-    /// [`Error::ShapeMismatch`] for a mask that is not `N` long.
+    /// [`Error::ShapeMismatch`] for a mask that is not `N` long, then
+    /// [`Error::OutOfMemory`] if `N²` values of `F` cannot be allocated.
     ///
     /// # Complexity
     ///
@@ -538,6 +539,18 @@ impl<F: FlowFloat> QkAccumulator<F> {
                 actual: mask.len(),
             });
         }
+        // Ā is the one buffer whose size the input does not bound (N² from N): allocated
+        // fallibly, so a huge N is an error, not an abort.
+        let cells = n.checked_mul(n);
+        let bytes = cells.map_or(usize::MAX, |c| c.saturating_mul(core::mem::size_of::<F>()));
+        let oom = Error::OutOfMemory {
+            what: "the aggregated attention (N x N)",
+            bytes,
+        };
+        let mut sum = Vec::new();
+        sum.try_reserve_exact(cells.ok_or(oom.clone())?)
+            .map_err(|_| oom)?;
+        sum.resize(n * n, F::zero());
         let mut valid_before = Vec::with_capacity(n + 1);
         valid_before.push(0);
         for i in 0..n {
@@ -554,7 +567,7 @@ impl<F: FlowFloat> QkAccumulator<F> {
             valid_before,
             key_valid: key_valid.map(<[bool]>::to_vec),
             layers: 0,
-            sum: vec![F::zero(); n.saturating_mul(n)],
+            sum,
             non_finite: None,
             bad_row: None,
         })

@@ -611,6 +611,13 @@ fn shapes_and_config() {
             .unwrap_err(),
         Error::ZeroDimension { what: "layers" }
     );
+    // An N whose N x N cannot be allocated is an error, not an abort.
+    for n in [usize::MAX / 2, 1 << 40] {
+        match QkAccumulator::<f64>::new(QkShape::new(1, 1, n, 1), cfg, None) {
+            Err(Error::OutOfMemory { bytes, .. }) => assert!(bytes >= 1 << 40),
+            other => panic!("{n}: {other:?}"),
+        }
+    }
     // Messages name the problem.
     assert!(
         err(ok, &q, &k, None, cfg.with_logit_softcap(30.0))
