@@ -581,9 +581,9 @@ impl AttentionFile {
         // Per-layer tensors: check every shape (and dtype) before reading any data.
         let mut layer_shape: Option<(usize, usize, Vec<usize>)> = None;
         for name in &names {
-            let info = infos
-                .iter()
-                .find(|t| &t.name == name)
+            work(1);
+            let info = file
+                .get(name)
                 .ok_or_else(|| io(flowtracer_io::Error::TensorNotFound { name: name.clone() }))?;
             if !matches!(info.dtype.as_str(), "F64" | "F32" | "F16" | "BF16") {
                 return Err(io(flowtracer_io::Error::UnsupportedDtype {
@@ -714,26 +714,129 @@ fn check_n(path: &Path, n: usize, shape: &[usize]) -> Result<(), CliError> {
 }
 
 /// Orders per-layer tensor names by the last number in each name.
+///
+/// One sort of `(layer, position, name)`: O(T log T) for T names. Two names with one layer
+/// number are reported as the pair whose later name comes first in the file; a name without
+/// a number as the first such name, if no repeated layer number comes before it.
 fn layer_order<'a>(names: impl Iterator<Item = &'a str>) -> Result<Vec<String>, String> {
     let mut keyed = Vec::new();
-    for name in names {
-        let digits: String = name
+    let mut unnumbered = None;
+    for (at, name) in names.enumerate() {
+        let digits = name
             .rsplit(|c: char| !c.is_ascii_digit())
             .find(|s| !s.is_empty())
-            .unwrap_or("")
-            .to_owned();
-        let layer: u64 = digits.parse().map_err(|_| {
-            format!(
-                "the file holds several tensors and {name:?} has no layer number; choose one with --tensor, or list the per-layer tensors with repeated --tensor"
-            )
-        })?;
-        if let Some((_, other)) = keyed.iter().find(|(l, _)| *l == layer) {
-            return Err(format!(
-                "tensors {other:?} and {name:?} have the same layer number {layer}; list the per-layer tensors with repeated --tensor"
+            .unwrap_or("");
+        match digits.parse::<u64>() {
+            Ok(layer) => keyed.push((layer, at, name)),
+            Err(_) => {
+                unnumbered = Some(name);
+                break;
+            }
+        }
+    }
+    keyed.sort_unstable_by(|a, b| {
+        work(1);
+        a.cmp(b)
+    });
+    if let Some(w) = keyed
+        .windows(2)
+        .filter(|w| w[0].0 == w[1].0)
+        .min_by_key(|w| w[1].1)
+    {
+        let ((layer, _, other), (_, _, name)) = (w[0], w[1]);
+        return Err(format!(
+            "tensors {other:?} and {name:?} have the same layer number {layer}; list the per-layer tensors with repeated --tensor"
+        ));
+    }
+    if let Some(name) = unnumbered {
+        return Err(format!(
+            "the file holds several tensors and {name:?} has no layer number; choose one with --tensor, or list the per-layer tensors with repeated --tensor"
+        ));
+    }
+    Ok(keyed
+        .into_iter()
+        .map(|(_, _, name)| name.to_owned())
+        .collect())
+}
+
+/// Work counted by the tests: each name comparison of the per-layer checks.
+#[cfg(test)]
+static WORK: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Counts `n` units of work (tests only; nothing in other builds).
+#[inline]
+fn work(n: u64) {
+    #[cfg(test)]
+    WORK.fetch_add(n, core::sync::atomic::Ordering::Relaxed);
+    #[cfg(not(test))]
+    let _ = n;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A safetensors file of `t` zero-size per-layer tensors, listed in a scrambled layer
+    /// order (`k * 7919 mod t`; 7919 is prime, so every layer appears once).
+    fn per_layer_file(t: usize) -> PathBuf {
+        let mut header = String::from("{");
+        for k in 0..t {
+            let i = k * 7919 % t;
+            if k > 0 {
+                header.push(',');
+            }
+            header.push_str(&format!(
+                "\"model.layers.{i}.attn\":{{\"dtype\":\"F32\",\"shape\":[0,0],\"data_offsets\":[0,0]}}"
             ));
         }
-        keyed.push((layer, name.to_owned()));
+        header.push('}');
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header.as_bytes());
+        let path = std::env::temp_dir().join(format!(
+            "flowtracer-score-layers-{t}-{}.safetensors",
+            std::process::id()
+        ));
+        std::fs::write(&path, bytes).unwrap();
+        path
     }
-    keyed.sort_by_key(|(l, _)| *l);
-    Ok(keyed.into_iter().map(|(_, name)| name).collect())
+
+    /// Issue 14 item 5: ordering and checking T per-layer tensors costs O(T log T) name
+    /// comparisons, not O(T^2). Counted, not timed (each comparison of the layer sort, each
+    /// lookup by name; a lookup is flowtracer-io's binary search, counted in its own test):
+    /// 4x the tensors must cost well under 16x the work (T log T gives about 4.7x).
+    #[test]
+    fn per_layer_checks_are_not_quadratic() {
+        let mut counts = Vec::new();
+        for t in [4_000, 16_000] {
+            let path = per_layer_file(t);
+            WORK.store(0, core::sync::atomic::Ordering::Relaxed);
+            let err = AttentionFile::open(&path, &[]).err().expect("zero tokens");
+            assert!(err.message().contains("no tokens"), "{err}");
+            counts.push(WORK.load(core::sync::atomic::Ordering::Relaxed));
+            let _ = std::fs::remove_file(&path);
+        }
+        println!(
+            "name comparisons: T = 4000: {}, 4T = 16000: {}",
+            counts[0], counts[1]
+        );
+        assert!(
+            counts[1] < 6 * counts[0],
+            "4x the tensors cost {}x the work ({counts:?})",
+            counts[1] as f64 / counts[0] as f64
+        );
+    }
+
+    /// The layer order and both error messages, on small cases.
+    #[test]
+    fn layer_order_sorts_by_the_last_number_and_reports_the_first_problem() {
+        let order = layer_order(["b.10.x", "a.2", "c.0.y", "d7"].into_iter()).unwrap();
+        assert_eq!(order, ["c.0.y", "a.2", "d7", "b.10.x"]);
+        let err = layer_order(["l.1", "m.2", "n.1", "o.2"].into_iter()).unwrap_err();
+        assert!(
+            err.contains("\"l.1\" and \"n.1\" have the same layer number 1"),
+            "{err}"
+        );
+        let err = layer_order(["l.1", "x", "l.1"].into_iter()).unwrap_err();
+        assert!(err.contains("\"x\" has no layer number"), "{err}");
+    }
 }
