@@ -1446,10 +1446,9 @@ fn score_typed<'py, F: Float>(
             .max()
             .unwrap_or(0)
     });
-    let config = options.config;
+    let tracer = Tracer::new(options.config).map_err(|e| core_error(py, &e, None))?;
     let layers = &options.layers;
     let result: Result<Vec<F>, (CoreError, usize)> = py.detach(|| {
-        let tracer = Tracer::new(config).map_err(|e| (e, 0))?;
         // Sequences are built (aggregated, cropped spans checked) in parallel too.
         let scored: Vec<usize> = (0..items.len())
             .filter(|&i| items[i].spans.is_some())
@@ -1662,6 +1661,57 @@ fn _core_shape_advantages_f64(
         .map_err(|e| core_error(py, &e, None))
 }
 
+/// The core's batch path on a `[B, N, N]` C-contiguous float32 array, without the binding:
+/// `Sequence::dense` on each sequence's slice, `Tracer::trace_batch` (default configuration,
+/// parallel), then `token_weights` of each: the work `score_batch` does for that input.
+/// Returns the seconds of each of `repeats` runs (the baseline of the binding-overhead
+/// benchmark, `flowtracer-py/benches/bench_batch.py`).
+#[pyfunction]
+fn _core_batch_seconds(
+    py: Python<'_>,
+    attention: &Bound<'_, PyAny>,
+    question: (usize, usize),
+    answer: (usize, usize),
+    repeats: usize,
+) -> PyResult<Vec<f64>> {
+    let arr = attention
+        .cast::<PyArrayDyn<f32>>()
+        .map_err(PyErr::from)?
+        .readonly();
+    let shape = arr.shape().to_vec();
+    let data = arr
+        .as_slice()
+        .map_err(|e| input_error(py, "BadRank", e.to_string()))?;
+    if shape.len() != 3 || shape[1] != shape[2] {
+        return Err(input_error(
+            py,
+            "BadRank",
+            format!("expected [B, N, N], got {shape:?}"),
+        ));
+    }
+    let per = shape[1] * shape[2];
+    py.detach(|| {
+        let tracer = Tracer::default();
+        let mut seconds = Vec::with_capacity(repeats);
+        for _ in 0..repeats {
+            let start = std::time::Instant::now();
+            let seqs = data
+                .chunks_exact(per)
+                .map(|a| Sequence::dense(a, Spans::new(question.0..question.1, answer.0..answer.1)))
+                .collect::<Result<Vec<_>, _>>()?;
+            let weights: Vec<Vec<f32>> = tracer
+                .trace_batch(&seqs)
+                .into_iter()
+                .map(|t| t.map(|t| tracer.token_weights(&t)))
+                .collect::<Result<_, _>>()?;
+            core::hint::black_box(weights);
+            seconds.push(start.elapsed().as_secs_f64());
+        }
+        Ok(seconds)
+    })
+    .map_err(|e: CoreError| core_error(py, &e, None))
+}
+
 /// Spins for about `millis` milliseconds, with the GIL released (`release_gil`) or held:
 /// the control of the GIL test (a Python thread runs meanwhile only when it is released).
 #[pyfunction]
@@ -1701,5 +1751,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_reference_trace_f64, m)?)?;
     m.add_function(wrap_pyfunction!(_core_shape_advantages_f64, m)?)?;
     m.add_function(wrap_pyfunction!(_busy, m)?)?;
+    m.add_function(wrap_pyfunction!(_core_batch_seconds, m)?)?;
     Ok(())
 }
