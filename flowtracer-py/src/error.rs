@@ -1,0 +1,222 @@
+//! The one exception, `flowtracer.Error`, and the core's errors turned into it.
+
+use flowtracer_core::{Error as CoreError, Span};
+use pyo3::IntoPyObjectExt;
+use pyo3::create_exception;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+create_exception!(
+    flowtracer,
+    Error,
+    PyValueError,
+    "Every error of flowtracer: bad shapes, spans, dtypes, non-finite or negative attention,\n\
+     unknown options, ... A subclass of ValueError.\n\n\
+     `kind` is the name of the core's error variant (for example 'NonFinite',\n\
+     'SpanOutOfRange', 'UnknownName') or of the binding's own check ('UnsupportedDtype',\n\
+     'BadRank', 'BadSpan', 'BadAttentionMask', 'BadBatch'). The fields of the error are\n\
+     attributes; those an error does not have are None: sequence (the index in a batch),\n\
+     span ('question', 'answer' or 'response'), row, col, layer, head, index, value, field,\n\
+     what, given, allowed, expected, actual, n, range, mass, tolerance, dtype.\n\n\
+     >>> import numpy as np, flowtracer\n\
+     >>> a = np.array([[1.0, 0.0], [float('nan'), 1.0]])\n\
+     >>> try:\n\
+     ...     flowtracer.trace(a, (0, 1), (1, 2))\n\
+     ... except flowtracer.Error as e:\n\
+     ...     print(e.kind, e.row, e.col)\n\
+     NonFinite 1 0"
+);
+
+/// The attributes every `flowtracer.Error` carries (None where the error has no such field).
+pub(crate) const ERROR_ATTRIBUTES: &[&str] = &[
+    "kind",
+    "sequence",
+    "span",
+    "row",
+    "col",
+    "layer",
+    "head",
+    "index",
+    "value",
+    "field",
+    "what",
+    "given",
+    "allowed",
+    "expected",
+    "actual",
+    "n",
+    "range",
+    "mass",
+    "tolerance",
+    "dtype",
+];
+
+/// A `flowtracer.Error` with `kind`, `message` and the given attributes (the others None).
+pub(crate) fn error_with<'py>(
+    py: Python<'py>,
+    kind: &str,
+    message: String,
+    attrs: Vec<(&'static str, Bound<'py, PyAny>)>,
+) -> PyErr {
+    let err = Error::new_err(message);
+    let value = err.value(py);
+    let set = || -> PyResult<()> {
+        for name in ERROR_ATTRIBUTES {
+            value.setattr(*name, py.None())?;
+        }
+        value.setattr("kind", kind)?;
+        for (name, v) in attrs {
+            value.setattr(name, v)?;
+        }
+        Ok(())
+    };
+    match set() {
+        Ok(()) => err,
+        Err(e) => e,
+    }
+}
+
+/// The variant name of a core error (`NonFinite`, `SpanOutOfRange`, ...), from its `Debug`.
+pub(crate) fn kind_of(e: &CoreError) -> String {
+    format!("{e:?}")
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect()
+}
+
+pub(crate) fn span_name(span: Span) -> String {
+    span.to_string()
+}
+
+/// The core's error as `flowtracer.Error`, with its fields as attributes; `sequence` is the
+/// index of the failing sequence in a batch.
+pub(crate) fn core_error<'py>(py: Python<'py>, e: &CoreError, sequence: Option<usize>) -> PyErr {
+    let mut attrs: Vec<(&'static str, Bound<'py, PyAny>)> = Vec::new();
+    macro_rules! put {
+        ($name:literal, $v:expr) => {
+            if let Ok(o) = $v.into_bound_py_any(py) {
+                attrs.push(($name, o));
+            }
+        };
+    }
+    let range = |r: &core::ops::Range<usize>| (r.start, r.end);
+    let position = |attrs: &mut Vec<(&'static str, Bound<'py, PyAny>)>,
+                    p: &flowtracer_core::Position| {
+        for (name, v) in [("layer", p.layer), ("head", p.head)] {
+            if let Some(v) = v
+                && let Ok(o) = v.into_bound_py_any(py)
+            {
+                attrs.push((name, o));
+            }
+        }
+        for (name, v) in [("row", p.row), ("col", p.col)] {
+            if let Ok(o) = v.into_bound_py_any(py) {
+                attrs.push((name, o));
+            }
+        }
+    };
+    match e {
+        CoreError::ShapeMismatch {
+            what,
+            expected,
+            actual,
+        } => {
+            put!("what", *what);
+            put!("expected", *expected);
+            put!("actual", *actual);
+        }
+        CoreError::NotSquare { len, .. } => put!("actual", *len),
+        CoreError::BadOffsets { index } => put!("index", *index),
+        CoreError::ZeroDimension { what } => put!("what", *what),
+        CoreError::EmptySpan { span } => put!("span", span_name(*span)),
+        CoreError::UnsortedSpan { span, index } => {
+            put!("span", span_name(*span));
+            put!("index", *index);
+        }
+        CoreError::SpanOutOfRange { span, range: r, n } => {
+            put!("span", span_name(*span));
+            put!("range", range(r));
+            put!("n", *n);
+        }
+        CoreError::AnswerNotAfterQuestion { answer, .. } => {
+            put!("span", "answer");
+            put!("range", range(answer));
+        }
+        CoreError::ResponseMissesAnswer { response, .. } => {
+            put!("span", "response");
+            put!("range", range(response));
+        }
+        CoreError::NonFinite { position: p } => position(&mut attrs, p),
+        CoreError::Negative { position: p, value } => {
+            position(&mut attrs, p);
+            put!("value", *value);
+        }
+        CoreError::RowMassExceeded {
+            row,
+            mass,
+            tolerance,
+        } => {
+            put!("row", *row);
+            put!("mass", *mass);
+            put!("tolerance", *tolerance);
+        }
+        CoreError::InvalidLayerSelection {
+            value, num_layers, ..
+        } => {
+            put!("value", *value);
+            put!("n", *num_layers);
+        }
+        CoreError::NonFiniteReward { index } => put!("index", *index),
+        CoreError::GroupTooSmall { num_generations } => put!("value", *num_generations),
+        CoreError::GroupSizeMismatch {
+            batch,
+            num_generations,
+        } => {
+            put!("actual", *batch);
+            put!("value", *num_generations);
+        }
+        CoreError::UnknownName {
+            what,
+            given,
+            allowed,
+        } => {
+            put!("what", *what);
+            put!("given", given.as_str());
+            put!("allowed", allowed.to_vec());
+        }
+        CoreError::NonFiniteInput { position: p, .. } => position(&mut attrs, p),
+        CoreError::LogitsOverflow { layer, head, row } => {
+            put!("layer", *layer);
+            put!("head", *head);
+            put!("row", *row);
+        }
+        CoreError::LseMismatch {
+            layer,
+            head,
+            row,
+            mass,
+            tolerance,
+        } => {
+            put!("layer", *layer);
+            put!("head", *head);
+            put!("row", *row);
+            put!("mass", *mass);
+            put!("tolerance", *tolerance);
+        }
+        CoreError::InvalidConfig { field, .. } => put!("field", *field),
+        _ => {}
+    }
+    if let Some(s) = sequence {
+        put!("sequence", s);
+    }
+    let message = match sequence {
+        Some(s) => format!("sequence {s}: {e}"),
+        None => e.to_string(),
+    };
+    error_with(py, &kind_of(e), message, attrs)
+}
+
+/// A check of the binding's own (dtype, rank, span objects, masks, batch lists).
+pub(crate) fn input_error(py: Python<'_>, kind: &str, message: String) -> PyErr {
+    error_with(py, kind, message, Vec::new())
+}

@@ -1,0 +1,262 @@
+//! Input: arrays (zero-copy where possible) and spans.
+
+use alloc::borrow::Cow;
+
+use flowtracer_core::aggregate::{LayerSelection, Layout};
+use flowtracer_core::{Error as CoreError, FlowFloat, LayerShape, Sequence, Spans, Tokens};
+use numpy::{
+    Element, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArray, PyUntypedArrayMethods,
+};
+use pyo3::prelude::*;
+use pyo3::types::{PyRange, PyRangeMethods, PyTuple};
+
+use crate::error::*;
+
+/// The float types the core runs in.
+pub(crate) trait Float: FlowFloat + Element + Copy + Send + Sync {}
+impl Float for f32 {}
+impl Float for f64 {}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dtype {
+    F32,
+    F64,
+}
+
+/// The object as a numpy array (through `numpy.asarray` if it is not one) and its dtype.
+pub(crate) fn as_array<'py>(
+    py: Python<'py>,
+    what: &str,
+    obj: &Bound<'py, PyAny>,
+) -> PyResult<(Bound<'py, PyAny>, Dtype)> {
+    let arr = if obj.cast::<PyUntypedArray>().is_ok() {
+        obj.clone()
+    } else {
+        py.import("numpy")?.getattr("asarray")?.call1((obj,))?
+    };
+    if arr.cast::<PyArrayDyn<f64>>().is_ok() {
+        Ok((arr, Dtype::F64))
+    } else if arr.cast::<PyArrayDyn<f32>>().is_ok() {
+        Ok((arr, Dtype::F32))
+    } else {
+        let dtype = arr
+            .getattr("dtype")
+            .and_then(|d| d.str())
+            .map(|s| s.to_string())
+            .unwrap_or_else(|_| "unknown".into());
+        Err(error_with(
+            py,
+            "UnsupportedDtype",
+            format!(
+                "{what} has dtype {dtype}; flowtracer reads float32 or float64 \
+                 (torch tensors through DLPack and bfloat16 are not supported yet: \
+                 convert with .float().numpy())"
+            ),
+            vec![
+                ("dtype", pyo3::types::PyString::new(py, &dtype).into_any()),
+                ("what", pyo3::types::PyString::new(py, what).into_any()),
+            ],
+        ))
+    }
+}
+
+/// A borrowed float array and its shape.
+pub(crate) struct ArrayIn<'py, F: Float> {
+    array: PyReadonlyArrayDyn<'py, F>,
+}
+
+impl<'py, F: Float> ArrayIn<'py, F> {
+    pub(crate) fn new(arr: &Bound<'py, PyAny>) -> PyResult<Self> {
+        let a = arr.cast::<PyArrayDyn<F>>().map_err(PyErr::from)?;
+        Ok(Self {
+            array: a
+                .try_readonly()
+                .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(format!("{e}")))?,
+        })
+    }
+
+    pub(crate) fn shape(&self) -> Vec<usize> {
+        self.array.shape().to_vec()
+    }
+
+    /// The values in C order: the array's own memory when it is C-contiguous (zero-copy),
+    /// else a copy.
+    pub(crate) fn data(&self) -> Cow<'_, [F]> {
+        if self.array.is_c_contiguous()
+            && let Ok(s) = self.array.as_slice()
+        {
+            return Cow::Borrowed(s);
+        }
+        Cow::Owned(self.array.as_array().iter().copied().collect())
+    }
+}
+
+/// How the values of one sequence are laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Form {
+    /// `Ā`, dense `N x N` or packed lower triangle.
+    Matrix(Layout),
+    /// `[layers][heads][N][N]`, averaged over the selected layers and every head.
+    Layers {
+        layers: usize,
+        heads: usize,
+        n: usize,
+    },
+}
+
+/// One sequence's values (borrowed from the array where possible) and their form.
+pub(crate) struct Source<'a, F: Float> {
+    pub(crate) data: Cow<'a, [F]>,
+    pub(crate) form: Form,
+}
+
+/// The form of one sequence's array of the given shape: `[N(N+1)/2]` packed, `[N, N]`,
+/// `[H, N, N]`, `[L, H, N, N]`.
+pub(crate) fn form_of(py: Python<'_>, shape: &[usize]) -> PyResult<Form> {
+    let square = |s: &[usize]| -> PyResult<usize> {
+        let (a, b) = (s[s.len() - 2], s[s.len() - 1]);
+        if a != b {
+            return Err(core_error(
+                py,
+                &CoreError::ShapeMismatch {
+                    what: "attention (its last two dimensions)",
+                    expected: a * a,
+                    actual: a * b,
+                },
+                None,
+            ));
+        }
+        Ok(a)
+    };
+    match shape.len() {
+        1 => Ok(Form::Matrix(Layout::Packed)),
+        2 => {
+            square(shape)?;
+            Ok(Form::Matrix(Layout::Dense))
+        }
+        3 => Ok(Form::Layers {
+            layers: 1,
+            heads: shape[0],
+            n: square(shape)?,
+        }),
+        4 => Ok(Form::Layers {
+            layers: shape[0],
+            heads: shape[1],
+            n: square(shape)?,
+        }),
+        d => Err(input_error(
+            py,
+            "BadRank",
+            format!(
+                "attention has {d} dimensions; expected [N(N+1)/2] (packed), [N, N], \
+                 [H, N, N] or [L, H, N, N]"
+            ),
+        )),
+    }
+}
+
+impl<'a, F: Float> Source<'a, F> {
+    /// The validated sequence (aggregating per-layer input).
+    pub(crate) fn sequence(
+        &self,
+        spans: Spans,
+        layers: &LayerSelection,
+    ) -> Result<Sequence<'_, F>, CoreError> {
+        match self.form {
+            Form::Matrix(layout) => Sequence::borrowed(&self.data, layout, spans),
+            Form::Layers {
+                layers: l,
+                heads,
+                n,
+            } => Sequence::from_layers(
+                &self.data,
+                LayerShape {
+                    layers: l,
+                    heads,
+                    n,
+                    layout: Layout::Dense,
+                },
+                layers,
+                spans,
+            ),
+        }
+    }
+}
+
+/// One span object as [`Tokens`]: a `(start, stop)` tuple or a `range` (step 1) is a range;
+/// any other sequence of integers (list, numpy array) is a list of positions.
+pub(crate) fn tokens(py: Python<'_>, span: &str, obj: &Bound<'_, PyAny>) -> PyResult<Tokens> {
+    let bad = |why: String| {
+        error_with(
+            py,
+            "BadSpan",
+            format!("the {span} span {why}"),
+            vec![("span", pyo3::types::PyString::new(py, span).into_any())],
+        )
+    };
+    let as_range = |start: isize, stop: isize| -> PyResult<Tokens> {
+        if start < 0 || stop < 0 {
+            return Err(bad(format!("({start}, {stop}) has a negative bound")));
+        }
+        Ok(Tokens::Range(start as usize..stop as usize))
+    };
+    if let Ok(r) = obj.cast::<PyRange>() {
+        if r.step()? == 1 {
+            return as_range(r.start()?, r.stop()?);
+        }
+        let v: Vec<isize> = obj.extract()?;
+        return list_tokens(v).map_err(|i| bad(format!("has a negative position {i}")));
+    }
+    if let Ok(t) = obj.cast::<PyTuple>() {
+        if t.len() != 2 {
+            return Err(bad(format!(
+                "is a tuple of {} items; a tuple is (start, stop): use a list for positions",
+                t.len()
+            )));
+        }
+        let (start, stop): (isize, isize) = t
+            .extract()
+            .map_err(|_| bad("is a tuple that is not (start, stop) of integers".into()))?;
+        return as_range(start, stop);
+    }
+    if obj.is_instance_of::<pyo3::types::PyString>() {
+        return Err(bad(
+            "is a string; expected (start, stop), a range or positions".into(),
+        ));
+    }
+    let v: Vec<isize> = obj.extract().map_err(|_| {
+        bad(format!(
+            "is a {}; expected (start, stop), a range or a sequence of integer positions",
+            obj.get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_default()
+        ))
+    })?;
+    list_tokens(v).map_err(|i| bad(format!("has a negative position {i}")))
+}
+
+pub(crate) fn list_tokens(v: Vec<isize>) -> Result<Tokens, isize> {
+    v.into_iter()
+        .map(|i| usize::try_from(i).map_err(|_| i))
+        .collect::<Result<Vec<usize>, isize>>()
+        .map(Tokens::List)
+}
+
+pub(crate) fn spans(
+    py: Python<'_>,
+    question: &Bound<'_, PyAny>,
+    answer: &Bound<'_, PyAny>,
+    response: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Spans> {
+    let mut s = Spans::new(
+        tokens(py, "question", question)?,
+        tokens(py, "answer", answer)?,
+    );
+    if let Some(r) = response
+        && !r.is_none()
+    {
+        s = s.with_response(tokens(py, "response", r)?);
+    }
+    Ok(s)
+}

@@ -1,0 +1,179 @@
+//! Test helpers (underscore names, used by `flowtracer-py/tests` and `benches/`).
+
+use flowtracer_core::{AnswerMode, Error as CoreError, Sequence, Spans, Tracer};
+use numpy::{PyArrayDyn, PyArrayMethods, PyUntypedArrayMethods};
+use pyo3::prelude::*;
+
+use crate::batch::*;
+use crate::error::*;
+use crate::input::*;
+
+/// The address of the values the binding reads for `attention` (the array's own data pointer
+/// when it is C-contiguous float32/float64: zero-copy; another address when it was copied).
+#[pyfunction]
+pub(crate) fn _data_ptr(py: Python<'_>, attention: &Bound<'_, PyAny>) -> PyResult<usize> {
+    let (arr, dtype) = as_array(py, "attention", attention)?;
+    Ok(match dtype {
+        Dtype::F32 => ArrayIn::<f32>::new(&arr)?.data().as_ptr() as usize,
+        Dtype::F64 => ArrayIn::<f64>::new(&arr)?.data().as_ptr() as usize,
+    })
+}
+
+/// The addresses of each sequence's values as `score_batch` reads them.
+#[pyfunction]
+#[pyo3(signature = (attention, attention_mask=None, cu_seqlens=None, packed=false))]
+pub(crate) fn _batch_data_ptrs(
+    py: Python<'_>,
+    attention: &Bound<'_, PyAny>,
+    attention_mask: Option<&Bound<'_, PyAny>>,
+    cu_seqlens: Option<&Bound<'_, PyAny>>,
+    packed: bool,
+) -> PyResult<Vec<usize>> {
+    pub(crate) fn ptrs<F: Float>(
+        py: Python<'_>,
+        arr: &Bound<'_, PyAny>,
+        as_list: bool,
+        mask: Option<&Bound<'_, PyAny>>,
+        cu: Option<&Bound<'_, PyAny>>,
+        packed: bool,
+    ) -> PyResult<Vec<usize>> {
+        let input = batch_input::<F>(arr, as_list)?;
+        let sources = batch_sources(py, &input, mask, cu, packed)?;
+        Ok(sources
+            .iter()
+            .map(|(s, _)| s.data.as_ptr() as usize)
+            .collect())
+    }
+    let (arr, as_list, dtype) = batch_dtype(py, attention)?;
+    match dtype {
+        Dtype::F32 => ptrs::<f32>(py, &arr, as_list, attention_mask, cu_seqlens, packed),
+        Dtype::F64 => ptrs::<f64>(py, &arr, as_list, attention_mask, cu_seqlens, packed),
+    }
+}
+
+/// The core called directly, without the binding's input handling: `flowtracer_core::trace`
+/// with the default configuration on a dense f64 `N x N` matrix given as a flat list, and
+/// the default `Tracer`'s weights. Returns `(reach, flow, throughput, weights)` as lists.
+#[pyfunction]
+#[pyo3(signature = (flat, question, answer, response=None))]
+#[allow(clippy::type_complexity)]
+pub(crate) fn _core_trace_f64(
+    py: Python<'_>,
+    flat: Vec<f64>,
+    question: Vec<usize>,
+    answer: Vec<usize>,
+    response: Option<Vec<usize>>,
+) -> PyResult<(Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>)> {
+    let mut spans = Spans::new(question, answer);
+    if let Some(r) = response {
+        spans = spans.with_response(r);
+    }
+    let run = || -> Result<_, CoreError> {
+        let seq = Sequence::dense(&flat, spans)?;
+        let t = flowtracer_core::trace(&seq)?;
+        let w = Tracer::default().token_weights(&t);
+        Ok((
+            t.reach().to_vec(),
+            t.flow().to_vec(),
+            t.throughput().to_vec(),
+            w,
+        ))
+    };
+    run().map_err(|e| core_error(py, &e, None))
+}
+
+/// The core's naive oracle (`flowtracer_core::reference::trace`, different code from the
+/// fast path) on a dense f64 matrix: `(h, f, tau, sources)`.
+#[pyfunction]
+#[allow(clippy::type_complexity)]
+pub(crate) fn _reference_trace_f64(
+    flat: Vec<f64>,
+    n: usize,
+    question: Vec<usize>,
+    answer: Vec<usize>,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>, usize) {
+    let t =
+        flowtracer_core::reference::trace(&flat, n, &question, &answer, AnswerMode::Absorbing, 0.0);
+    (t.h, t.f, t.tau, t.sources)
+}
+
+/// The core's shaped advantages called directly on f64 lists (default configuration).
+#[pyfunction]
+pub(crate) fn _core_shape_advantages_f64(
+    py: Python<'_>,
+    rewards: Vec<f64>,
+    num_generations: usize,
+    weights: Vec<f64>,
+) -> PyResult<Vec<f64>> {
+    Tracer::default()
+        .shape_advantages(&rewards, num_generations, &weights)
+        .map_err(|e| core_error(py, &e, None))
+}
+
+/// The core's batch path on a `[B, N, N]` C-contiguous float32 array, without the binding:
+/// `Sequence::dense` on each sequence's slice, `Tracer::trace_batch` (default configuration,
+/// parallel), then `token_weights` of each: the work `score_batch` does for that input.
+/// Returns the seconds of each of `repeats` runs (the baseline of the binding-overhead
+/// benchmark, `flowtracer-py/benches/bench_batch.py`).
+#[pyfunction]
+pub(crate) fn _core_batch_seconds(
+    py: Python<'_>,
+    attention: &Bound<'_, PyAny>,
+    question: (usize, usize),
+    answer: (usize, usize),
+    repeats: usize,
+) -> PyResult<Vec<f64>> {
+    let arr = attention
+        .cast::<PyArrayDyn<f32>>()
+        .map_err(PyErr::from)?
+        .readonly();
+    let shape = arr.shape().to_vec();
+    let data = arr
+        .as_slice()
+        .map_err(|e| input_error(py, "BadRank", e.to_string()))?;
+    if shape.len() != 3 || shape[1] != shape[2] {
+        return Err(input_error(
+            py,
+            "BadRank",
+            format!("expected [B, N, N], got {shape:?}"),
+        ));
+    }
+    let per = shape[1] * shape[2];
+    py.detach(|| {
+        let tracer = Tracer::default();
+        let mut seconds = Vec::with_capacity(repeats);
+        for _ in 0..repeats {
+            let start = std::time::Instant::now();
+            let seqs = data
+                .chunks_exact(per)
+                .map(|a| Sequence::dense(a, Spans::new(question.0..question.1, answer.0..answer.1)))
+                .collect::<Result<Vec<_>, _>>()?;
+            let weights: Vec<Vec<f32>> = tracer
+                .trace_batch(&seqs)
+                .into_iter()
+                .map(|t| t.map(|t| tracer.token_weights(&t)))
+                .collect::<Result<_, _>>()?;
+            core::hint::black_box(weights);
+            seconds.push(start.elapsed().as_secs_f64());
+        }
+        Ok(seconds)
+    })
+    .map_err(|e: CoreError| core_error(py, &e, None))
+}
+
+/// Spins for about `millis` milliseconds, with the GIL released (`release_gil`) or held:
+/// the control of the GIL test (a Python thread runs meanwhile only when it is released).
+#[pyfunction]
+pub(crate) fn _busy(py: Python<'_>, millis: u64, release_gil: bool) {
+    let spin = || {
+        let end = std::time::Instant::now() + core::time::Duration::from_millis(millis);
+        while std::time::Instant::now() < end {
+            core::hint::spin_loop();
+        }
+    };
+    if release_gil {
+        py.detach(spin);
+    } else {
+        spin();
+    }
+}
