@@ -49,7 +49,7 @@ pub(crate) fn mask_extents(
                 "BadAttentionMask",
                 format!(
                     "sequence {i}: attention_mask row is not one contiguous run of ones \
-                     (left or right padding only)"
+                     (padding on the left, the right or both)"
                 ),
                 vec![("sequence", i.into_pyobject(py)?.into_any())],
             );

@@ -19,7 +19,8 @@ pub(crate) enum AnyTrace {
 
 /// The result of `flowtracer.trace`: reach, flow and throughput of every token (numpy arrays
 /// of the input's dtype), the number of source tokens, the answer's absorbed mass, and the
-/// settings to turn it into weights or a backbone.
+/// settings to turn it into weights or a backbone. It keeps a reference to the attention
+/// array it was traced from (for `backbone()`), so that array stays alive with it.
 ///
 /// >>> import flowtracer
 /// >>> a = [[1.0, 0.0, 0.0, 0.0, 0.0],

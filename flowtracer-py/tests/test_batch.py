@@ -107,3 +107,26 @@ def test_batch_spans_as_lists_and_responses():
         expect = flowtracer.token_weights(seqs[b], questions[b], answers[b], responses[b])
         row = expect[questions[b][1] :]
         assert np.array_equal(w[b, : len(row)], row)
+
+
+def test_trl_layout_prompt_left_padded_completion_right_padded():
+    """TRL concatenates left-padded prompts and right-padded completions: each row's tokens
+    are one run in the middle. Spans are in the unpadded sequence; with completion_length
+    = the completion width, column j is completion token j, as TRL's completion_mask."""
+    prompt_lens, completion_lens = [3, 5, 4], [6, 2, 4]
+    p_width, c_width = max(prompt_lens), max(completion_lens)
+    n = p_width + c_width
+    seqs = [causal(p + c, 20 + i) for i, (p, c) in enumerate(zip(prompt_lens, completion_lens))]
+    padded = np.zeros((3, n, n))
+    mask = np.zeros((3, n), dtype=np.int64)
+    for b, (a, p, c) in enumerate(zip(seqs, prompt_lens, completion_lens)):
+        o = p_width - p  # left padding of the prompt
+        padded[b, o : o + p + c, o : o + p + c] = a
+        mask[b, o : o + p + c] = 1
+    questions = [(0, p) for p in prompt_lens]
+    answers = [(p + c - 1, p + c) for p, c in zip(prompt_lens, completion_lens)]
+    w = flowtracer.score_batch(padded, questions, answers, attention_mask=mask, completion_length=c_width)
+    assert w.shape == (3, c_width)
+    assert np.array_equal(w, one_by_one(seqs, questions, answers, c_width))
+    for b, c in enumerate(completion_lens):
+        assert np.all(w[b, c:] == 1.0)  # completion padding

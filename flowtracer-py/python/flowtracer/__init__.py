@@ -29,6 +29,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from . import _native
 from ._native import METRICS, Error, Trace
 
@@ -107,7 +109,7 @@ def trace(attention: Any, question: Any, answer: Any, response: Any = None, **op
     return _native.trace(attention, question, answer, response, options)
 
 
-def token_weights(attention: Any, question: Any, answer: Any, response: Any = None, **options: Any):
+def token_weights(attention: Any, question: Any, answer: Any, response: Any = None, **options: Any) -> np.ndarray:
     """Per-token advantage weights of one sequence, shape ``(N,)``: ``trace(...).token_weights()``.
 
     ``gamma_flow`` (default 1.5) on the top-``rho`` (default 40%) response tokens by
@@ -123,7 +125,7 @@ def token_weights(attention: Any, question: Any, answer: Any, response: Any = No
     return trace(attention, question, answer, response, **options).token_weights()
 
 
-def shape_advantages(rewards: Any, num_generations: int, weights: Any, **options: Any):
+def shape_advantages(rewards: Any, num_generations: int, weights: Any, **options: Any) -> np.ndarray:
     """Shaped per-token advantages of whole groups, shape ``(B, T)`` like ``weights``.
 
     The group advantages of ``rewards`` (``(B,)``, groups of ``num_generations`` consecutive
@@ -153,7 +155,7 @@ def score_batch(
     completion_length: int | None = None,
     packed: bool = False,
     **options: Any,
-):
+) -> np.ndarray:
     """Scores a batch of sequences into ``(B, T)`` weights aligned to completion tokens.
 
     ``attention`` is one of:
@@ -161,7 +163,8 @@ def score_batch(
     - a list of per-sequence arrays, each in any form :func:`trace` takes;
     - one padded array ``[B, N, N]`` (or per-head ``[B, H, N, N]``, per-layer
       ``[B, L, H, N, N]``) with ``attention_mask`` ``(B, N)`` (1 for tokens, 0 for padding;
-      left or right padding) or without one (every sequence N tokens long);
+      each row's ones one run: left, right, or both, as TRL's left-padded prompt followed by
+      its right-padded completion) or without one (every sequence N tokens long);
     - one 1-D buffer of the sequences' dense ``N_b x N_b`` matrices back to back (their packed
       triangles with ``packed=True``) cut by ``cu_seqlens`` (``B + 1`` token offsets, from 0).
 
