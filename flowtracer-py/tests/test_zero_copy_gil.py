@@ -75,12 +75,17 @@ def test_the_test_detects_a_held_gil():
 
 
 def test_gil_released_during_score_batch():
-    n, b = 1024, 300
+    n = 1024
     a = causal(n, 0, np.float32)
-    batch = [a] * b  # one buffer, read in place b times
-    ticks, seconds = progress_during(lambda: flowtracer.score_batch(batch, [(0, 64)] * b, [(n - 8, n)] * b))
-    assert seconds > 0.1, "too short to tell: make the batch bigger"
-    assert ticks > 100, (ticks, seconds)
+    b = 256
+    while True:  # one call long enough to tell (doubling the batch until it is)
+        batch = [a] * b  # one buffer, read in place b times
+        ticks, seconds = progress_during(lambda: flowtracer.score_batch(batch, [(0, 64)] * b, [(n - 8, n)] * b))
+        if seconds > 0.2 or b >= 1 << 15:
+            break
+        b *= 2
+    assert seconds > 0.2, "too short to tell"
+    assert ticks > 100, (ticks, seconds, b)
 
 
 def test_gil_released_during_trace():
