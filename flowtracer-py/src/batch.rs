@@ -302,6 +302,10 @@ pub(crate) struct BatchArgs<'a, 'py> {
     completion_start: Option<&'a Bound<'py, PyAny>>,
     completion_length: Option<usize>,
     packed: bool,
+    /// `on_error="ones"`: a sequence the core rejects gets weight 1 instead of an exception.
+    failed_rows_ones: bool,
+    /// Return `(weights, details)`.
+    return_details: bool,
 }
 
 pub(crate) fn batch_input<'py, F: Float>(
@@ -388,24 +392,40 @@ pub(crate) fn score_typed<'py, F: Float>(
     });
     let tracer = Tracer::new(options.config).map_err(|e| core_error(py, &e, None))?;
     let layers = &options.layers;
-    let result: Result<Vec<F>, (CoreError, usize)> = py.detach(|| {
-        // Sequences are built (aggregated, cropped spans checked) in parallel too.
+    let (outcomes, out) = py.detach(|| {
+        // Sequences are built (aggregated, cropped, spans checked) in parallel too.
         let scored: Vec<usize> = (0..items.len())
             .filter(|&i| items[i].spans.is_some())
             .collect();
-        let seqs: Vec<Sequence<'_, F>> = scored
+        let built: Vec<Result<Sequence<'_, F>, CoreError>> = scored
             .par_iter()
             .map(|&i| {
                 let it = &items[i];
                 it.source
                     .sequence(it.spans.clone().expect("scored"), layers)
-                    .map_err(|e| (e, i))
             })
-            .collect::<Result<_, _>>()?;
+            .collect();
+        let mut outcomes: Vec<Outcome> = (0..items.len()).map(|_| Outcome::NoAnswer).collect();
+        let (mut index, mut seqs) = (Vec::new(), Vec::new());
+        for (&i, r) in scored.iter().zip(built) {
+            match r {
+                Ok(seq) => {
+                    index.push(i);
+                    seqs.push(seq);
+                }
+                Err(e) => outcomes[i] = Outcome::Failed(e),
+            }
+        }
         let traces = tracer.trace_batch(&seqs);
         let mut out = vec![F::one(); items.len() * t];
-        for (&i, tr) in scored.iter().zip(traces) {
-            let tr = tr.map_err(|e| (e, i))?;
+        for (&i, tr) in index.iter().zip(traces) {
+            let tr = match tr {
+                Ok(tr) => tr,
+                Err(e) => {
+                    outcomes[i] = Outcome::Failed(e);
+                    continue;
+                }
+            };
             let w = tracer.token_weights(&tr);
             let start = items[i].completion_start;
             let row = &mut out[i * t..(i + 1) * t];
@@ -414,11 +434,73 @@ pub(crate) fn score_typed<'py, F: Float>(
                     *slot = x;
                 }
             }
+            outcomes[i] = Outcome::Scored {
+                answer_mass: tr.answer_mass(),
+                num_sources: tr.num_sources(),
+            };
         }
-        Ok(out)
+        (outcomes, out)
     });
-    let out = result.map_err(|(e, i)| core_error(py, &e, Some(i)))?;
-    Ok(PyArray1::from_vec(py, out).reshape([b, t])?.into_any())
+    if !args.failed_rows_ones
+        && let Some((i, e)) = outcomes.iter().enumerate().find_map(|(i, o)| match o {
+            Outcome::Failed(e) => Some((i, e)),
+            _ => None,
+        })
+    {
+        return Err(core_error(py, e, Some(i)));
+    }
+    let weights = PyArray1::from_vec(py, out).reshape([b, t])?.into_any();
+    if !args.return_details {
+        return Ok(weights);
+    }
+    let details = PyDict::new(py);
+    let mut status = Vec::with_capacity(b);
+    let errors = PyList::empty(py);
+    let mut mass = Vec::with_capacity(b);
+    let mut sources = Vec::with_capacity(b);
+    for (i, o) in outcomes.iter().enumerate() {
+        match o {
+            Outcome::NoAnswer => {
+                status.push("no_answer".to_string());
+                errors.append(py.None())?;
+                mass.push(f64::NAN);
+                sources.push(0i64);
+            }
+            Outcome::Scored {
+                answer_mass,
+                num_sources,
+            } => {
+                status.push("scored".to_string());
+                errors.append(py.None())?;
+                mass.push(*answer_mass);
+                sources.push(*num_sources as i64);
+            }
+            Outcome::Failed(e) => {
+                status.push(kind_of(e));
+                errors.append(core_error(py, e, Some(i)).value(py))?;
+                mass.push(f64::NAN);
+                sources.push(0);
+            }
+        }
+    }
+    details.set_item("status", status)?;
+    details.set_item("errors", errors)?;
+    details.set_item("answer_mass", PyArray1::from_vec(py, mass))?;
+    details.set_item("num_sources", PyArray1::from_vec(py, sources))?;
+    Ok((weights, details).into_pyobject(py)?.into_any())
+}
+
+/// What became of one sequence of a batch.
+pub(crate) enum Outcome {
+    /// No answer span: weight 1, not traced.
+    NoAnswer,
+    /// Traced and weighted.
+    Scored {
+        answer_mass: f64,
+        num_sources: usize,
+    },
+    /// The core rejected it (its row keeps weight 1 with `on_error="ones"`).
+    Failed(CoreError),
 }
 
 /// Whether the batch's attention is a list (or tuple) of per-sequence arrays, and its dtype.
@@ -460,9 +542,12 @@ pub(crate) fn batch_dtype<'py>(
     }
 }
 
+/// The values of `score_batch`'s `on_error` (the binding's own, not an option of the core).
+const ON_ERROR: &[&str] = &["raise", "ones"];
+
 /// Scores a batch; see `flowtracer.score_batch`.
 #[pyfunction]
-#[pyo3(signature = (attention, questions, answers, responses, attention_mask, cu_seqlens, completion_start, completion_length, packed, options))]
+#[pyo3(signature = (attention, questions, answers, responses, attention_mask, cu_seqlens, completion_start, completion_length, packed, on_error, return_details, options))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn score_batch<'py>(
     py: Python<'py>,
@@ -475,9 +560,26 @@ pub(crate) fn score_batch<'py>(
     completion_start: Option<&Bound<'py, PyAny>>,
     completion_length: Option<usize>,
     packed: bool,
+    on_error: &str,
+    return_details: bool,
     options: Option<&Bound<'py, PyDict>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let options = parse_options(py, options, SCORING_ALLOWED)?;
+    let failed_rows_ones = match on_error {
+        "raise" => false,
+        "ones" => true,
+        other => {
+            return Err(core_error(
+                py,
+                &CoreError::UnknownName {
+                    what: "on_error",
+                    given: other.to_string(),
+                    allowed: ON_ERROR,
+                },
+                None,
+            ));
+        }
+    };
     let (arr, as_list, dtype) = batch_dtype(py, attention)?;
     let args = BatchArgs {
         questions,
@@ -488,6 +590,8 @@ pub(crate) fn score_batch<'py>(
         completion_start,
         completion_length,
         packed,
+        failed_rows_ones,
+        return_details,
     };
     match dtype {
         Dtype::F32 => score_typed::<f32>(py, &batch_input(&arr, as_list)?, &args, &options),

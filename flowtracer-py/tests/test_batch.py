@@ -130,3 +130,37 @@ def test_trl_layout_prompt_left_padded_completion_right_padded():
     assert np.array_equal(w, one_by_one(seqs, questions, answers, c_width))
     for b, c in enumerate(completion_lens):
         assert np.all(w[b, c:] == 1.0)  # completion padding
+
+
+def test_on_error_ones_and_details():
+    lens, seqs, questions, answers = batch_case()
+    t = max(n - q[1] for n, q in zip(lens, questions))
+    expect = one_by_one(seqs, questions, answers, t)
+    bad = [s.copy() for s in seqs]
+    bad[1][5, 2] = np.nan
+    bad[4][3, 0] = -1.0
+    answers_bad = list(answers)
+    answers_bad[2] = (5, 9)  # out of the sequence's 6 tokens
+    with pytest.raises(flowtracer.Error) as info:
+        flowtracer.score_batch(bad, questions, answers_bad)
+    assert (info.value.kind, info.value.sequence) == ("NonFinite", 1)  # the lowest index
+    w, details = flowtracer.score_batch(bad, questions, answers_bad, on_error="ones", return_details=True)
+    assert details["status"] == ["scored", "NonFinite", "SpanOutOfRange", "no_answer", "Negative"]
+    for b in [1, 2, 3, 4]:
+        assert np.all(w[b] == 1.0)
+    assert np.array_equal(w[0], expect[0])
+    errors = details["errors"]
+    assert errors[0] is None and errors[3] is None
+    assert isinstance(errors[1], flowtracer.Error) and (errors[1].sequence, errors[1].row, errors[1].col) == (1, 5, 2)
+    assert (errors[2].kind, errors[2].span, errors[2].n) == ("SpanOutOfRange", "answer", 6)
+    assert (errors[4].row, errors[4].col, errors[4].value) == (3, 0, -1.0)
+    mass, sources = details["answer_mass"], details["num_sources"]
+    assert abs(mass[0] - flowtracer.trace(seqs[0], questions[0], answers[0]).answer_mass) == 0
+    assert np.isnan(mass[1:]).all() and sources.tolist()[1:] == [0, 0, 0, 0]
+    assert sources[0] == flowtracer.trace(seqs[0], questions[0], answers[0]).num_sources
+    # details without failures; the default raises nothing on good input
+    w2, d2 = flowtracer.score_batch(seqs, questions, answers, return_details=True)
+    assert np.array_equal(w2, expect) and d2["status"][3] == "no_answer"
+    with pytest.raises(flowtracer.Error) as info:
+        flowtracer.score_batch(seqs, questions, answers, on_error="skip")
+    assert (info.value.kind, info.value.what, info.value.allowed) == ("UnknownName", "on_error", ["raise", "ones"])

@@ -154,8 +154,10 @@ def score_batch(
     completion_start: Any = None,
     completion_length: int | None = None,
     packed: bool = False,
+    on_error: str = "raise",
+    return_details: bool = False,
     **options: Any,
-) -> np.ndarray:
+) -> Any:
     """Scores a batch of sequences into ``(B, T)`` weights aligned to completion tokens.
 
     ``attention`` is one of:
@@ -174,8 +176,17 @@ def score_batch(
     (default: the end of the question), 1 past the sequence's end; ``T`` is
     ``completion_length`` or the longest completion. The sequences are traced in parallel
     (the core's ``Tracer::trace_batch``) with the GIL released; options as :func:`trace`.
-    The result has the attention's dtype. A failing sequence raises :class:`flowtracer.Error`
-    with its index as ``sequence``.
+    The result has the attention's dtype.
+
+    A sequence the core rejects (non-finite attention, a span out of its range, no source
+    mass, ...) raises :class:`flowtracer.Error` with its index as ``sequence`` (the lowest
+    such index); with ``on_error="ones"`` its row is weight 1 instead (plain GRPO for that
+    response, as the Rust trainer does). Malformed arguments (span objects, list lengths, the
+    mask) always raise. With ``return_details=True`` the result is ``(weights, details)``:
+    ``details["status"]`` is ``"scored"``, ``"no_answer"`` or the error's ``kind`` per
+    sequence, ``details["errors"]`` the :class:`flowtracer.Error` of each failed sequence (else
+    None), ``details["answer_mass"]`` (NaN where not scored) and ``details["num_sources"]``
+    (0 where not scored): what the ``flow/*`` metrics (:data:`METRICS`) are computed from.
 
     >>> import numpy as np, flowtracer
     >>> a = np.array([[1.0, 0.0, 0.0, 0.0, 0.0], [0.5, 0.5, 0.0, 0.0, 0.0],
@@ -186,6 +197,12 @@ def score_batch(
     >>> flowtracer.score_batch(padded, [(0, 2), (0, 2)], [(4, 5), None],
     ...                        attention_mask=mask).tolist()
     [[1.5, 1.0, 1.5], [1.0, 1.0, 1.0]]
+    >>> bad = padded.copy(); bad[0, 3, 2] = np.nan
+    >>> w, details = flowtracer.score_batch(bad, [(0, 2), (0, 2)], [(4, 5), None],
+    ...                                     attention_mask=mask, on_error="ones",
+    ...                                     return_details=True)
+    >>> w.tolist(), details["status"]
+    ([[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]], ['NonFinite', 'no_answer'])
     """
     return _native.score_batch(
         attention,
@@ -197,5 +214,7 @@ def score_batch(
         completion_start,
         completion_length,
         packed,
+        on_error,
+        return_details,
         options,
     )

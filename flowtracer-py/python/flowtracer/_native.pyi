@@ -100,8 +100,10 @@ def score_batch(
     completion_start: Any,
     completion_length: int | None,
     packed: bool,
+    on_error: Literal["raise", "ones"],
+    return_details: bool,
     options: dict[str, Any] | None,
-) -> npt.NDArray[_Float]: ...
+) -> npt.NDArray[_Float] | tuple[npt.NDArray[_Float], dict[str, Any]]: ...
 def _data_ptr(attention: Any) -> int: ...
 def _batch_data_ptrs(
     attention: Any, attention_mask: Any = None, cu_seqlens: Any = None, packed: bool = False
