@@ -63,6 +63,132 @@ impl Array {
     }
 }
 
+/// An array whose header and size are checked but whose elements are not decoded yet: any
+/// run of its elements (in C order) is decoded on demand, widened to `f64`, into a buffer
+/// the caller provides. What [`read_npy`](crate::read_npy) and
+/// [`SafeTensors::read`](crate::SafeTensors::read) return is this view, decoded whole.
+#[derive(Clone, Debug)]
+pub struct RawArray<'a> {
+    /// The dimensions, outermost first.
+    pub shape: Vec<usize>,
+    data: &'a [u8],
+    ty: Float,
+    big_endian: bool,
+    fortran_order: bool,
+}
+
+impl<'a> RawArray<'a> {
+    pub(crate) fn new(
+        shape: Vec<usize>,
+        data: &'a [u8],
+        ty: Float,
+        big_endian: bool,
+        fortran_order: bool,
+    ) -> Self {
+        // A Fortran-order array of rank 0 or 1 is stored as in C order.
+        let fortran_order = fortran_order && shape.len() > 1;
+        Self {
+            shape,
+            data,
+            ty,
+            big_endian,
+            fortran_order,
+        }
+    }
+
+    /// The number of elements.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.data.len() / self.ty.size()
+    }
+
+    /// Whether there are no elements.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    /// Whether the elements are stored in C (row-major) order, so that
+    /// [`decode_f64_into`](Self::decode_f64_into) can read any run of them (a Fortran-order
+    /// `.npy` of rank 2 or more is not).
+    #[must_use]
+    pub fn is_c_order(&self) -> bool {
+        !self.fortran_order
+    }
+
+    /// Decodes the elements `start .. start + out.len()` (C order) into `out`, widened to
+    /// `f64` exactly, as [`Data::into_f64`] would give them.
+    ///
+    /// # Panics
+    ///
+    /// If the array is not in C order ([`is_c_order`](Self::is_c_order)) or the run ends
+    /// past the last element: caller bugs.
+    ///
+    /// # Complexity
+    ///
+    /// O(`out.len()`) time; no allocation.
+    pub fn decode_f64_into(&self, start: usize, out: &mut [f64]) {
+        assert!(self.is_c_order(), "decode_f64_into needs C order");
+        let size = self.ty.size();
+        let end = start.checked_add(out.len()).expect("run in range");
+        let bytes = &self.data[start * size..end * size];
+        let be = self.big_endian;
+        match self.ty {
+            Float::F16 => {
+                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *o = f64::from(f16_to_f32(u16::from_le_bytes(ordered(c, be))));
+                }
+            }
+            Float::BF16 => {
+                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                    let bits = u32::from(u16::from_le_bytes(ordered(c, be))) << 16;
+                    *o = f64::from(f32::from_bits(bits));
+                }
+            }
+            Float::F32 => {
+                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                    *o = f64::from(f32::from_le_bytes(ordered(c, be)));
+                }
+            }
+            Float::F64 => {
+                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(8)) {
+                    *o = f64::from_le_bytes(ordered(c, be));
+                }
+            }
+        }
+    }
+
+    /// Decodes every element (reordering a Fortran-order array into C order).
+    ///
+    /// # Complexity
+    ///
+    /// O(len) time; allocates the decoded data (and, for Fortran order, one more copy).
+    #[must_use]
+    pub fn decode(&self) -> Array {
+        let mut data = decode(self.data, self.ty, self.big_endian);
+        if self.fortran_order {
+            data = match data {
+                Data::F32(v) => Data::F32(crate::npy::fortran_to_c(&v, &self.shape)),
+                Data::F64(v) => Data::F64(crate::npy::fortran_to_c(&v, &self.shape)),
+            };
+        }
+        Array {
+            shape: self.shape.clone(),
+            data,
+        }
+    }
+}
+
+/// The `K` bytes of `chunk` in little-endian order.
+fn ordered<const K: usize>(chunk: &[u8], big_endian: bool) -> [u8; K] {
+    let mut a = [0u8; K];
+    a.copy_from_slice(chunk);
+    if big_endian {
+        a.reverse();
+    }
+    a
+}
+
 /// Element types and their decoding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Float {

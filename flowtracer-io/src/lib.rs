@@ -85,7 +85,7 @@ mod error;
 mod npy;
 mod safetensors;
 
-pub use array::{Array, Data, MAX_RANK};
+pub use array::{Array, Data, MAX_RANK, RawArray};
 pub use error::Error;
-pub use npy::read_npy;
+pub use npy::{read_npy, view_npy};
 pub use safetensors::{MAX_JSON_DEPTH, SafeTensors, TensorInfo, read_safetensors};

@@ -7,7 +7,7 @@ use alloc::vec::Vec;
 
 use crate::Error;
 use crate::MAX_RANK;
-use crate::array::{Array, Data, Float, decode, element_count, to_usize_shape};
+use crate::array::{Array, Float, RawArray, element_count, to_usize_shape};
 
 /// Reads a `.npy` file of float16, float32 or float64 from its bytes.
 ///
@@ -33,6 +33,39 @@ use crate::array::{Array, Data, Float, decode, element_count, to_usize_shape};
 /// assert_eq!(read_npy(b"PK\x03\x04"), Err(Error::BadMagic { format: "npy" }));
 /// ```
 pub fn read_npy(bytes: &[u8]) -> Result<Array, Error> {
+    Ok(view_npy(bytes)?.decode())
+}
+
+/// Checks a `.npy` file like [`read_npy`] (the same errors, in the same order) without
+/// decoding its data: the returned view decodes on demand.
+///
+/// # Errors
+///
+/// Those of [`read_npy`].
+///
+/// # Complexity
+///
+/// O(header) time; allocates the shape only.
+///
+/// # Examples
+///
+/// ```
+/// use flowtracer_io::{read_npy, view_npy};
+///
+/// let mut file = b"\x93NUMPY\x01\x00".to_vec();
+/// let header = "{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }";
+/// let header = format!("{header:<63}\n");
+/// file.extend_from_slice(&(header.len() as u16).to_le_bytes());
+/// file.extend_from_slice(header.as_bytes());
+/// file.extend([1.0f32, 0.5].iter().flat_map(|v| v.to_le_bytes()));
+/// let view = view_npy(&file)?;
+/// let mut second = [0.0];
+/// view.decode_f64_into(1, &mut second);
+/// assert_eq!(second, [0.5]);
+/// assert_eq!(view.decode(), read_npy(&file)?);
+/// # Ok::<(), flowtracer_io::Error>(())
+/// ```
+pub fn view_npy(bytes: &[u8]) -> Result<RawArray<'_>, Error> {
     const MAGIC: &[u8] = b"\x93NUMPY";
     if bytes.len() < MAGIC.len() + 2 || &bytes[..MAGIC.len()] != MAGIC {
         return Err(Error::BadMagic { format: "npy" });
@@ -95,17 +128,13 @@ pub fn read_npy(bytes: &[u8]) -> Result<Array, Error> {
             actual: bytes.len() as u64,
         });
     }
-    let mut decoded = decode(data, header.ty, header.big_endian);
-    if header.fortran_order && header.shape.len() > 1 {
-        decoded = match decoded {
-            Data::F32(v) => Data::F32(fortran_to_c(&v, &header.shape)),
-            Data::F64(v) => Data::F64(fortran_to_c(&v, &header.shape)),
-        };
-    }
-    Ok(Array {
-        shape: header.shape,
-        data: decoded,
-    })
+    Ok(RawArray::new(
+        header.shape,
+        data,
+        header.ty,
+        header.big_endian,
+        header.fortran_order,
+    ))
 }
 
 fn npy_bad(reason: &str) -> Error {
@@ -116,7 +145,7 @@ fn npy_bad(reason: &str) -> Error {
 }
 
 /// Reorders a column-major array into row-major order.
-fn fortran_to_c<T: Copy>(src: &[T], shape: &[usize]) -> Vec<T> {
+pub(crate) fn fortran_to_c<T: Copy>(src: &[T], shape: &[usize]) -> Vec<T> {
     let rank = shape.len();
     if src.is_empty() {
         return Vec::new();

@@ -10,7 +10,7 @@ use core::cmp::Ordering;
 use core::ops::Range;
 
 use crate::Error;
-use crate::array::{Array, Float, decode};
+use crate::array::{Array, Float, RawArray, decode};
 
 mod header;
 
@@ -181,17 +181,30 @@ impl<'a> SafeTensors<'a> {
     ///
     /// O(log T + elements) time; allocates the decoded data only.
     pub fn read(&self, name: &str) -> Result<Array, Error> {
+        Ok(self.view(name)?.decode())
+    }
+
+    /// The tensor called `name`, checked like [`read`](Self::read) (the same errors) but not
+    /// decoded: the returned view decodes any run of its elements on demand.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`read`](Self::read).
+    ///
+    /// # Complexity
+    ///
+    /// O(log T) time; allocates the shape only.
+    pub fn view(&self, name: &str) -> Result<RawArray<'a>, Error> {
         let info = self.get(name).ok_or_else(|| Error::TensorNotFound {
             name: name.to_owned(),
         })?;
-        Ok(Array {
-            shape: info.shape.clone(),
-            data: decode(
-                &self.bytes[info.bytes.clone()],
-                float_type(&info.dtype)?,
-                false,
-            ),
-        })
+        Ok(RawArray::new(
+            info.shape.clone(),
+            &self.bytes[info.bytes.clone()],
+            float_type(&info.dtype)?,
+            false,
+            false,
+        ))
     }
 }
 

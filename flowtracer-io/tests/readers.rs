@@ -762,3 +762,39 @@ fn safetensors_lookup_by_name() {
         Data::F32(vec![10.0])
     );
 }
+
+/// A view decodes any run of elements exactly as the whole read widens them, for every
+/// dtype and byte order; a Fortran-order view says it cannot be read by runs.
+#[test]
+fn views_decode_runs_like_the_whole_read() {
+    let values = [1.0f32, -0.5, 0.25, 3.0e-8, 65504.0, 0.1];
+    let halves: Vec<u8> = [0x3C00u16, 0xB800, 0x3400, 0x0001, 0x7BFF, 0x2E66]
+        .iter()
+        .flat_map(|h| h.to_le_bytes())
+        .collect();
+    let big: Vec<u8> = values.iter().flat_map(|v| v.to_be_bytes()).collect();
+    let wide: Vec<f64> = values.iter().map(|&v| f64::from(v) / 3.0).collect();
+    for file in [
+        npy(1, "<f4", false, &[2, 3], &f32_le(&values)),
+        npy(1, ">f4", false, &[2, 3], &big),
+        npy(1, "<f2", false, &[2, 3], &halves),
+        npy(2, "<f8", false, &[2, 3], &f64_le(&wide)),
+    ] {
+        let view = flowtracer_io::view_npy(&file).unwrap();
+        assert!(view.is_c_order());
+        let whole = read_npy(&file).unwrap().data.into_f64();
+        for start in 0..6 {
+            for len in 0..=6 - start {
+                let mut out = vec![f64::NAN; len];
+                view.decode_f64_into(start, &mut out);
+                assert_eq!(out, whole[start..start + len], "run {start}+{len}");
+            }
+        }
+    }
+    let fortran = npy(1, "<f4", true, &[2, 3], &f32_le(&values));
+    let view = flowtracer_io::view_npy(&fortran).unwrap();
+    assert!(!view.is_c_order());
+    assert_eq!(view.decode(), read_npy(&fortran).unwrap());
+    let one_axis = npy(1, "<f4", true, &[6], &f32_le(&values));
+    assert!(flowtracer_io::view_npy(&one_axis).unwrap().is_c_order());
+}

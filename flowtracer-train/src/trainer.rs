@@ -10,7 +10,7 @@
 //!    per-token entropies and, in the same pass, the head-mean attention of the selected
 //!    layers (only when the credit method reads attention);
 //! 4. per sequence, the credit method scores tokens and the core turns the scores into
-//!    weights and shaped advantages ([`credit::score_rollouts`]: `token_weights`,
+//!    weights and shaped advantages ([`crate::credit::score_rollouts`]: `token_weights`,
 //!    `shape_advantage`);
 //! 5. `num_iterations` times: an autodiff forward gives `logp`, the core's `grpo_loss`
 //!    gives the loss and `coef = d loss / d logp` per token, and the trainer backpropagates

@@ -90,7 +90,7 @@ use flowtracer_core::backbone::{Backbone, BackboneConfig, backbone};
 use flowtracer_core::shaping::{ApplyTo, Select, ShapingConfig};
 use flowtracer_core::validate::check_spans;
 use flowtracer_core::{AnswerMode, Config, Sequence, Spans, Trace, TraceConfig, Tracer};
-use flowtracer_io::{Array, SafeTensors, read_npy};
+use flowtracer_io::{RawArray, SafeTensors, view_npy};
 use serde::{Deserialize, Serialize};
 
 use super::CliError;
@@ -535,8 +535,10 @@ struct AttentionFile {
 }
 
 enum Source {
-    /// All of it in memory, `[layers or 1][heads][N][N]`.
-    Dense(Vec<f64>),
+    /// A `.npy` file's bytes: one array, decoded as it is averaged.
+    Npy(Vec<u8>),
+    /// A safetensors file's bytes and the one tensor to read, decoded as it is averaged.
+    Tensor { bytes: Vec<u8>, name: String },
     /// Per-layer safetensors: the file's bytes and the tensor names in layer order.
     PerLayer { bytes: Vec<u8>, names: Vec<String> },
 }
@@ -558,8 +560,8 @@ impl AttentionFile {
                     "--tensor applies to .safetensors files, but {shown} is a .npy file"
                 )));
             }
-            let array = read_npy(&bytes).map_err(io)?;
-            return Self::from_array(path, array);
+            let shape = view_npy(&bytes).map_err(io)?.shape;
+            return Self::from_shape(path, shape, Source::Npy(bytes));
         }
         let file = SafeTensors::parse(&bytes).map_err(io)?;
         let infos = file.tensors();
@@ -575,8 +577,10 @@ impl AttentionFile {
             names => names.to_vec(),
         };
         if names.len() == 1 {
-            let array = file.read(&names[0]).map_err(io)?;
-            return Self::from_array(path, array);
+            let shape = file.view(&names[0]).map_err(io)?.shape;
+            drop(file);
+            let name = names.into_iter().next().expect("one name");
+            return Self::from_shape(path, shape, Source::Tensor { bytes, name });
         }
         // Per-layer tensors: check every shape (and dtype) before reading any data.
         let mut layer_shape: Option<(usize, usize, Vec<usize>)> = None;
@@ -625,8 +629,7 @@ impl AttentionFile {
         })
     }
 
-    fn from_array(path: &Path, array: Array) -> Result<Self, CliError> {
-        let shape = array.shape.clone();
+    fn from_shape(path: &Path, shape: Vec<usize>, source: Source) -> Result<Self, CliError> {
         let (layers, heads, n) = match *shape.as_slice() {
             [a, b] => (None, 1, (a, b)),
             [h, a, b] => (None, h, (a, b)),
@@ -658,48 +661,128 @@ impl AttentionFile {
             heads,
             layers,
             shape,
-            source: Source::Dense(array.data.into_f64()),
+            source,
             path: path.to_path_buf(),
         })
     }
 
-    /// Averages the selected layers and all heads into `Ā`.
+    /// Averages the selected layers and all heads into `Ā`, decoding one head's `N x N`
+    /// matrix at a time: besides the file's bytes, only `Ā` and one head's matrix (both
+    /// f64) are held.
+    ///
+    /// Each head is added to the core's [`LayerAccumulator`] as it is decoded, in the order
+    /// the core's [`aggregate`] adds them (selected layers ascending, heads ascending), so
+    /// `Ā` is the same to the last bit. A defect (NaN, infinity, negative entry) is then
+    /// reported as the core reports it for whole layers: the layer holding the first one is
+    /// decoded whole and checked by the core alone.
     fn aggregate(
         self,
         selection: &LayerSelection,
     ) -> Result<(Vec<f64>, Option<Vec<usize>>), CliError> {
         let core = |e: flowtracer_core::Error| CliError::bad_input(e.to_string());
-        let n = self.n;
-        match self.source {
-            Source::Dense(data) => match self.layers {
-                None if self.heads == 1 => Ok((data, None)),
-                None => {
-                    let abar =
-                        aggregate(&data, 1, self.heads, n, Layout::Dense, &LayerSelection::All)
-                            .map_err(core)?;
-                    Ok((abar, None))
-                }
-                Some(layers) => {
-                    let selected = select_layers(layers, selection).map_err(core)?;
-                    let abar = aggregate(&data, layers, self.heads, n, Layout::Dense, selection)
-                        .map_err(core)?;
-                    Ok((abar, Some(selected)))
-                }
-            },
+        let shown = self.path.display().to_string();
+        let io = |e: flowtracer_io::Error| CliError::bad_input(format!("{shown}: {e}"));
+        let (n, heads) = (self.n, self.heads);
+        // 0: no layer axis and one head, the input is already `Ā`.
+        let layers = match self.layers {
+            Some(l) => l,
+            None if heads == 1 => 0,
+            None => 1,
+        };
+        let selected = match self.layers {
+            Some(l) => Some(select_layers(l, selection).map_err(core)?),
+            None => None,
+        };
+        let mut order = selected.clone().unwrap_or_else(|| vec![0]);
+        order.sort_unstable();
+        match &self.source {
+            Source::Npy(bytes) => {
+                let view = view_npy(bytes).map_err(io)?;
+                let abar = average(&[view], true, layers, heads, n, &order).map_err(core)?;
+                Ok((abar, selected))
+            }
+            Source::Tensor { bytes, name } => {
+                let file = SafeTensors::parse(bytes).map_err(io)?;
+                let view = file.view(name).map_err(io)?;
+                let abar = average(&[view], true, layers, heads, n, &order).map_err(core)?;
+                Ok((abar, selected))
+            }
             Source::PerLayer { bytes, names } => {
-                let selected = select_layers(names.len(), selection).map_err(core)?;
-                let file = SafeTensors::parse(&bytes)
-                    .map_err(|e| CliError::bad_input(format!("{}: {e}", self.path.display())))?;
-                let mut acc = LayerAccumulator::new(self.heads, n, Layout::Dense).map_err(core)?;
-                for &l in &selected {
-                    let array = file.read(&names[l]).map_err(|e| {
-                        CliError::bad_input(format!("{}: {e}", self.path.display()))
-                    })?;
-                    acc.add_layer(l, &array.data.into_f64()).map_err(core)?;
-                }
-                Ok((acc.finish().map_err(core)?, Some(selected)))
+                let file = SafeTensors::parse(bytes).map_err(io)?;
+                let views = names
+                    .iter()
+                    .map(|name| file.view(name))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(io)?;
+                let abar = average(&views, false, layers, heads, n, &order).map_err(core)?;
+                Ok((abar, selected))
             }
         }
+    }
+}
+
+/// The mean over the layers `order` (ascending) and all heads of attention held either in
+/// one view of `[layers][heads][n][n]` elements (`one_array`) or in one view per layer of
+/// `[heads][n][n]`: see [`AttentionFile::aggregate`]. `layers == 0` with one head means the
+/// input is already `Ā` (no layer axis).
+fn average(
+    views: &[RawArray<'_>],
+    one_array: bool,
+    layers: usize,
+    heads: usize,
+    n: usize,
+    order: &[usize],
+) -> Result<Vec<f64>, flowtracer_core::Error> {
+    let m = n * n;
+    let per_layer = heads * m;
+    // A layer's view and the offset of its first element.
+    let layer = |l: usize| -> (&RawArray<'_>, usize) {
+        if one_array {
+            (&views[0], l * per_layer)
+        } else {
+            (&views[l], 0)
+        }
+    };
+    if views.iter().any(|v| !v.is_c_order()) {
+        // A Fortran-order .npy: decoded whole and averaged by the core.
+        let data = views[0].decode().data.into_f64();
+        if layers == 0 {
+            return Ok(data);
+        }
+        let all = LayerSelection::List(order.to_vec());
+        return aggregate(&data, layers, heads, n, Layout::Dense, &all);
+    }
+    if layers == 0 {
+        // Already `Ā` (`[N, N]` or `[1, N, N]`, no layer axis): only decoded, and checked by
+        // the core's trace.
+        let mut abar = vec![0.0; m];
+        views[0].decode_f64_into(0, &mut abar);
+        return Ok(abar);
+    }
+    let mut acc = LayerAccumulator::new(1, n, Layout::Dense)?;
+    let mut head = vec![0.0; m];
+    for &l in order {
+        let (view, start) = layer(l);
+        for h in 0..heads {
+            view.decode_f64_into(start + h * m, &mut head);
+            acc.add_layer(l, &head)?;
+        }
+    }
+    match acc.finish() {
+        Err(
+            flowtracer_core::Error::NonFinite { position }
+            | flowtracer_core::Error::Negative { position, .. },
+        ) => {
+            // Report the defect as the core does for whole layers: check that layer alone.
+            let l = position.layer.unwrap_or(0);
+            let (view, start) = layer(l);
+            let mut data = vec![0.0; per_layer];
+            view.decode_f64_into(start, &mut data);
+            let mut one = LayerAccumulator::new(heads, n, Layout::Dense)?;
+            one.add_layer(l, &data)?;
+            one.finish()
+        }
+        other => other,
     }
 }
 
@@ -838,5 +921,82 @@ mod tests {
         );
         let err = layer_order(["l.1", "x", "l.1"].into_iter()).unwrap_err();
         assert!(err.contains("\"x\" has no layer number"), "{err}");
+    }
+
+    /// The `.npy` bytes of `values` (f64, C order) with `shape`.
+    fn npy(shape: &[usize], values: &[f64]) -> Vec<u8> {
+        let dims: Vec<String> = shape.iter().map(ToString::to_string).collect();
+        let mut header = format!(
+            "{{'descr': '<f8', 'fortran_order': False, 'shape': ({}), }}",
+            dims.join(", ")
+        );
+        while !(10 + header.len() + 1).is_multiple_of(64) {
+            header.push(' ');
+        }
+        header.push('\n');
+        let mut out = b"\x93NUMPY\x01\x00".to_vec();
+        out.extend_from_slice(&u16::try_from(header.len()).unwrap().to_le_bytes());
+        out.extend_from_slice(header.as_bytes());
+        out.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+        out
+    }
+
+    /// Averaging head by head while decoding gives the core's `aggregate` exactly: the same
+    /// `Ā` to the last bit, and the same first defect (layer, head, row, column) when several
+    /// are planted across heads, rows and layers.
+    #[test]
+    fn streaming_average_equals_the_core_aggregate() {
+        let (l, h, n) = (4, 3, 6);
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let mut clean = vec![0.0; l * h * n * n];
+        for m in 0..l * h {
+            for k in 0..n {
+                let row: Vec<f64> = (0..=k).map(|_| next()).collect();
+                let total: f64 = row.iter().sum();
+                for (i, x) in row.iter().enumerate() {
+                    clean[(m * n + k) * n + i] = x / total;
+                }
+            }
+        }
+        let at = |layer: usize, head: usize, row: usize, col: usize| {
+            ((layer * h + head) * n + row) * n + col
+        };
+        let mut cases = vec![clean.clone()];
+        // A negative in an early head's late row and one in a later head's early row.
+        let mut two_negatives = clean.clone();
+        two_negatives[at(1, 0, 5, 2)] = -0.25;
+        two_negatives[at(1, 2, 1, 0)] = -0.5;
+        cases.push(two_negatives.clone());
+        // A NaN in a later layer beats the negatives of an earlier one.
+        let mut nan_later = two_negatives;
+        nan_later[at(3, 1, 4, 4)] = f64::NAN;
+        nan_later[at(3, 0, 5, 1)] = f64::INFINITY;
+        cases.push(nan_later);
+        for values in &cases {
+            let bytes = npy(&[l, h, n, n], values);
+            let view = view_npy(&bytes).unwrap();
+            for selection in [
+                LayerSelection::All,
+                LayerSelection::Middle,
+                LayerSelection::List(vec![3, 1]),
+            ] {
+                let mut order = select_layers(l, &selection).unwrap();
+                order.sort_unstable();
+                let streamed = average(core::slice::from_ref(&view), true, l, h, n, &order);
+                let whole = aggregate(values, l, h, n, Layout::Dense, &selection);
+                match (&streamed, &whole) {
+                    (Ok(a), Ok(b)) => {
+                        assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()));
+                    }
+                    _ => assert_eq!(streamed, whole, "{selection:?}"),
+                }
+            }
+        }
     }
 }
