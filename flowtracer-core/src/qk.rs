@@ -20,7 +20,9 @@
 //!   [`split_ragged`] and [`split_ragged_lse`].
 //! - **Saved log-sum-exp**: when given, `p = exp(q·k·scale − lse)` in one pass, and every
 //!   row that sees a valid key must sum to 1 within [`QkConfig::row_tolerance`]
-//!   ([`Error::LseMismatch`]); without it the row maximum and sum are computed.
+//!   ([`Error::LseMismatch`]); without it the row maximum and sum are computed (a block's
+//!   rows hold all their logits in scratch, so a max-then-exp pass replaces FlashAttention's
+//!   online rescaling, with the same result).
 //! - **Input types**: `f32` and `f64` (f64 products for f64), `half::f16` and `half::bf16`
 //!   (converted once, f32 products) ([`QkInput`]).
 //!
@@ -37,11 +39,19 @@
 //! branch-free in the inner loop, so it vectorises too. A faster `Q·Kᵀ` (faer's matmul, with
 //! runtime AVX2/AVX-512 detection) would live in a separate std crate beside the no_std core,
 //! not behind a core feature; it is not built, because the tiles keep the core portable,
-//! dependency-free and bit-reproducible across machines (no runtime dispatch, no FMA
+//! free of a GEMM dependency and bit-reproducible across machines (no runtime dispatch, no FMA
 //! contraction), and the softmax and head mean, which a GEMM crate does not fuse, would still
 //! be these loops. With the `parallel` feature the row blocks of a layer are spread over
 //! rayon's threads (each block writes its own rows of `Ā`; the result is the same bit for
 //! bit, and so is the first bad row reported).
+//!
+//! # Memory
+//!
+//! Mode (a): `Ā` (`N²` values of the storage type `F`, allocated fallibly:
+//! [`Error::OutOfMemory`]), the layer's keys packed once (`H_kv · N · d` values of the
+//! arithmetic type) and, per thread, `O(N · ROW_BLOCK + d · ROW_BLOCK)` of scratch. Mode (b)
+//! of the method (recomputing row blocks inside the two passes, nothing `N x N` at all) is
+//! not implemented.
 //!
 //! # Validation order
 //!
