@@ -366,3 +366,60 @@ fn qk_bad_files() {
         &["non-finite query value at layer 0, head 0, row 2, column 1"],
     );
 }
+
+/// `flowtracer explain --qk`: the same input, rendered; the token-count check names the
+/// `--qk` file.
+#[test]
+fn qk_explain() {
+    let dir = temp_dir("qk-explain");
+    let file = dir.join("n3.safetensors");
+    let tensors = vec![
+        (String::from("q.0"), "F32", vec![1, 3, 1], vec![1.0; 3]),
+        (
+            String::from("k.0"),
+            "F32",
+            vec![1, 3, 1],
+            vec![0.0, 0.5, 1.0],
+        ),
+    ];
+    write_qk(&file, &[], &tensors);
+    let tokens = dir.join("tokens.json");
+    std::fs::write(&tokens, r#"["a", "b", "c"]"#).unwrap();
+    let html = dir.join("out.html");
+    let out = run(&[
+        "explain",
+        "--qk",
+        arg(&file),
+        "--tokens",
+        arg(&tokens),
+        "--question",
+        "0..1",
+        "--answer",
+        "2..3",
+        "--out",
+        arg(&html),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(std::fs::read_to_string(&html).unwrap().contains("<html"));
+    std::fs::write(&tokens, r#"["a", "b"]"#).unwrap();
+    assert_fails(
+        &[
+            "explain",
+            "--qk",
+            arg(&file),
+            "--tokens",
+            arg(&tokens),
+            "--question",
+            "0..1",
+            "--answer",
+            "2..3",
+            "--out",
+            arg(&dir.join("out2.html")),
+        ],
+        &["n3.safetensors", "3 tokens"],
+    );
+}
