@@ -74,22 +74,39 @@ def test_the_test_detects_a_held_gil():
     assert held == 0 and released > 100, (held, released)
 
 
+def released(call, attempts=3, min_ticks=20):
+    """Whether a Python thread progressed in the middle of `call`, in one of `attempts` runs.
+
+    A held GIL gives 0 ticks every time; retrying only forgives an OS scheduler that starved
+    the thread on a loaded machine (the control test above shows a held GIL is caught).
+    """
+    seen = []
+    for _ in range(attempts):
+        ticks, seconds = progress_during(call)
+        seen.append((ticks, round(seconds, 3)))
+        if ticks >= min_ticks:
+            return True, seen
+    return False, seen
+
+
 def test_gil_released_during_score_batch():
     n = 1024
     a = causal(n, 0, np.float32)
     b = 256
     while True:  # one call long enough to tell (doubling the batch until it is)
         batch = [a] * b  # one buffer, read in place b times
-        ticks, seconds = progress_during(lambda: flowtracer.score_batch(batch, [(0, 64)] * b, [(n - 8, n)] * b))
+        call = lambda: flowtracer.score_batch(batch, [(0, 64)] * b, [(n - 8, n)] * b)  # noqa: E731
+        _, seconds = progress_during(call)
         if seconds > 0.2 or b >= 1 << 15:
             break
         b *= 2
     assert seconds > 0.2, "too short to tell"
-    assert ticks > 100, (ticks, seconds, b)
+    ok, seen = released(call, min_ticks=100)
+    assert ok, seen
 
 
 def test_gil_released_during_trace():
     n = 4096
     a = causal(n, 0, np.float32)  # one call of tens of milliseconds
-    ticks, seconds = progress_during(lambda: flowtracer.trace(a, (0, 64), (n - 8, n)))
-    assert ticks > 10, (ticks, seconds)
+    ok, seen = released(lambda: flowtracer.trace(a, (0, 64), (n - 8, n)))
+    assert ok, seen
