@@ -15,7 +15,8 @@ use crate::fault;
 ///
 /// The bytes go to a temporary file in the same directory (`.NAME.tmp-PID-K`), which is
 /// fsynced, renamed over `path`, and then the directory is fsynced so that the rename itself
-/// survives a crash. On error the temporary file is removed and `path` is unchanged.
+/// survives a crash. On error the temporary file is removed and `path` is unchanged. The
+/// temporaries of `path` that killed processes left are removed first.
 ///
 /// # Errors
 ///
@@ -39,6 +40,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
         NEXT.fetch_add(1, Ordering::Relaxed)
     ));
     let tmp = dir.join(tmp_name);
+    remove_dead_temporaries(&dir, name);
     let result = (|| {
         fault::point("write");
         let mut file = File::create(&tmp)?;
@@ -55,6 +57,37 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
         let _ = fs::remove_file(&tmp);
     }
     result.map_err(fail)
+}
+
+/// Removes the temporaries of `write_atomic` for the file `name` in `dir` that a killed
+/// process left (`.NAME.tmp-PID-K` whose process no longer runs, known by `/proc/PID` on
+/// Linux; elsewhere nothing is removed). Best effort: errors are ignored.
+fn remove_dead_temporaries(dir: &Path, name: &std::ffi::OsStr) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let mut prefix = OsString::from(".");
+    prefix.push(name);
+    prefix.push(".tmp-");
+    let Some(prefix) = prefix.to_str() else {
+        return;
+    };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let own = std::process::id();
+    for e in entries.flatten() {
+        let file_name = e.file_name();
+        let Some(rest) = file_name.to_str().and_then(|n| n.strip_prefix(prefix)) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != own && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_file(e.path());
+        }
+    }
 }
 
 /// Renames `from` to `to` (a file or a directory) and fsyncs the directory of `to`, so the

@@ -2,7 +2,10 @@
 
 use std::fs::OpenOptions;
 
-use super::support::{assert_exit, assert_ok, listing, metric_steps, temp_dir, train};
+use super::support::{
+    arg, assert_exit, assert_ok, flowtracer, listing, metric_steps, temp_dir, train,
+    worked_example_npy,
+};
 
 /// While another process holds `DIR/.lock`, `train` (fresh or `--resume`) refuses with
 /// exit 2 and touches nothing; once it is released, the run proceeds.
@@ -56,4 +59,34 @@ fn the_next_run_removes_what_a_kill_left() {
         names.iter().all(|n| !n.contains(".tmp")),
         "temporaries left: {names:?}"
     );
+}
+
+/// A temporary of `score --out` that a killed process left (`.out.json.tmp-PID-K`, its
+/// process gone) is removed by the next write of that file; one of a live process stays.
+#[test]
+fn a_killed_writer_temporary_is_removed_by_the_next_write() {
+    let dir = temp_dir("dead-temporary");
+    let attention = dir.join("a.npy");
+    worked_example_npy(&attention);
+    // No process has this id (Linux ids stay below 2^22).
+    let dead = dir.join(".out.json.tmp-999999999-0");
+    std::fs::write(&dead, b"{\"partial").unwrap();
+    let live = dir.join(format!(".out.json.tmp-{}-0", std::process::id()));
+    std::fs::write(&live, b"{").unwrap();
+    let out = dir.join("out.json");
+    let args = [
+        "score",
+        "--attention",
+        arg(&attention),
+        "--question",
+        "0..2",
+        "--answer",
+        "4..5",
+        "--out",
+        arg(&out),
+    ];
+    assert_ok(&flowtracer(&args, &[]));
+    assert!(out.exists());
+    assert!(!dead.exists(), "{:?}", listing(&dir));
+    assert!(live.exists(), "a live writer's temporary stays");
 }

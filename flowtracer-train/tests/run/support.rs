@@ -151,3 +151,22 @@ pub(crate) fn copy_dir(from: &Path, to: &Path) {
         std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
     }
 }
+
+/// Writes the worked example of method §12 (dense 5 x 5 attention, f64) as a `.npy` file;
+/// score it with `--question 0..2 --answer 4..5`.
+pub(crate) fn worked_example_npy(path: &Path) {
+    let values: [f64; 25] = [
+        1.0, 0.0, 0.0, 0.0, 0.0, 0.5, 0.5, 0.0, 0.0, 0.0, 0.3, 0.5, 0.2, 0.0, 0.0, 0.1, 0.2, 0.3,
+        0.4, 0.0, 0.1, 0.1, 0.6, 0.1, 0.1,
+    ];
+    let mut header = "{'descr': '<f8', 'fortran_order': False, 'shape': (5, 5), }".to_owned();
+    while !(10 + header.len() + 1).is_multiple_of(64) {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend_from_slice(&u16::try_from(header.len()).unwrap().to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+    std::fs::write(path, bytes).unwrap();
+}

@@ -2,7 +2,9 @@
 //! command line or a checkpoint's `state.json`), before any work: exit 2, one line naming the
 //! knob and what it may be; sizes bounded.
 
-use super::support::{arg, assert_exit, assert_ok, flowtracer, listing, temp_dir, train};
+use super::support::{
+    arg, assert_exit, assert_ok, flowtracer, listing, temp_dir, train, worked_example_npy,
+};
 
 /// A bad knob on the command line: exit 2 before the warm-up (no `warmup.bpk`), one line
 /// with every needle.
@@ -116,21 +118,7 @@ fn a_corrupt_state_json_is_rejected_by_the_same_validation() {
 fn a_score_config_must_be_a_json_object() {
     let dir = temp_dir("config");
     let attention = dir.join("a.npy");
-    // The worked example of method §12, dense 5 x 5, f64.
-    let values: [f64; 25] = [
-        1.0, 0.0, 0.0, 0.0, 0.0, 0.5, 0.5, 0.0, 0.0, 0.0, 0.3, 0.5, 0.2, 0.0, 0.0, 0.1, 0.2, 0.3,
-        0.4, 0.0, 0.1, 0.1, 0.6, 0.1, 0.1,
-    ];
-    let mut header = "{'descr': '<f8', 'fortran_order': False, 'shape': (5, 5), }".to_owned();
-    while !(10 + header.len() + 1).is_multiple_of(64) {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
-    bytes.extend_from_slice(&u16::try_from(header.len()).unwrap().to_le_bytes());
-    bytes.extend_from_slice(header.as_bytes());
-    bytes.extend(values.iter().flat_map(|v| v.to_le_bytes()));
-    std::fs::write(&attention, bytes).unwrap();
+    worked_example_npy(&attention);
     let config = dir.join("config.json");
     let args = |config: &std::path::Path| {
         flowtracer(
