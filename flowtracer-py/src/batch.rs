@@ -60,26 +60,6 @@ pub(crate) fn mask_extents(
     Ok(out)
 }
 
-/// Copies the `len x len` block at `(offset, offset)` of each of the `mats` `N x N`
-/// matrices in `data`.
-pub(crate) fn crop<F: Float>(
-    data: &[F],
-    mats: usize,
-    n: usize,
-    offset: usize,
-    len: usize,
-) -> Vec<F> {
-    let mut out = Vec::with_capacity(mats * len * len);
-    for m in 0..mats {
-        let base = m * n * n;
-        for r in offset..offset + len {
-            let row = base + r * n + offset;
-            out.extend_from_slice(&data[row..row + len]);
-        }
-    }
-    out
-}
-
 /// One input sequence of a batch: its values, its form, its spans and where its completion
 /// starts (`None` spans: no answer, weight 1).
 pub(crate) struct BatchItem<'a, F: Float> {
@@ -128,6 +108,7 @@ pub(crate) fn batch_sources<'a, 'py, F: Float>(
                         Source {
                             data: a.data(),
                             form,
+                            crop: None,
                         },
                         n,
                     ))
@@ -184,6 +165,7 @@ pub(crate) fn batch_sources<'a, 'py, F: Float>(
                             Source {
                                 data: Cow::Borrowed(p),
                                 form: Form::Matrix(layout),
+                                crop: None,
                             },
                             n,
                         )
@@ -212,16 +194,12 @@ pub(crate) fn batch_sources<'a, 'py, F: Float>(
                 Some(m) => mask_extents(py, m, b, n)?,
                 None => vec![(0, n); b],
             };
+            // Each sequence keeps its whole padded block; a padded one is cut out only when
+            // its `Sequence` is built (in parallel, one block at a time per thread).
             let items: Vec<(Source<'a, F>, usize)> = extents
-                .par_iter()
+                .iter()
                 .enumerate()
                 .map(|(i, &(offset, len))| {
-                    let whole = &data[i * per..(i + 1) * per];
-                    let values = if len == n {
-                        Cow::Borrowed(whole)
-                    } else {
-                        Cow::Owned(crop(whole, mats, n, offset, len))
-                    };
                     let form = match form {
                         Form::Layers { layers, heads, .. } => Form::Layers {
                             layers,
@@ -230,7 +208,18 @@ pub(crate) fn batch_sources<'a, 'py, F: Float>(
                         },
                         f => f,
                     };
-                    (Source { data: values, form }, len)
+                    let crop = (len != n).then_some(Crop {
+                        mats,
+                        n,
+                        offset,
+                        len,
+                    });
+                    let source = Source {
+                        data: Cow::Borrowed(&data[i * per..(i + 1) * per]),
+                        form,
+                        crop,
+                    };
+                    (source, len)
                 })
                 .collect();
             Ok(items)

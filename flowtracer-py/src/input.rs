@@ -106,8 +106,44 @@ pub(crate) enum Form {
 
 /// One sequence's values (borrowed from the array where possible) and their form.
 pub(crate) struct Source<'a, F: Float> {
+    /// The values; with `crop`, the whole padded block the sequence is cut from.
     pub(crate) data: Cow<'a, [F]>,
+    /// The form of the sequence (after the crop).
     pub(crate) form: Form,
+    /// A sequence of a padded batch, cut out of `data` only when its `Sequence` is built
+    /// (so per-layer input is never copied whole).
+    pub(crate) crop: Option<Crop>,
+}
+
+/// Where a sequence lies in a padded block of `mats` matrices of `n x n`: the `len x len`
+/// block at `(offset, offset)` of each.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Crop {
+    pub(crate) mats: usize,
+    pub(crate) n: usize,
+    pub(crate) offset: usize,
+    pub(crate) len: usize,
+}
+
+impl Crop {
+    /// The block's values, contiguous.
+    fn apply<F: Float>(&self, data: &[F]) -> Vec<F> {
+        let Crop {
+            mats,
+            n,
+            offset,
+            len,
+        } = *self;
+        let mut out = Vec::with_capacity(mats * len * len);
+        for m in 0..mats {
+            let base = m * n * n;
+            for r in offset..offset + len {
+                let row = base + r * n + offset;
+                out.extend_from_slice(&data[row..row + len]);
+            }
+        }
+        out
+    }
 }
 
 /// The form of one sequence's array of the given shape: `[N(N+1)/2]` packed, `[N, N]`,
@@ -162,14 +198,19 @@ impl<'a, F: Float> Source<'a, F> {
         spans: Spans,
         layers: &LayerSelection,
     ) -> Result<Sequence<'_, F>, CoreError> {
-        match self.form {
-            Form::Matrix(layout) => Sequence::borrowed(&self.data, layout, spans),
-            Form::Layers {
-                layers: l,
-                heads,
-                n,
-            } => Sequence::from_layers(
-                &self.data,
+        let cropped = self.crop.map(|c| c.apply(&self.data));
+        match (self.form, cropped) {
+            (Form::Matrix(layout), None) => Sequence::borrowed(&self.data, layout, spans),
+            (Form::Matrix(layout), Some(values)) => Sequence::owned(values, layout, spans),
+            (
+                Form::Layers {
+                    layers: l,
+                    heads,
+                    n,
+                },
+                cropped,
+            ) => Sequence::from_layers(
+                cropped.as_deref().unwrap_or(&self.data),
                 LayerShape {
                     layers: l,
                     heads,

@@ -237,6 +237,7 @@ impl PyTrace {
         let source = Source {
             data: input.data(),
             form,
+            crop: None,
         };
         let spans = self.spans.clone();
         let layers = &self.layers;
@@ -259,6 +260,7 @@ pub(crate) fn trace_typed<F: Float>(
     let source = Source {
         data: input.data(),
         form,
+        crop: None,
     };
     let config = options.config;
     let layers = &options.layers;

@@ -19,7 +19,9 @@ pub(crate) fn _data_ptr(py: Python<'_>, attention: &Bound<'_, PyAny>) -> PyResul
     })
 }
 
-/// The addresses of each sequence's values as `score_batch` reads them.
+/// The addresses of each sequence's values as `score_batch` reads them; 0 for a padded
+/// sequence, which is cut out of its block (a copy of its own values only) when its
+/// `Sequence` is built.
 #[pyfunction]
 #[pyo3(signature = (attention, attention_mask=None, cu_seqlens=None, packed=false))]
 pub(crate) fn _batch_data_ptrs(
@@ -29,7 +31,7 @@ pub(crate) fn _batch_data_ptrs(
     cu_seqlens: Option<&Bound<'_, PyAny>>,
     packed: bool,
 ) -> PyResult<Vec<usize>> {
-    pub(crate) fn ptrs<F: Float>(
+    fn ptrs<F: Float>(
         py: Python<'_>,
         arr: &Bound<'_, PyAny>,
         as_list: bool,
@@ -41,7 +43,13 @@ pub(crate) fn _batch_data_ptrs(
         let sources = batch_sources(py, &input, mask, cu, packed)?;
         Ok(sources
             .iter()
-            .map(|(s, _)| s.data.as_ptr() as usize)
+            .map(|(s, _)| {
+                if s.crop.is_some() {
+                    0
+                } else {
+                    s.data.as_ptr() as usize
+                }
+            })
             .collect())
     }
     let (arr, as_list, dtype) = batch_dtype(py, attention)?;
