@@ -70,8 +70,9 @@
 //! FlashAttention's `window_size = (left, right)` with `right = 0` maps to `w = left + 1`
 //! (a query sees itself and `left` keys before it); transformers passes
 //! `left = sliding_window - 1` there, the same `w`. Gemma 2's logit soft-capping
-//! (`attn_logit_softcapping`), gpt-oss's attention sinks and ALiBi biases are not supported
-//! and are rejected by [`QkConfig::validate`] rather than silently mis-scored.
+//! (`attn_logit_softcapping`) is [`QkConfig::logit_softcap`]; gpt-oss's attention sinks and
+//! ALiBi biases are not supported and are rejected by [`QkConfig::validate`] rather than
+//! silently mis-scored.
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -332,8 +333,9 @@ pub struct QkConfig {
     pub window: Option<usize>,
     /// With a saved log-sum-exp, every row must sum to 1 within this (default `1e-3`).
     pub row_tolerance: f64,
-    /// Gemma 2's logit soft-capping `cap · tanh(s / cap)`: not supported; `Some` is
-    /// rejected by [`validate`](Self::validate).
+    /// Gemma 2's logit soft-capping (`attn_logit_softcapping`, 50 in Gemma 2): the scaled
+    /// logit `s` becomes `cap · tanh(s / cap)` before the softmax (`None`: no capping);
+    /// finite and positive.
     pub logit_softcap: Option<f64>,
     /// gpt-oss's per-head attention sinks: not supported; `true` is rejected.
     pub attention_sinks: bool,
@@ -370,7 +372,7 @@ impl QkConfig {
         self
     }
 
-    /// Sets [`logit_softcap`](Self::logit_softcap) (rejected by `validate`).
+    /// Sets [`logit_softcap`](Self::logit_softcap).
     pub fn with_logit_softcap(mut self, cap: f64) -> Self {
         self.logit_softcap = Some(cap);
         self
@@ -393,8 +395,8 @@ impl QkConfig {
     /// # Errors
     ///
     /// [`Error::InvalidConfig`] for the first bad field: `scale` not finite and positive,
-    /// `window = 0`, `row_tolerance` negative or not finite, then soft-capping, sinks,
-    /// ALiBi (unsupported).
+    /// `window = 0`, `row_tolerance` negative or not finite, `logit_softcap` not finite and
+    /// positive, then sinks and ALiBi (unsupported).
     ///
     /// # Complexity
     ///
@@ -412,11 +414,10 @@ impl QkConfig {
         if !(self.row_tolerance >= 0.0 && self.row_tolerance.is_finite()) {
             return bad("row_tolerance", "must be finite and >= 0");
         }
-        if self.logit_softcap.is_some() {
-            return bad(
-                "logit_softcap",
-                "logit soft-capping (Gemma 2) is not supported by the Q/K stage; capture attention probabilities instead",
-            );
+        if let Some(c) = self.logit_softcap
+            && !(c > 0.0 && c.is_finite())
+        {
+            return bad("logit_softcap", "must be finite and > 0");
         }
         if self.attention_sinks {
             return bad(
@@ -510,6 +511,7 @@ pub struct QkAccumulator<F> {
     scale: f64,
     window: Option<usize>,
     row_tolerance: f64,
+    softcap: Option<f64>,
     /// `valid_before[i]`: valid keys among `0..i` (length `N + 1`).
     valid_before: Vec<usize>,
     key_valid: Option<Vec<bool>>,
@@ -574,6 +576,7 @@ impl<F: FlowFloat> QkAccumulator<F> {
                 .unwrap_or_else(|| 1.0 / num_traits::Float::sqrt(shape.d as f64)),
             window: config.window,
             row_tolerance: config.row_tolerance,
+            softcap: config.logit_softcap,
             valid_before,
             key_valid: key_valid.map(<[bool]>::to_vec),
             layers: 0,
@@ -691,6 +694,7 @@ impl<F: FlowFloat> QkAccumulator<F> {
             row_tolerance: self.row_tolerance,
             valid_before: &self.valid_before,
             scale: T::Compute::from_f64_lossy(self.scale),
+            softcap: self.softcap.map(T::Compute::from_f64_lossy),
             packed: &packed,
             bias: &bias,
             layer,
@@ -821,6 +825,7 @@ struct Block<'a, 'l, T: QkInput> {
     row_tolerance: f64,
     valid_before: &'a [usize],
     scale: T::Compute,
+    softcap: Option<T::Compute>,
     packed: &'a [T::Compute],
     bias: &'a [T::Compute],
     layer: &'a QkLayer<'l, T>,
@@ -898,12 +903,21 @@ impl<T: QkInput> Block<'_, '_, T> {
                     defect = first_defect(defect, Some((key, RowDefect::Overflow)));
                     continue;
                 }
+                // Soft-capping: the logits become cap · tanh(x · scale / cap), in place; the
+                // row maximum goes through the same function, so it stays the maximum.
+                let (scale, max) = match self.softcap {
+                    Some(cap) => {
+                        soft_cap_row(x, self.scale, cap);
+                        (T::Compute::one(), soft_cap(max, self.scale, cap))
+                    }
+                    None => (self.scale, max),
+                };
                 let lse = layer.lse.map(|l| l[h * n + row]);
                 let shift = match lse {
                     Some(l) => T::Compute::from_f64_lossy(f64::from(l)),
-                    None => max * self.scale,
+                    None => max * scale,
                 };
-                let mass = exp_row(x, b, self.scale, shift);
+                let mass = exp_row(x, b, scale, shift);
                 let inv = match lse {
                     Some(_) => {
                         if mass.is_nan() || (mass - 1.0).abs() > self.row_tolerance {
@@ -1201,6 +1215,24 @@ fn exp_row<T: QkFloat>(x: &mut [T], bias: &[T], scale: T, shift: T) -> f64 {
         sum += v.widen();
     }
     sum
+}
+
+/// `cap · tanh(x · scale / cap)`, with `tanh(y) = 1 − 2 / (exp(2y) + 1)` through the
+/// stage's exponential: absolute error a few units of `cap · eps`; `±cap` where `exp`
+/// saturates.
+#[inline(always)]
+fn soft_cap<T: QkFloat>(x: T, scale: T, cap: T) -> T {
+    let two = T::one() + T::one();
+    let e = (two * x * scale / cap).exp_fast();
+    cap * (T::one() - two / (e + T::one()))
+}
+
+/// [`soft_cap`] over a row, in place (element-wise: vectorised).
+#[inline]
+fn soft_cap_row<T: QkFloat>(x: &mut [T], scale: T, cap: T) {
+    for v in x.iter_mut() {
+        *v = soft_cap(*v, scale, cap);
+    }
 }
 
 /// `acc += x · inv`.

@@ -356,10 +356,27 @@ pub fn attention_from_qk(
     q: &[f64],
     k: &[f64],
     lse: Option<&[f64]>,
-    (layers, q_heads, kv_heads): (usize, usize, usize),
+    heads: (usize, usize, usize),
     n: usize,
     d: usize,
     scale: f64,
+    window: Option<usize>,
+    key_valid: Option<&[bool]>,
+) -> Vec<f64> {
+    attention_from_qk_capped(q, k, lse, heads, n, d, (scale, None), window, key_valid)
+}
+
+/// [`attention_from_qk`] with Gemma 2's logit soft-capping: each scaled logit `s` becomes
+/// `cap · tanh(s / cap)` (f64 `tanh`) when `softcap` is `Some(cap)`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_from_qk_capped(
+    q: &[f64],
+    k: &[f64],
+    lse: Option<&[f64]>,
+    (layers, q_heads, kv_heads): (usize, usize, usize),
+    n: usize,
+    d: usize,
+    (scale, softcap): (f64, Option<f64>),
     window: Option<usize>,
     key_valid: Option<&[bool]>,
 ) -> Vec<f64> {
@@ -384,7 +401,11 @@ pub fn attention_from_qk(
                         s += q[((l * q_heads + h) * n + row) * d + j]
                             * k[((l * kv_heads + g) * n + i) * d + j];
                     }
-                    s * scale
+                    let s = s * scale;
+                    match softcap {
+                        Some(cap) => cap * num_traits::Float::tanh(s / cap),
+                        None => s,
+                    }
                 };
                 let s: Vec<f64> = visible.iter().map(|&i| logit(i)).collect();
                 match lse {
