@@ -16,7 +16,8 @@
 //! writers store them; JSON numbers are accepted too), all optional: `num_layers` (the
 //! model's total, so `--layers middle` is the model's middle band even when the file holds
 //! only those layers; default: one past the largest `L` in the file), `scale` (default
-//! `1/sqrt(d)`), `window` (the sliding window `w`, as method §15 maps Mistral's and Gemma's).
+//! `1/sqrt(d)`), `window` (the sliding window `w`, as method §15 maps Mistral's and Gemma's),
+//! `softcap` (Gemma 2's `attn_logit_softcapping`).
 //! `--layers` selects by model layer number; a selected layer missing from the file is an
 //! error.
 
@@ -41,12 +42,13 @@ pub(crate) struct QkFile {
     config: QkConfig,
 }
 
-/// The three `__metadata__` keys read; every other key is skipped without being stored.
+/// The four `__metadata__` keys read; every other key is skipped without being stored.
 #[derive(Deserialize, Default)]
 struct Metadata {
     num_layers: Option<serde_json::Value>,
     scale: Option<serde_json::Value>,
     window: Option<serde_json::Value>,
+    softcap: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -195,6 +197,12 @@ impl QkFile {
                 .parse::<f64>()
                 .map_err(|_| bad(format!("__metadata__ scale {t:?} is not a number")))?;
             config = config.with_scale(s);
+        }
+        if let Some(t) = number("softcap", &meta.softcap)? {
+            let c = t
+                .parse::<f64>()
+                .map_err(|_| bad(format!("__metadata__ softcap {t:?} is not a number")))?;
+            config = config.with_logit_softcap(c);
         }
         if let Some(t) = number("window", &meta.window)? {
             let w = t

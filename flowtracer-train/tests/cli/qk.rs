@@ -423,3 +423,41 @@ fn qk_explain() {
         &["n3.safetensors", "3 tokens"],
     );
 }
+
+/// `__metadata__` `softcap` (Gemma 2): scored like the capped oracle's `Ā` through
+/// `--attention`.
+#[test]
+fn qk_softcap_metadata() {
+    let (hq, hkv, n, d) = (2, 1, 8, 4);
+    let dir = temp_dir("qk-softcap");
+    let (q, k) = (values(hq * n * d, 5), values(hkv * n * d, 6));
+    let file = dir.join("capped.safetensors");
+    write_qk(
+        &file,
+        &[("softcap", "1.5")],
+        &[
+            (String::from("q.0"), "F32", vec![hq, n, d], q.clone()),
+            (String::from("k.0"), "F32", vec![hkv, n, d], k.clone()),
+        ],
+    );
+    let a = flowtracer_core::reference::attention_from_qk_capped(
+        &q,
+        &k,
+        None,
+        (1, hq, hkv),
+        n,
+        d,
+        (1.0 / (d as f64).sqrt(), Some(1.5)),
+        None,
+        None,
+    );
+    let npy = dir.join("abar.npy");
+    write_npy(&npy, &[n, n], &a, Dtype::F64);
+    let spans = ["--question", "0..2", "--answer", "6..8"];
+    let mut args = vec!["score", "--attention", arg(&npy)];
+    args.extend(spans);
+    let want = run_json(&args);
+    let mut args = vec!["score", "--qk", arg(&file)];
+    args.extend(spans);
+    assert_scores_close(&run_json(&args), &want);
+}
