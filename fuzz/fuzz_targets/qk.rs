@@ -34,6 +34,9 @@ struct Input {
     lse_shift: Option<(u16, u8)>,
     /// Shortens one buffer of one layer by one value.
     trim: Option<(u8, u8)>,
+    /// Gemma 2's logit soft-capping, `(x + 1) / 8` (last, so that the committed regressions
+    /// decode to the cases they were).
+    softcap: Option<u8>,
 }
 
 struct Case {
@@ -45,6 +48,7 @@ struct Case {
     lse: Option<Vec<Vec<f64>>>,
     config: QkConfig,
     scale: f64,
+    softcap: Option<f64>,
     window: Option<usize>,
     mask: Option<Vec<bool>>,
     spans: Spans,
@@ -76,13 +80,17 @@ impl Input {
         if self.scale.is_some() {
             config = config.with_scale(scale);
         }
+        let softcap = self.softcap.map(|c| (f64::from(c) + 1.0) / 8.0);
+        if let Some(cap) = softcap {
+            config = config.with_logit_softcap(cap);
+        }
         let mask = self.pad.map(|p| (0..n).map(|i| i >= usize::from(p % 4)).collect::<Vec<bool>>());
         let valid = mask.clone().unwrap_or_else(|| vec![true; n]);
         let mut lse: Option<Vec<Vec<f64>>> = None;
         if self.with_lse && kv_heads > 0 && q_heads % kv_heads == 0 && q_heads > 0 && d > 0 {
             let flat_q: Vec<f64> = q.concat();
             let flat_k: Vec<f64> = k.concat();
-            let (mut l, _) = qk_lse(&flat_q, &flat_k, (layers, q_heads, kv_heads), n, d, scale, window.filter(|&w| w > 0), &valid);
+            let (mut l, _) = qk_lse(&flat_q, &flat_k, (layers, q_heads, kv_heads), n, d, (scale, softcap), window.filter(|&w| w > 0), &valid);
             if let Some((at, x)) = self.lse_shift
                 && !l.is_empty()
             {
@@ -139,7 +147,7 @@ impl Input {
         } else {
             Spans::new(0..1, n.saturating_sub(1)..n)
         };
-        Case { layers, shape, order, q, k, lse, config, scale, window, mask, spans, f32_mode: self.f32_mode }
+        Case { layers, shape, order, q, k, lse, config, scale, softcap, window, mask, spans, f32_mode: self.f32_mode }
     }
 }
 
@@ -231,14 +239,16 @@ fn check<F: FlowFloat>(c: &Case, got: Result<Sequence<'static, F>, Error>, (abs,
     }
     let s = c.shape;
     let valid = c.mask.clone().unwrap_or_else(|| vec![true; s.n]);
-    let (true_lse, bound) = qk_lse(&c.q.concat(), &c.k.concat(), (c.layers, s.q_heads, s.kv_heads), s.n, s.d, c.scale, c.window, &valid);
+    let (true_lse, bound) = qk_lse(&c.q.concat(), &c.k.concat(), (c.layers, s.q_heads, s.kv_heads), s.n, s.d, (c.scale, c.softcap), c.window, &valid);
     // Rows in (layer, head, row) order: good, bad (an LSE clearly off) or uncertain
     // (logits that may overflow, or a mass near the tolerance).
     let limit = if c.f32_mode { 1e36 } else { 1e300 };
     // A bound on the rounding error of one logit in the arithmetic type: d products and
     // sums, then the scale and the shift, each within eps of the largest term.
     let eps = if c.f32_mode { f64::from(f32::EPSILON) } else { f64::EPSILON };
-    let logit_error = |at: usize| (s.d as f64 + 3.0) * eps * bound[at];
+    // Soft-capping adds its tanh's rounding, a few cap · eps.
+    let cap_error = c.softcap.map_or(0.0, |cap| 8.0 * cap * eps);
+    let logit_error = |at: usize| (s.d as f64 + 3.0) * eps * bound[at] + cap_error;
     let tol = c.config.row_tolerance;
     let mut first_uncertain = None;
     let mut first_bad = None;
@@ -287,7 +297,7 @@ fn check<F: FlowFloat>(c: &Case, got: Result<Sequence<'static, F>, Error>, (abs,
         _ => {
             let seq = got.expect("valid input rejected");
             let flat_lse = c.lse.as_ref().map(|l| l.concat().iter().map(|&x| f64::from(x as f32)).collect::<Vec<f64>>());
-            let want = reference::attention_from_qk(&c.q.concat(), &c.k.concat(), flat_lse.as_deref(), (c.layers, s.q_heads, s.kv_heads), s.n, s.d, c.scale, c.window, c.mask.as_deref());
+            let want = reference::attention_from_qk_capped(&c.q.concat(), &c.k.concat(), flat_lse.as_deref(), (c.layers, s.q_heads, s.kv_heads), s.n, s.d, (c.scale, c.softcap), c.window, c.mask.as_deref());
             // Each head's probability moves by at most twice its row's logit error,
             // relative, and it is at most (layers · heads) times the mean: so each entry of Ā
             // moves by at most 2 · (the largest logit error) relative, on top of the stated

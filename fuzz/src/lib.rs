@@ -590,7 +590,8 @@ pub mod alloc_guard {
 /// `[layers][kv_heads][N][d]`, query `row` sees key `i <= row` with `row - i < window` (if
 /// any) and `valid[i]`; 0 for a row that sees nothing. Also returns, per (layer, head, row),
 /// the largest `Σ_j |q_j k_j| · scale` over the visible keys (a bound on the logits, to tell
-/// rows whose logits may overflow).
+/// rows whose logits may overflow). With `softcap`, each logit `s` is `cap · tanh(s / cap)`
+/// (Gemma 2) before the log-sum-exp.
 #[allow(clippy::too_many_arguments)]
 pub fn qk_lse(
     q: &[f64],
@@ -598,7 +599,7 @@ pub fn qk_lse(
     (layers, q_heads, kv_heads): (usize, usize, usize),
     n: usize,
     d: usize,
-    scale: f64,
+    (scale, softcap): (f64, Option<f64>),
     window: Option<usize>,
     valid: &[bool],
 ) -> (Vec<f64>, Vec<f64>) {
@@ -616,7 +617,8 @@ pub fn qk_lse(
                     }
                     let qr = &q[at * d..][..d];
                     let kr = &k[((l * kv_heads + h / group) * n + i) * d..][..d];
-                    s.push(qr.iter().zip(kr).map(|(a, b)| a * b).sum::<f64>() * scale);
+                    let x = qr.iter().zip(kr).map(|(a, b)| a * b).sum::<f64>() * scale;
+                    s.push(softcap.map_or(x, |cap| cap * (x / cap).tanh()));
                     let b = qr.iter().zip(kr).map(|(a, b)| (a * b).abs()).sum::<f64>() * scale;
                     bound[at] = bound[at].max(b);
                 }
