@@ -23,6 +23,8 @@
 //!   ([`Error::LseMismatch`]); without it the row maximum and sum are computed (a block's
 //!   rows hold all their logits in scratch, so a max-then-exp pass replaces FlashAttention's
 //!   online rescaling, with the same result).
+//! - **Soft-capping** (Gemma 2): [`QkConfig::logit_softcap`], each scaled logit becomes
+//!   `cap · tanh(s / cap)` before the softmax.
 //! - **Input types**: `f32` and `f64` (f64 products for f64), `half::f16` and `half::bf16`
 //!   (converted once, f32 products) ([`QkInput`]).
 //!
