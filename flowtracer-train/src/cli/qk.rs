@@ -29,6 +29,7 @@ use flowtracer_io::{Array, Data, SafeTensors};
 use serde::Deserialize;
 
 use super::CliError;
+use crate::atomic::read_regular;
 
 /// A `--qk` file, opened and checked for shape, before any layer is computed.
 pub(crate) struct QkFile {
@@ -81,7 +82,8 @@ impl QkFile {
     pub(crate) fn open(path: &Path) -> Result<Self, CliError> {
         let shown = path.display();
         let bad = |m: String| CliError::bad_input(format!("--qk {shown}: {m}"));
-        let bytes = std::fs::read(path)
+        // A regular file, read up to the size it has (a device, FIFO or directory is refused).
+        let bytes = read_regular(path, u64::MAX)
             .map_err(|e| CliError::bad_input(format!("cannot read --qk {shown}: {e}")))?;
         let st = SafeTensors::parse(&bytes).map_err(|e| bad(e.to_string()))?;
         // The header was checked by `parse`: 8 bytes of length, then that much JSON.

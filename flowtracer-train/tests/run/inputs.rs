@@ -23,6 +23,9 @@ fn non_regular_inputs_are_refused() {
             2,
             &["--attention", "not a regular file"],
         );
+        let mut qk = vec!["score", "--qk", arg(input)];
+        qk.extend(spans);
+        assert_exit(&flowtracer(&qk, &[]), 2, &["--qk", "not a regular file"]);
         let mut config = vec!["score", "--attention", arg(&tokens), "--config", arg(input)];
         config.extend(spans);
         assert_exit(
