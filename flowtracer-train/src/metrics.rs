@@ -276,7 +276,7 @@ pub fn step_metrics(
     let (mut w_sum, mut w_n, mut w_max) = (0.0, 0usize, 0.0f64);
     let (mut fid_sum, mut fid_n) = (0.0, 0usize);
     let shaping = config.credit.shaping();
-    for (i, w) in r.weights.iter().enumerate() {
+    for (i, w) in r.credit.weights.iter().enumerate() {
         let p_len = r.problems[i].prompt.len();
         for &x in &w[p_len..] {
             w_sum += x;
@@ -284,7 +284,7 @@ pub fn step_metrics(
             w_max = w_max.max(x);
         }
         if r.completions[i].tokens == r.problems[i].response
-            && let Some(s) = &r.scores[i]
+            && let Some(s) = &r.credit.scores[i]
             && let Some(p) = fidelity(s, p_len, &r.problems[i].decisive, &shaping)
         {
             fid_sum += p;
@@ -317,10 +317,10 @@ pub fn step_metrics(
         flow: FlowMetrics {
             weight_mean: if w_n > 0 { w_sum / w_n as f64 } else { 1.0 },
             weight_max: w_max,
-            answer_mass: r.answer_mass,
-            no_answer_frac: r.no_answer as f64 / b,
-            unscored_frac: r.unscored as f64 / b,
-            conservation_residual: r.conservation_residual,
+            answer_mass: r.credit.answer_mass,
+            no_answer_frac: r.credit.no_answer as f64 / b,
+            unscored_frac: r.credit.unscored as f64 / b,
+            conservation_residual: r.credit.conservation_residual,
             scoring_time_frac: if config.credit.method == CreditMethod::Uniform {
                 0.0
             } else {

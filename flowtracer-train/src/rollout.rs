@@ -1,9 +1,8 @@
 //! One generation phase's output ([`Rollout`]) and the padded batches it is built on.
 
-use core::ops::Range;
-
 use burn::tensor::{Device, Tensor};
 
+use crate::credit::CreditedBatch;
 use crate::model::{Batch, int_tensor};
 use crate::sampling::{Completion, left_pad};
 use crate::task::Problem;
@@ -32,30 +31,13 @@ pub struct Rollout {
     pub ref_logp: Option<Vec<f64>>,
     /// Loss mask `[B][C]`.
     pub mask: Vec<bool>,
-    /// Shaped per-token advantages `[B][C]`: what the loss uses.
-    pub advantages: Vec<f64>,
     /// Per-token entropy `[B][C]` of the sampling distribution.
     pub entropy: Vec<f64>,
-    /// Per sequence: head-mean attention of the captured layers `[L_sel][n][n]` (empty when
-    /// the credit method reads no attention).
-    pub attention: Vec<Vec<f64>>,
     /// Number of captured layers.
     pub captured_layers: usize,
-    /// Per sequence: the credit weights over its positions (length `n`).
-    pub weights: Vec<Vec<f64>>,
-    /// Per sequence: the raw credit score (length `n`) when the method produced one.
-    pub scores: Vec<Option<Vec<f64>>>,
-    /// Per sequence: answer span in sequence positions.
-    pub answers: Vec<Option<Range<usize>>>,
-    /// Sequences without an answer span.
-    pub no_answer: usize,
-    /// Sequences the core could not score (weight 1).
-    pub unscored: usize,
-    /// Mean `sum f(a)` over FlowTracer-scored sequences.
-    pub answer_mass: Option<f64>,
-    /// Max of the core's `conservation_residual` (`|sum_k W'[i][k] - 1|` over live tokens
-    /// outside the answer) over FlowTracer-scored sequences.
-    pub conservation_residual: Option<f64>,
+    /// The credit stage's output: shaped advantages `[B][C]` (what the loss uses), the
+    /// captured attention, weights, scores and answers per sequence, and its counters.
+    pub credit: CreditedBatch,
     /// Seconds spent reading attention off the device and scoring.
     pub scoring_secs: f64,
 }

@@ -27,7 +27,7 @@ use flowtracer_core::baselines::SplitMix64;
 use flowtracer_core::grpo::{TokenBatch, group_advantages, grpo_loss};
 
 use crate::config::GrpoConfig;
-use crate::credit::{CapturedBatch, CreditedBatch, score_rollouts};
+use crate::credit::{CapturedBatch, score_rollouts};
 use crate::error::TrainError;
 use crate::metrics::{StepMetrics, UpdateStats, step_metrics};
 use crate::model::{Transformer, param_values, token_entropy, token_logps};
@@ -212,17 +212,7 @@ impl Trainer {
             completion_len: c_len,
             entropy: &entropy,
         };
-        let CreditedBatch {
-            advantages,
-            attention,
-            weights,
-            scores,
-            answers,
-            no_answer,
-            unscored,
-            answer_mass,
-            conservation_residual,
-        } = score_rollouts(
+        let credit = score_rollouts(
             &cfg.credit,
             &problems,
             &completions,
@@ -242,17 +232,9 @@ impl Trainer {
             old_logp,
             ref_logp,
             mask,
-            advantages,
             entropy,
-            attention,
             captured_layers: layers,
-            weights,
-            scores,
-            answers,
-            no_answer,
-            unscored,
-            answer_mass,
-            conservation_residual,
+            credit,
             scoring_secs,
         })
     }
@@ -289,7 +271,7 @@ impl Trainer {
             logp,
             old_logp: &rollout.old_logp,
             ref_logp: rollout.ref_logp.as_deref(),
-            advantages: &rollout.advantages,
+            advantages: &rollout.credit.advantages,
             mask: &rollout.mask,
         };
         Ok(grpo_loss(&batch, &self.config.core())?)

@@ -76,7 +76,7 @@ fn shaped_advantages_equal_the_core() {
         let p_len = r.problems[i].prompt.len();
         let n = r.seq_len(i);
         let a = aggregate(
-            &r.attention[i],
+            &r.credit.attention[i],
             r.captured_layers,
             1,
             n,
@@ -92,7 +92,7 @@ fn shaped_advantages_equal_the_core() {
                 "row {k} of sequence {i} sums to {s}"
             );
         }
-        let weights = match &r.answers[i] {
+        let weights = match &r.credit.answers[i] {
             Some(ans) => {
                 let spans = Spans::new(0..p_len, ans.clone()).with_response(p_len..n);
                 let seq = Sequence::dense(&a, spans).unwrap();
@@ -111,20 +111,20 @@ fn shaped_advantages_equal_the_core() {
             &mut expected,
         );
         assert_eq!(
-            &r.advantages[i * c..i * c + n - p_len],
+            &r.credit.advantages[i * c..i * c + n - p_len],
             &expected[..],
             "sequence {i}"
         );
         assert!(
-            r.advantages[i * c + n - p_len..(i + 1) * c]
+            r.credit.advantages[i * c + n - p_len..(i + 1) * c]
                 .iter()
                 .all(|&x| x == 0.0)
         );
     }
     assert_eq!(shaped_count, 6);
-    assert_eq!(r.no_answer, 2);
+    assert_eq!(r.credit.no_answer, 2);
     // The logged residual is the core's, maximised over the scored sequences.
-    let residual = r.conservation_residual.unwrap();
+    let residual = r.credit.conservation_residual.unwrap();
     assert_eq!(residual, max_residual);
     assert!(residual < 1e-12, "conservation residual {residual}");
 }
@@ -144,7 +144,7 @@ fn padding_does_not_change_a_sequence_attention() {
             7,
         )
         .unwrap();
-    let (x, y) = (&r.attention[2], &alone.attention[0]);
+    let (x, y) = (&r.credit.attention[2], &alone.credit.attention[0]);
     assert_eq!(x.len(), y.len());
     for (a, b) in x.iter().zip(y) {
         assert!((a - b).abs() < 1e-5, "{a} vs {b}");
@@ -167,7 +167,7 @@ fn a_non_finite_loss_stops_with_the_step_and_keeps_the_model() {
     let mut t = trainer(CreditMethod::FlowTracer);
     let mut r = fixed_rollout(&t);
     let before = flowtracer_train::model::param_values(&t.model);
-    r.advantages[0] = f64::NAN;
+    r.credit.advantages[0] = f64::NAN;
     let err = t.update(&r).unwrap_err();
     match &err {
         flowtracer_train::error::TrainError::NonFiniteLoss { step, .. } => assert_eq!(*step, 1),

@@ -107,7 +107,7 @@ pub fn fidelity(
     let shaping = trainer.config.credit.shaping();
     let mut precisions = Vec::new();
     for (i, p) in problems.iter().enumerate() {
-        if let Some(s) = &r.scores[i]
+        if let Some(s) = &r.credit.scores[i]
             && let Some(x) = credit::fidelity(s, p.prompt.len(), &p.decisive, &shaping)
         {
             precisions.push(x);
