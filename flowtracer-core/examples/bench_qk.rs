@@ -13,42 +13,18 @@
 //! `f` (f64, little-endian) for the agreement check. Threads: rayon's (`RAYON_NUM_THREADS`)
 //! when built with `--features parallel`.
 
-use core::alloc::{GlobalAlloc, Layout};
-use core::sync::atomic::{AtomicUsize, Ordering};
-use std::alloc::System;
 use std::time::Instant;
 
 use flowtracer_core::qk::{QkAccumulator, QkConfig, QkLayer, QkShape};
 use flowtracer_core::{Spans, Trace, Tracer};
 
-/// Counts live heap bytes and their high-water mark.
-struct Counting;
+#[path = "support/mod.rs"]
+mod support;
 
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards every call to the system allocator unchanged; only counts sizes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-        PEAK.fetch_max(live, Ordering::Relaxed);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
+use support::{peak_extra, range};
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
-
-fn range(s: &str) -> core::ops::Range<usize> {
-    let (a, b) = s.split_once("..").expect("range A..B");
-    a.parse().expect("range start")..b.parse().expect("range end")
-}
+static GLOBAL: support::Counting = support::Counting;
 
 fn read_f32(path: &str, len: usize) -> Vec<f32> {
     let bytes = std::fs::read(path).expect("read input");
@@ -102,10 +78,7 @@ fn main() {
     let mut tracer = Tracer::default();
     let mut out = Trace::default();
     // First call: the peak of everything it allocates (Ā, packed K, scratch, trace).
-    let before = LIVE.load(Ordering::Relaxed);
-    PEAK.store(before, Ordering::Relaxed);
-    run(&mut out, &mut tracer);
-    let peak_extra = PEAK.load(Ordering::Relaxed) - before;
+    let (_, peak_extra) = peak_extra(|| run(&mut out, &mut tracer));
 
     let mut times = Vec::with_capacity(reps);
     let mut qk_times = Vec::with_capacity(reps);

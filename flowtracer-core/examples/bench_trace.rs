@@ -9,41 +9,17 @@
 //! `{"n", "median_s", "min_s", "peak_extra_bytes", "bytes_per_token"}`; with `--out`, writes
 //! `h` then `f` (f64, little-endian) for the agreement check.
 
-use core::alloc::{GlobalAlloc, Layout};
-use core::sync::atomic::{AtomicUsize, Ordering};
-use std::alloc::System;
 use std::time::Instant;
 
 use flowtracer_core::{Config, Sequence, Spans, Trace, Tracer};
 
-/// Counts live heap bytes and their high-water mark.
-struct Counting;
+#[path = "support/mod.rs"]
+mod support;
 
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards every call to the system allocator unchanged; only counts sizes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-        PEAK.fetch_max(live, Ordering::Relaxed);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
+use support::{peak_extra, range};
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
-
-fn range(s: &str) -> core::ops::Range<usize> {
-    let (a, b) = s.split_once("..").expect("range A..B");
-    a.parse().expect("range start")..b.parse().expect("range end")
-}
+static GLOBAL: support::Counting = support::Counting;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -65,14 +41,14 @@ fn main() {
     drop(bytes);
 
     // First call: measures the allocation of a cold tracer, sequence and output.
-    let before = LIVE.load(Ordering::Relaxed);
-    PEAK.store(before, Ordering::Relaxed);
-    let mut tracer = Tracer::new(Config::default()).expect("config");
-    let seq = Sequence::dense(&a, Spans::new(question, answer)).expect("sequence");
+    let ((mut tracer, seq, mut out), peak_extra) = peak_extra(|| {
+        let mut tracer = Tracer::new(Config::default()).expect("config");
+        let seq = Sequence::dense(&a, Spans::new(question, answer)).expect("sequence");
+        let mut out = Trace::default();
+        tracer.trace_into(&seq, &mut out).expect("trace");
+        (tracer, seq, out)
+    });
     assert_eq!(seq.n(), n, "input must be N x N f32");
-    let mut out = Trace::default();
-    tracer.trace_into(&seq, &mut out).expect("trace");
-    let peak_extra = PEAK.load(Ordering::Relaxed) - before;
 
     let mut times = Vec::with_capacity(reps);
     for _ in 0..reps {
