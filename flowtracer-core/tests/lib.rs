@@ -7,6 +7,7 @@ mod front_door;
 mod grpo;
 mod properties;
 mod qk;
+mod qk_errors;
 mod regressions;
 mod stages;
 mod worked_example;
