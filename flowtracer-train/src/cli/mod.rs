@@ -4,6 +4,7 @@
 //! dumps from other models. Every subcommand returns a [`CliError`], which carries the exit
 //! code the binary returns (1: a run failed, 2: bad input).
 
+mod attention;
 pub mod compare;
 pub mod demo;
 mod error;
