@@ -27,11 +27,9 @@ import argparse
 import json
 import os
 import pathlib
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 THREADS = "2"
 for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS"):
@@ -45,17 +43,10 @@ ANCHOR = ROOT.parent / "shared" / "bench"
 sys.path.insert(0, str(ANCHOR))
 from python_anchor import flowtracer_numpy  # noqa: E402
 
+from compare import median_time  # noqa: E402  (this folder is on the path: run as a script)
+
 HQ, HKV, D, LAYERS = 16, 4, 64, 2
 BLOCK = 512
-
-
-def median_time(fn, reps):
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def per_head(q, k, scale):
