@@ -36,12 +36,7 @@ fn read_f32(path: &str, len: usize) -> Vec<f32> {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let get = |flag: &str| {
-        args.iter()
-            .position(|a| a == flag)
-            .map(|i| args[i + 1].clone())
-    };
+    let get = support::flags();
     let num = |flag: &str| -> usize { get(flag).expect(flag).parse().expect(flag) };
     let (layers, hq, hkv, n, d) = (
         num("--layers"),

@@ -22,12 +22,7 @@ use support::{peak_extra, range};
 static GLOBAL: support::Counting = support::Counting;
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let get = |flag: &str| {
-        args.iter()
-            .position(|a| a == flag)
-            .map(|i| args[i + 1].clone())
-    };
+    let get = support::flags();
     let n: usize = get("--n").expect("--n").parse().expect("--n N");
     let question = range(&get("--question").expect("--question"));
     let answer = range(&get("--answer").expect("--answer"));

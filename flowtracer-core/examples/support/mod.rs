@@ -1,6 +1,7 @@
 //! What the bench binaries share: a counting global allocator (live heap bytes and their
-//! high-water mark) and the parsing of their `A..B` ranges. Included by each example with
-//! `#[path = "support/mod.rs"] mod support;` (a folder without `main.rs` is no example).
+//! high-water mark), their flag lookup and the parsing of their `A..B` ranges. Included by
+//! each example with `#[path = "support/mod.rs"] mod support;` (a folder without `main.rs`
+//! is no example).
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::sync::atomic::{AtomicUsize, Ordering};
@@ -34,6 +35,16 @@ pub(crate) fn peak_extra<T>(f: impl FnOnce() -> T) -> (T, usize) {
     PEAK.store(before, Ordering::Relaxed);
     let out = f();
     (out, PEAK.load(Ordering::Relaxed) - before)
+}
+
+/// The command line as a lookup: `get("--n")` is the value after `--n`, if given.
+pub(crate) fn flags() -> impl Fn(&str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    move |flag| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1).cloned())
+    }
 }
 
 /// Parses `A..B`.
