@@ -21,6 +21,7 @@ use crate::error::{Error, Stage};
 use crate::float::FlowFloat;
 use crate::kernels::{ROWS, dot, dot4, keep};
 use crate::reach::AnswerMode;
+use crate::rows::RowSource;
 use crate::sequence::{Sequence, Tokens};
 
 /// The live question tokens outside the answer (`Q+` of [method §6](docs/method.md#s6)),
@@ -32,26 +33,28 @@ fn num_sources(h: &[f64], question: &Tokens, answer: &Tokens) -> usize {
         .count()
 }
 
-/// What every forward pass reads: the sequence, the settings, `|Q+|` and the reach.
-struct Pass<'s, 'a, F: Clone> {
-    seq: &'s Sequence<'a, F>,
+/// What every forward pass reads besides the rows: the spans, the settings, `|Q+|` and the
+/// reach.
+struct Pass<'s> {
+    question: &'s Tokens,
+    answer: &'s Tokens,
     mode: AnswerMode,
     threshold: f64,
     sources: usize,
     h: &'s [f64],
 }
 
-impl<F: FlowFloat> Pass<'_, '_, F> {
+impl Pass<'_> {
     /// Whether token `k` passes flow on (relay mode, or outside the answer).
     #[inline]
     fn passes(&self, k: usize) -> bool {
-        self.mode == AnswerMode::Relay || !self.seq.answer().contains(k)
+        self.mode == AnswerMode::Relay || !self.answer.contains(k)
     }
 
     /// The flow injected at `k`, as a share of `|Q+|`.
     #[inline]
     fn injected(&self, k: usize) -> f64 {
-        if self.seq.question().contains(k) && !self.seq.answer().contains(k) {
+        if self.question.contains(k) && !self.answer.contains(k) {
             1.0 / self.sources as f64
         } else {
             0.0
@@ -76,9 +79,10 @@ impl<F: FlowFloat> Pass<'_, '_, F> {
 /// # Complexity
 ///
 /// O(N²) time, one streaming read of the rows from the question's first token to the
-/// answer's last; no extra memory.
+/// answer's last (ascending); no extra memory.
 pub(crate) fn flow_into<F: FlowFloat>(
-    seq: &Sequence<'_, F>,
+    seq: &mut impl RowSource<F>,
+    [question, answer]: [&Tokens; 2],
     mode: AnswerMode,
     edge_threshold: f64,
     h: &[f64],
@@ -90,36 +94,38 @@ pub(crate) fn flow_into<F: FlowFloat>(
         h.len() == n && u.len() == n && f.len() == n,
         "h, u, f must have length n"
     );
-    let sources = num_sources(h, seq.question(), seq.answer());
+    let sources = num_sources(h, question, answer);
     if sources == 0 {
         return Err(Error::NoSourceMass);
     }
     let pass = Pass {
-        seq,
+        question,
+        answer,
         mode,
         threshold: edge_threshold,
         sources,
         h,
     };
     if edge_threshold > 0.0 {
-        forward_checked::<F, true>(&pass, u, f)?;
+        forward_checked::<F, true>(seq, &pass, u, f)?;
     } else {
-        forward_checked::<F, false>(&pass, u, f)?;
+        forward_checked::<F, false>(seq, &pass, u, f)?;
     }
     Ok(sources)
 }
 
 /// The fast forward pass, and the overflow-free one if the fast one overflowed.
 fn forward_checked<F: FlowFloat, const PRUNE: bool>(
-    pass: &Pass<'_, '_, F>,
+    seq: &mut impl RowSource<F>,
+    pass: &Pass<'_>,
     u: &mut [f64],
     f: &mut [f64],
 ) -> Result<(), Error> {
-    forward::<F, PRUNE>(pass, u, f);
+    forward::<F, PRUNE>(seq, pass, u, f);
     if !f.iter().all(|x| x.is_finite()) {
         // `u = f / h` overflowed: some live token has a reach below the smallest normal
         // f64 (about 1e-308). Recompute edge by edge, where `W'` itself never overflows.
-        forward_per_edge::<F, PRUNE>(pass, u, f);
+        forward_per_edge::<F, PRUNE>(seq, pass, u, f);
         if !f.iter().all(|x| x.is_finite()) {
             return Err(Error::Overflow { stage: Stage::Flow });
         }
@@ -132,19 +138,21 @@ fn forward_checked<F: FlowFloat, const PRUNE: bool>(
 /// the fast pass overflowed. `u` receives `f / h` (infinite where `h` is subnormal).
 #[cold]
 fn forward_per_edge<F: FlowFloat, const PRUNE: bool>(
-    pass: &Pass<'_, '_, F>,
+    seq: &mut impl RowSource<F>,
+    pass: &Pass<'_>,
     u: &mut [f64],
     f: &mut [f64],
 ) {
-    let (seq, h) = (pass.seq, pass.h);
+    let h = pass.h;
     u.fill(0.0);
     f.fill(0.0);
-    let lo = seq.question().first().unwrap_or(0);
-    for k in lo..seq.answer().end() {
+    let lo = pass.question.first().unwrap_or(0);
+    for k in lo..pass.answer.end() {
         if h[k] <= 0.0 {
             continue;
         }
         let mut fk = pass.injected(k);
+        seq.prepare(k..k + 1, false);
         let row = seq.row(k);
         for i in lo..k {
             if h[i] > 0.0 && pass.passes(i) {
@@ -159,12 +167,17 @@ fn forward_per_edge<F: FlowFloat, const PRUNE: bool>(
     }
 }
 
-fn forward<F: FlowFloat, const PRUNE: bool>(pass: &Pass<'_, '_, F>, u: &mut [f64], f: &mut [f64]) {
-    let (seq, h, threshold) = (pass.seq, pass.h, pass.threshold);
+fn forward<F: FlowFloat, const PRUNE: bool>(
+    seq: &mut impl RowSource<F>,
+    pass: &Pass<'_>,
+    u: &mut [f64],
+    f: &mut [f64],
+) {
+    let (h, threshold) = (pass.h, pass.threshold);
     u.fill(0.0);
     f.fill(0.0);
-    let lo = seq.question().first().unwrap_or(0);
-    let end = seq.answer().end();
+    let lo = pass.question.first().unwrap_or(0);
+    let end = pass.answer.end();
     // Row `k` (live, reach `hk`) with its weighted inflow `dot`: its flow, and its `u` if it
     // passes flow on.
     let finish = |k: usize, hk: f64, dot: f64, u: &mut [f64], f: &mut [f64]| {
@@ -178,6 +191,7 @@ fn forward<F: FlowFloat, const PRUNE: bool>(pass: &Pass<'_, '_, F>, u: &mut [f64
     // the block each row then adds the block's earlier rows, whose `u` is final by then.
     let mut k = lo;
     while k + ROWS <= end {
+        seq.prepare(k..k + ROWS, false);
         let rows: [&[F]; ROWS] = core::array::from_fn(|r| &seq.row(k + r)[lo..]);
         let heads = rows.map(|row| &row[..k - lo]);
         let dots = dot4::<F, PRUNE>(heads, &u[lo..k], threshold);
@@ -201,6 +215,7 @@ fn forward<F: FlowFloat, const PRUNE: bool>(pass: &Pass<'_, '_, F>, u: &mut [f64
         if hk <= 0.0 {
             continue;
         }
+        seq.prepare(k..k + 1, false);
         let row = &seq.row(k)[lo..k];
         let inflow = dot::<F, PRUNE>(row, &u[lo..k], threshold);
         finish(k, hk, inflow, u, f);

@@ -70,6 +70,7 @@ pub mod grpo;
 mod kernels;
 pub mod qk;
 mod reach;
+mod rows;
 pub mod reference;
 pub mod sequence;
 pub mod shaping;

@@ -22,7 +22,8 @@
 use crate::error::{Error, Stage};
 use crate::float::FlowFloat;
 use crate::kernels::{ROWS, axpy4_summary, keep, row_stats};
-use crate::sequence::Sequence;
+use crate::rows::RowSource;
+use crate::sequence::Tokens;
 use crate::validate::DataCheck;
 
 /// How answer tokens treat incoming flow ([method §4](docs/method.md#s4), §6).
@@ -60,9 +61,11 @@ crate::vocabulary::named_enum!(AnswerMode, "answer_mode", {
 ///
 /// # Complexity
 ///
-/// O(N²) time, one streaming read of the lower triangle of `Ā`; no extra memory.
+/// O(N²) time, one streaming read of the lower triangle of `Ā` (every row, descending
+/// from the answer's last, then the rows after it); no extra memory.
 pub(crate) fn reach_into<F: FlowFloat>(
-    seq: &Sequence<'_, F>,
+    seq: &mut impl RowSource<F>,
+    answer: &Tokens,
     mode: AnswerMode,
     edge_threshold: f64,
     row_tolerance: f64,
@@ -70,23 +73,25 @@ pub(crate) fn reach_into<F: FlowFloat>(
 ) -> Result<(), Error> {
     assert_eq!(h.len(), seq.n(), "h must have length n");
     if edge_threshold > 0.0 {
-        backward::<F, true>(seq, mode, edge_threshold, row_tolerance, h)
+        backward::<F, true>(seq, answer, mode, edge_threshold, row_tolerance, h)
     } else {
-        backward::<F, false>(seq, mode, edge_threshold, row_tolerance, h)
+        backward::<F, false>(seq, answer, mode, edge_threshold, row_tolerance, h)
     }
 }
 
 fn backward<F: FlowFloat, const PRUNE: bool>(
-    seq: &Sequence<'_, F>,
+    seq: &mut impl RowSource<F>,
+    answer: &Tokens,
     mode: AnswerMode,
     threshold: f64,
     row_tolerance: f64,
     h: &mut [f64],
 ) -> Result<(), Error> {
-    let (n, answer) = (seq.n(), seq.answer());
+    let n = seq.n();
     let mut check = DataCheck::new(row_tolerance);
     // Rows after the answer cannot reach it: only their data is checked.
     for k in answer.end()..n {
+        seq.prepare(k..k + 1, false);
         let row = seq.row(k);
         let (sum, min) = row_stats(row);
         check.observe_row(k, row, sum, min);
@@ -105,6 +110,7 @@ fn backward<F: FlowFloat, const PRUNE: bool>(
     let mut k = answer.end();
     while k >= ROWS {
         let base = k - ROWS;
+        seq.prepare(base..k, true);
         let rows: [&[F]; ROWS] = core::array::from_fn(|r| seq.row(k - 1 - r));
         let mut hs = [0.0f64; ROWS];
         for r in 0..ROWS {
@@ -127,6 +133,7 @@ fn backward<F: FlowFloat, const PRUNE: bool>(
     // The first (at most three) rows, one at a time.
     while k > 0 {
         k -= 1;
+        seq.prepare(k..k + 1, true);
         let row = seq.row(k);
         let hk = answer_reach(k, h[k]);
         h[k] = hk;

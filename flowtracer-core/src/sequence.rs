@@ -198,7 +198,7 @@ impl Spans {
         self.clone().resolve(n).map(|_| ())
     }
 
-    fn resolve(self, n: usize) -> Result<Resolved, Error> {
+    pub(crate) fn resolve(self, n: usize) -> Result<Resolved, Error> {
         let Spans {
             question,
             answer,
@@ -243,10 +243,10 @@ impl Spans {
 
 /// Spans checked against a length, with the response filled in.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Resolved {
-    question: Tokens,
-    answer: Tokens,
-    response: Tokens,
+pub(crate) struct Resolved {
+    pub(crate) question: Tokens,
+    pub(crate) answer: Tokens,
+    pub(crate) response: Tokens,
 }
 
 /// One sequence, validated: the aggregated attention `Ā` (dense or packed rows, borrowed

@@ -9,7 +9,9 @@ use crate::error::Error;
 use crate::float::FlowFloat;
 use crate::flow::{flow_into, throughput_into};
 use crate::grpo::{GrpoConfig, group_advantages};
+use crate::qk::{QkInput, QkRows, QkSequence};
 use crate::reach::{AnswerMode, reach_into};
+use crate::rows::{RowSource, Stored};
 use crate::sequence::{Sequence, Tokens};
 use crate::shaping::{ShapingConfig, shape_advantage, weights};
 
@@ -216,7 +218,7 @@ impl<F: FlowFloat> Trace<F> {
 
 /// Scratch of the two passes: `h`, `u = f / h` and `f` in f64, length `N`.
 #[derive(Debug, Clone, Default)]
-struct Workspace {
+pub(crate) struct Workspace {
     h: Vec<f64>,
     u: Vec<f64>,
     f: Vec<f64>,
@@ -230,7 +232,19 @@ impl Workspace {
         config: &TraceConfig,
         out: &mut Trace<F>,
     ) -> Result<(), Error> {
-        let n = seq.n();
+        let spans = [seq.question(), seq.answer(), seq.response()];
+        self.trace_rows(&mut Stored(seq), spans, config, out)
+    }
+
+    /// Traces the rows of `rows` with the checked `[question, answer, response]` into `out`.
+    pub(crate) fn trace_rows<F: FlowFloat>(
+        &mut self,
+        rows: &mut impl RowSource<F>,
+        [question, answer, response]: [&Tokens; 3],
+        config: &TraceConfig,
+        out: &mut Trace<F>,
+    ) -> Result<(), Error> {
+        let n = rows.n();
         let Workspace { h, u, f } = self;
         // The passes zero what they accumulate into and overwrite every output, so stale
         // values never survive (the `workspace_reuse` fuzz target checks exactly this).
@@ -238,17 +252,26 @@ impl Workspace {
             v.resize(n, 0.0);
         }
         reach_into(
-            seq,
+            rows,
+            answer,
             config.answer_mode,
             config.edge_threshold,
             config.row_tolerance,
             h,
         )?;
-        let sources = flow_into(seq, config.answer_mode, config.edge_threshold, h, u, f)?;
+        let sources = flow_into(
+            rows,
+            [question, answer],
+            config.answer_mode,
+            config.edge_threshold,
+            h,
+            u,
+            f,
+        )?;
         out.n = n;
-        out.question.clone_from(seq.question());
-        out.answer.clone_from(seq.answer());
-        out.response.clone_from(seq.response());
+        out.question.clone_from(question);
+        out.answer.clone_from(answer);
+        out.response.clone_from(response);
         out.answer_mode = config.answer_mode;
         out.edge_threshold = config.edge_threshold;
         out.num_sources = sources;
@@ -369,6 +392,75 @@ impl Tracer {
         out: &mut Trace<F>,
     ) -> Result<(), Error> {
         self.workspace.trace(seq, &self.config.trace, out)
+    }
+
+    /// Reach, flow and throughput straight from queries and keys: mode (b) of
+    /// [method §15](docs/method.md#s15). The rows of `Ā` are recomputed in blocks of
+    /// [`STREAM_ROWS`](crate::qk::STREAM_ROWS) inside the backward pass (descending) and
+    /// the forward pass (ascending), so nothing `N x N` exists; each row equals the row of
+    /// mode (a) ([`QkSequence::materialise`]) bit for bit, so the trace equals
+    /// `trace(&seq.materialise()?)` exactly.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LogitsOverflow`] or [`Error::LseMismatch`] for the first bad row by
+    /// (layer, head, row), reported once the backward pass has produced every row; then the
+    /// errors of [`trace`](Self::trace). (Shape, configuration, span and non-finite errors
+    /// come from [`QkSequence::new`].)
+    ///
+    /// # Complexity
+    ///
+    /// Every row's probabilities are computed twice for the tokens from the question's
+    /// first to the answer's last (once per pass), once for the others: at most twice mode
+    /// (a)'s O(L · H_q · N_vis · d) time. Extra memory O(N · (d + STREAM_ROWS)): the keys
+    /// of every layer packed once (`L · H_kv · ⌈N / 8⌉ · 8 · d` values of the arithmetic
+    /// type), `STREAM_ROWS · N` values of `F` for the block of rows, per thread one row
+    /// block's scratch (`(4 d + 8 ⌈N / 8⌉ · 8)` values), and the passes' `3 N` f64.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use flowtracer_core::qk::{QkConfig, QkLayer, QkSequence, QkShape};
+    /// use flowtracer_core::{Spans, Trace, Tracer, trace};
+    /// // One head, d = 1, N = 3, scale 1: rows [1], [1/3, 2/3], [1/6, 2/6, 3/6].
+    /// let (q, k) = ([1.0f64; 3], [0.0, 2f64.ln(), 3f64.ln()]);
+    /// let layers = [QkLayer::new(0, &q, &k)];
+    /// let config = QkConfig::default().with_scale(1.0);
+    /// let seq = QkSequence::new(&layers, QkShape::new(1, 1, 3, 1), &config, None, Spans::new(0..1, 2..3))?;
+    /// let t: Trace<f64> = Tracer::default().trace_qk(&seq)?;
+    /// assert!((t.flow()[1] - 0.4).abs() < 1e-12);
+    /// assert_eq!(t, trace(&seq.materialise::<f64>()?)?); // mode (a), bit for bit
+    /// # Ok::<(), flowtracer_core::Error>(())
+    /// ```
+    pub fn trace_qk<T: QkInput, F: FlowFloat>(
+        &mut self,
+        seq: &QkSequence<'_, T>,
+    ) -> Result<Trace<F>, Error> {
+        let mut out = Trace::default();
+        self.trace_qk_into(seq, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`trace_qk`](Self::trace_qk) into a caller-provided [`Trace`] (the passes' scratch
+    /// is reused; the producer's is allocated per call). On error, `out` is left
+    /// unspecified.
+    ///
+    /// # Errors
+    ///
+    /// As [`trace_qk`](Self::trace_qk).
+    pub fn trace_qk_into<T: QkInput, F: FlowFloat>(
+        &mut self,
+        seq: &QkSequence<'_, T>,
+        out: &mut Trace<F>,
+    ) -> Result<(), Error> {
+        let mut rows = QkRows::<T, F>::new(seq);
+        let traced = self
+            .workspace
+            .trace_rows(&mut rows, seq.roles(), &self.config.trace, out);
+        // The backward pass produced every row, so the first bad one is known: it comes
+        // before any error of the passes, as in mode (a).
+        rows.check()?;
+        traced
     }
 
     /// Traces many sequences (a GRPO group, a ragged batch cut by

@@ -8,6 +8,7 @@ mod grpo;
 mod properties;
 mod qk;
 mod qk_errors;
+mod qk_stream;
 mod regressions;
 mod stages;
 mod worked_example;

@@ -162,29 +162,29 @@ fn n3_by_hand() {
 
 /// One Q/K problem: values in `[-2, 2]`, optional window, left padding and saved LSE.
 #[derive(Debug, Clone)]
-struct QkCase {
-    layers: usize,
-    q_heads: usize,
-    kv_heads: usize,
-    n: usize,
-    d: usize,
-    q: Vec<f64>,
-    k: Vec<f64>,
-    window: Option<usize>,
+pub(crate) struct QkCase {
+    pub(crate) layers: usize,
+    pub(crate) q_heads: usize,
+    pub(crate) kv_heads: usize,
+    pub(crate) n: usize,
+    pub(crate) d: usize,
+    pub(crate) q: Vec<f64>,
+    pub(crate) k: Vec<f64>,
+    pub(crate) window: Option<usize>,
     /// Left padding: keys `0..pad` are invalid (`None`: no mask).
-    pad: Option<usize>,
-    with_lse: bool,
-    scale: Option<f64>,
+    pub(crate) pad: Option<usize>,
+    pub(crate) with_lse: bool,
+    pub(crate) scale: Option<f64>,
     /// Gemma 2's logit soft-capping.
-    softcap: Option<f64>,
+    pub(crate) softcap: Option<f64>,
 }
 
 impl QkCase {
-    fn shape(&self) -> QkShape {
+    pub(crate) fn shape(&self) -> QkShape {
         QkShape::new(self.q_heads, self.kv_heads, self.n, self.d)
     }
 
-    fn config(&self) -> QkConfig {
+    pub(crate) fn config(&self) -> QkConfig {
         let mut c = QkConfig::default();
         if let Some(w) = self.window {
             c = c.with_window(w);
@@ -198,17 +198,17 @@ impl QkCase {
         c
     }
 
-    fn mask(&self) -> Option<Vec<bool>> {
+    pub(crate) fn mask(&self) -> Option<Vec<bool>> {
         self.pad.map(|p| (0..self.n).map(|i| i >= p).collect())
     }
 
-    fn scale_value(&self) -> f64 {
+    pub(crate) fn scale_value(&self) -> f64 {
         self.scale.unwrap_or(1.0 / (self.d as f64).sqrt())
     }
 
     /// The log-sum-exp of every (layer, head, row) over its visible keys, in f64, for the
     /// given (already rounded) values; 0 for a row that sees no key.
-    fn lse(&self, q: &[f64], k: &[f64]) -> Vec<f64> {
+    pub(crate) fn lse(&self, q: &[f64], k: &[f64]) -> Vec<f64> {
         let (n, d) = (self.n, self.d);
         let group = self.q_heads / self.kv_heads;
         let mask = self.mask();
@@ -283,18 +283,23 @@ impl QkCase {
     }
 
     /// Question: the first valid token; answer: the last token (when they differ).
-    fn spans(&self) -> Option<Spans> {
+    pub(crate) fn spans(&self) -> Option<Spans> {
         let first = self.pad.unwrap_or(0);
         (first + 1 < self.n).then(|| Spans::new(first..first + 1, self.n - 1..self.n))
     }
 }
 
-fn qk_case(max_n: usize) -> impl Strategy<Value = QkCase> {
+pub(crate) fn qk_case(max_n: usize) -> impl Strategy<Value = QkCase> {
+    qk_case_in(1..=max_n)
+}
+
+/// [`qk_case`] with `N` drawn from `ns`.
+pub(crate) fn qk_case_in(ns: core::ops::RangeInclusive<usize>) -> impl Strategy<Value = QkCase> {
     (
         1..=2usize,
         1..=3usize,
         1..=3usize,
-        1..=max_n,
+        ns,
         1..=9usize,
         prop_oneof![2 => Just(None), 1 => (1..=12usize).prop_map(Some)],
         prop_oneof![2 => Just(None), 1 => (0..=4usize).prop_map(Some)],

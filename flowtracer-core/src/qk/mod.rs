@@ -5,9 +5,10 @@
 //! Per selected layer the stage takes `Q [H_q][N][d]` and `K [H_kv][N][d]` (and optionally
 //! the log-sum-exp `[H_q][N]` FlashAttention saves), forms each head's causal softmax one
 //! block of [`ROW_BLOCK`] query rows at a time, averages the heads inside the block, and adds
-//! the block into the running sum of `Ā`. This is mode (a) of the method: `Ā` itself
-//! (`N²` values of the storage type) is the only `N x N` buffer; the passes then run on it
-//! unchanged.
+//! the block into the running sum of `Ā`. In mode (a) of the method `Ā` itself (`N²`
+//! values of the storage type) is the only `N x N` buffer and the passes then run on it
+//! unchanged; in mode (b) ([`Tracer::trace_qk`](crate::Tracer::trace_qk)) the passes
+//! recompute its rows in blocks and nothing `N x N` exists (see "Memory: two modes").
 //!
 //! - **Grouped-query and multi-query attention**: query head `h` uses key head
 //!   `h / (H_q / H_kv)`, as Hugging Face's `repeat_kv`.
@@ -47,13 +48,22 @@
 //! rayon's threads (each block writes its own rows of `Ā`; the result is the same bit for
 //! bit, and so is the first bad row reported).
 //!
-//! # Memory
+//! # Memory: two modes
 //!
-//! Mode (a): `Ā` (`N²` values of the storage type `F`, allocated fallibly:
-//! [`Error::OutOfMemory`]), the layer's keys packed once (`H_kv · N · d` values of the
-//! arithmetic type) and, per thread, `O(N · ROW_BLOCK + d · ROW_BLOCK)` of scratch. Mode (b)
-//! of the method (recomputing row blocks inside the two passes, nothing `N x N` at all) is
-//! not implemented.
+//! Mode (a) ([`QkAccumulator`], [`sequence_from_qk`], [`QkSequence::materialise`]): `Ā`
+//! (`N²` values of the storage type `F`, allocated fallibly: [`Error::OutOfMemory`]), the
+//! layer's keys packed once (`H_kv · N · d` values of the arithmetic type) and, per
+//! thread, `O(N · ROW_BLOCK + d · ROW_BLOCK)` of scratch; the passes then read `Ā` twice.
+//!
+//! Mode (b) ([`QkSequence`] and [`Tracer::trace_qk`](crate::Tracer::trace_qk)): nothing
+//! `N x N`. The rows of `Ā` are recomputed, [`STREAM_ROWS`] at a time, inside the backward
+//! pass (descending) and the forward pass (ascending) by the same row-block kernel and in
+//! the same order as mode (a), so they equal its rows bit for bit (and the trace equals
+//! mode (a)'s trace exactly). Extra memory `O(N · (d + STREAM_ROWS))`: the keys of every
+//! layer packed once (`L · H_kv · ⌈N / 8⌉ · 8 · d` values of the arithmetic type),
+//! `STREAM_ROWS · N` values of `F`, per-thread row-block scratch, and the passes' `3 N`
+//! f64. The price is time: the rows from the question's first token to the answer's last
+//! are computed twice (once per pass).
 //!
 //! # Validation order
 //!
@@ -95,6 +105,7 @@ pub const KEY_BLOCK: usize = 8;
 mod block;
 mod float;
 mod ragged;
+mod stream;
 
 use block::{Block, Scratch, first_defect, first_non_finite};
 pub use float::{
@@ -102,6 +113,8 @@ pub use float::{
     exp_f32, exp_f64,
 };
 pub use ragged::{split_ragged, split_ragged_lse};
+pub(crate) use stream::QkRows;
+pub use stream::{QkSequence, STREAM_ROWS};
 
 /// The shape of one layer's input: query heads, key/value heads, tokens, head dimension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -289,6 +302,14 @@ impl QkConfig {
     }
 }
 
+impl QkConfig {
+    /// The softmax scale for head dimension `d`: [`scale`](Self::scale) or `1 / sqrt(d)`.
+    pub fn scale_for(&self, d: usize) -> f64 {
+        self.scale
+            .unwrap_or_else(|| 1.0 / num_traits::Float::sqrt(d as f64))
+    }
+}
+
 impl Default for QkConfig {
     fn default() -> Self {
         Self::DEFAULT
@@ -333,6 +354,86 @@ impl<'a, T> QkLayer<'a, T> {
 enum RowDefect {
     Overflow,
     Mass(f64),
+}
+
+/// The error of a row defect keyed by (layer, head, row).
+fn defect_error(
+    ((layer, head, row), defect): ((usize, usize, usize), RowDefect),
+    tolerance: f64,
+) -> Error {
+    match defect {
+        RowDefect::Overflow => Error::LogitsOverflow { layer, head, row },
+        RowDefect::Mass(mass) => Error::LseMismatch {
+            layer,
+            head,
+            row,
+            mass,
+            tolerance,
+        },
+    }
+}
+
+/// The lengths of one layer's buffers against `s`: `Q`, then `K`, then the log-sum-exp.
+fn check_layer_lengths<T>(s: QkShape, layer: &QkLayer<'_, T>) -> Result<(), Error> {
+    let lse = layer.lse.map(<[f32]>::len);
+    for (what, expected, actual) in [
+        ("queries", s.q_len(), Some(layer.q.len())),
+        ("keys", s.k_len(), Some(layer.k.len())),
+        ("log-sum-exp", s.lse_len(), lse),
+    ] {
+        if let Some(actual) = actual
+            && actual != expected
+        {
+            return Err(Error::ShapeMismatch {
+                what,
+                expected,
+                actual,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `K [H_kv][N][d]` of every key/value head packed once into panels of [`KEY_BLOCK`] keys,
+/// `[H_kv][panel][d][KEY_BLOCK]`, in the arithmetic type (padding keys of the last panel 0).
+fn pack_keys<T: QkInput>(k: &[T], shape: QkShape) -> Vec<T::Compute> {
+    let QkShape { kv_heads, n, d, .. } = shape;
+    let panels = n.div_ceil(KEY_BLOCK);
+    let panel_len = d * KEY_BLOCK;
+    let mut packed = vec![T::Compute::zero(); kv_heads * panels * panel_len];
+    for g in 0..kv_heads {
+        for key in 0..n {
+            let src = &k[(g * n + key) * d..][..d];
+            let base = (g * panels + key / KEY_BLOCK) * panel_len + key % KEY_BLOCK;
+            for (j, &x) in src.iter().enumerate() {
+                packed[base + j * KEY_BLOCK] = x.to_compute();
+            }
+        }
+    }
+    packed
+}
+
+/// 0 for a valid key, `-inf` for padding: added to the logits.
+fn key_bias<C: QkFloat>(key_valid: Option<&[bool]>, n: usize) -> Vec<C> {
+    (0..n)
+        .map(|i| {
+            if key_valid.is_none_or(|m| m[i]) {
+                C::zero()
+            } else {
+                C::neg_infinity()
+            }
+        })
+        .collect()
+}
+
+/// `valid_before[i]`: valid keys among `0..i` (length `N + 1`).
+fn valid_before(key_valid: Option<&[bool]>, n: usize) -> Vec<usize> {
+    let mut out = Vec::with_capacity(n + 1);
+    out.push(0);
+    for i in 0..n {
+        out.push(out[i] + usize::from(key_valid.is_none_or(|m| m[i])));
+    }
+    out
 }
 
 /// Streams one layer's `Q` and `K` at a time into the running sum of `Ā` (mode (a) of
@@ -417,21 +518,13 @@ impl<F: FlowFloat> QkAccumulator<F> {
         sum.try_reserve_exact(cells.ok_or(oom.clone())?)
             .map_err(|_| oom)?;
         sum.resize(n * n, F::zero());
-        let mut valid_before = Vec::with_capacity(n + 1);
-        valid_before.push(0);
-        for i in 0..n {
-            let v = key_valid.is_none_or(|m| m[i]);
-            valid_before.push(valid_before[i] + usize::from(v));
-        }
         Ok(Self {
             shape,
-            scale: config
-                .scale
-                .unwrap_or_else(|| 1.0 / num_traits::Float::sqrt(shape.d as f64)),
+            scale: config.scale_for(shape.d),
             window: config.window,
             row_tolerance: config.row_tolerance,
             softcap: config.logit_softcap,
-            valid_before,
+            valid_before: valid_before(key_valid, n),
             key_valid: key_valid.map(<[bool]>::to_vec),
             layers: 0,
             sum,
@@ -460,24 +553,7 @@ impl<F: FlowFloat> QkAccumulator<F> {
     ///
     /// O(1).
     pub fn check_layer<T>(&self, layer: &QkLayer<'_, T>) -> Result<(), Error> {
-        let s = self.shape;
-        let lse = layer.lse.map(<[f32]>::len);
-        for (what, expected, actual) in [
-            ("queries", s.q_len(), Some(layer.q.len())),
-            ("keys", s.k_len(), Some(layer.k.len())),
-            ("log-sum-exp", s.lse_len(), lse),
-        ] {
-            if let Some(actual) = actual
-                && actual != expected
-            {
-                return Err(Error::ShapeMismatch {
-                    what,
-                    expected,
-                    actual,
-                });
-            }
-        }
-        Ok(())
+        check_layer_lengths(self.shape, layer)
     }
 
     /// Adds one layer: scans it for non-finite values, then (if no layer had any) adds its
@@ -517,31 +593,9 @@ impl<F: FlowFloat> QkAccumulator<F> {
     }
 
     fn accumulate<T: QkInput>(&mut self, layer: &QkLayer<'_, T>) {
-        let QkShape { kv_heads, n, d, .. } = self.shape;
-        let panels = n.div_ceil(KEY_BLOCK);
-        let zero = T::Compute::zero();
-        // K of every key/value head in panels of KEY_BLOCK keys: [kv][panel][d][KEY_BLOCK].
-        let panel_len = d * KEY_BLOCK;
-        let mut packed = vec![zero; kv_heads * panels * panel_len];
-        for g in 0..kv_heads {
-            for key in 0..n {
-                let src = &layer.k[(g * n + key) * d..][..d];
-                let base = (g * panels + key / KEY_BLOCK) * panel_len + key % KEY_BLOCK;
-                for (j, &x) in src.iter().enumerate() {
-                    packed[base + j * KEY_BLOCK] = x.to_compute();
-                }
-            }
-        }
-        // 0 for a valid key, -inf for padding: added to the logits.
-        let bias: Vec<T::Compute> = (0..n)
-            .map(|i| {
-                if self.key_valid.as_ref().is_none_or(|m| m[i]) {
-                    zero
-                } else {
-                    T::Compute::neg_infinity()
-                }
-            })
-            .collect();
+        let n = self.shape.n;
+        let packed = pack_keys(layer.k, self.shape);
+        let bias = key_bias(self.key_valid.as_deref(), n);
         let block = Block {
             shape: self.shape,
             window: self.window,
@@ -599,17 +653,8 @@ impl<F: FlowFloat> QkAccumulator<F> {
             position.layer = Some(layer);
             return Err(Error::NonFiniteInput { tensor, position });
         }
-        if let Some(((layer, head, row), defect)) = self.bad_row {
-            return Err(match defect {
-                RowDefect::Overflow => Error::LogitsOverflow { layer, head, row },
-                RowDefect::Mass(mass) => Error::LseMismatch {
-                    layer,
-                    head,
-                    row,
-                    mass,
-                    tolerance: self.row_tolerance,
-                },
-            });
+        if let Some(defect) = self.bad_row {
+            return Err(defect_error(defect, self.row_tolerance));
         }
         let n = self.shape.n;
         let scale = F::from_f64_lossy(1.0 / (self.layers * self.shape.q_heads) as f64);
