@@ -1,14 +1,17 @@
 //! The Q/K stage (method §15) over arbitrary shapes, windows, padding, planted non-finite
 //! values and log-sum-exps that may not belong, in f32 and f64: the error is the one the
 //! validation order of [method §15](docs/method.md#s15) names, and a valid input's `Ā`
-//! matches `reference::attention_from_qk` (and traces without a panic).
+//! matches `reference::attention_from_qk` (and traces without a panic). Mode (b)
+//! (`Tracer::trace_qk`, rows recomputed inside the passes) runs on the same input and must
+//! give exactly mode (a)'s trace, or exactly its error: bit for bit what was just checked
+//! against the oracle.
 #![no_main]
 
 use core::fmt;
 
 use arbitrary::Arbitrary;
-use flowtracer_core::qk::{QkConfig, QkLayer, QkShape, sequence_from_qk};
-use flowtracer_core::{Error, FlowFloat, Position, QkTensor, Sequence, Spans, reference, trace};
+use flowtracer_core::qk::{QkConfig, QkLayer, QkSequence, QkShape, sequence_from_qk};
+use flowtracer_core::{Error, FlowFloat, Position, QkTensor, Sequence, Spans, Trace, Tracer, reference, trace};
 use flowtracer_fuzz::{Special, close, qk_lse};
 use libfuzzer_sys::fuzz_target;
 
@@ -214,7 +217,9 @@ fn expected_early(c: &Case) -> Option<Error> {
     None
 }
 
-fn run<T: flowtracer_core::qk::QkInput, F: FlowFloat>(c: &Case, conv: impl Fn(f64) -> T) -> Result<Sequence<'static, F>, Error> {
+/// Mode (a)'s `Ā`, and mode (b)'s trace of the same input.
+#[allow(clippy::type_complexity)]
+fn run<T: flowtracer_core::qk::QkInput, F: FlowFloat>(c: &Case, conv: impl Fn(f64) -> T) -> (Result<Sequence<'static, F>, Error>, Result<Trace<F>, Error>) {
     let q: Vec<Vec<T>> = c.q.iter().map(|v| v.iter().map(|&x| conv(x)).collect()).collect();
     let k: Vec<Vec<T>> = c.k.iter().map(|v| v.iter().map(|&x| conv(x)).collect()).collect();
     let lse: Option<Vec<Vec<f32>>> = c.lse.as_ref().map(|l| l.iter().map(|v| v.iter().map(|&x| x as f32).collect()).collect());
@@ -229,7 +234,15 @@ fn run<T: flowtracer_core::qk::QkInput, F: FlowFloat>(c: &Case, conv: impl Fn(f6
             }
         })
         .collect();
-    sequence_from_qk(&layers, c.shape, &c.config, c.mask.as_deref(), c.spans.clone())
+    let a = sequence_from_qk(&layers, c.shape, &c.config, c.mask.as_deref(), c.spans.clone());
+    let b = QkSequence::new(&layers, c.shape, &c.config, c.mask.as_deref(), c.spans.clone()).and_then(|seq| Tracer::default().trace_qk(&seq));
+    (a, b)
+}
+
+/// Mode (b) equals mode (a) traced: the same trace, or the same first error.
+fn check_stream<F: FlowFloat>(a: &Result<Sequence<'static, F>, Error>, b: Result<Trace<F>, Error>) {
+    let traced_a = a.clone().and_then(|seq| trace(&seq));
+    assert_eq!(b, traced_a, "mode (b) differs from mode (a)");
 }
 
 fn check<F: FlowFloat>(c: &Case, got: Result<Sequence<'static, F>, Error>, (abs, rel): (f64, f64)) {
@@ -323,8 +336,12 @@ fn check<F: FlowFloat>(c: &Case, got: Result<Sequence<'static, F>, Error>, (abs,
 fuzz_target!(|input: Input| {
     let c = input.case();
     if c.f32_mode {
-        check(&c, run::<f32, f32>(&c, |x| x as f32), (1e-5, 1e-4));
+        let (a, b) = run::<f32, f32>(&c, |x| x as f32);
+        check_stream(&a, b);
+        check(&c, a, (1e-5, 1e-4));
     } else {
-        check(&c, run::<f64, f64>(&c, |x| x), (1e-10, 1e-10));
+        let (a, b) = run::<f64, f64>(&c, |x| x);
+        check_stream(&a, b);
+        check(&c, a, (1e-10, 1e-10));
     }
 });
