@@ -105,6 +105,12 @@ pub enum Kernel {
     AggregateNegative,
     /// Scales `Ā` by `1 / (layers * heads)`.
     AggregateScale,
+    /// The first non-finite value of one layer's `Q`, `K` and log-sum-exp.
+    QkScan,
+    /// Each row's log-sum-exp over its visible keys (or the check of a saved one).
+    QkStats,
+    /// Adds one layer's head-summed probabilities into `Ā`, tile by tile.
+    QkMean,
     /// Per-response top-ρ selection and token weights.
     TokenWeights,
     /// Shaped advantages `w * A`.
@@ -126,6 +132,9 @@ impl Kernel {
             Kernel::AggregateLayer => "aggregate_layer",
             Kernel::AggregateNegative => "aggregate_negative",
             Kernel::AggregateScale => "aggregate_scale",
+            Kernel::QkScan => "qk_scan",
+            Kernel::QkStats => "qk_stats",
+            Kernel::QkMean => "qk_mean",
             Kernel::TokenWeights => "token_weights",
             Kernel::ShapeAdvantage => "shape_advantage",
         }

@@ -592,6 +592,9 @@ pub fn trace_batch_with_workspace(
             Kernel::AggregateLayer
             | Kernel::AggregateNegative
             | Kernel::AggregateScale
+            | Kernel::QkScan
+            | Kernel::QkStats
+            | Kernel::QkMean
             | Kernel::TokenWeights
             | Kernel::ShapeAdvantage => {
                 unreachable!("`trace_plan` never lists {}", l.kernel)

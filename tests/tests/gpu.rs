@@ -139,3 +139,12 @@ fn core_f64_core_f32_and_gpu_agree() {
         }
     }
 }
+
+/// The Q/K kernels against the core's Q/K stage and its oracle.
+#[cfg(feature = "gpu")]
+#[path = "gpu/qk.rs"]
+mod qk;
+/// The Q/K kernels' errors against the core's: variant, position, order.
+#[cfg(feature = "gpu")]
+#[path = "gpu/qk_errors.rs"]
+mod qk_errors;

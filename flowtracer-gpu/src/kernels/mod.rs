@@ -5,6 +5,7 @@
 pub(crate) mod aggregate;
 pub(crate) mod check;
 pub(crate) mod flow;
+pub(crate) mod qk;
 pub(crate) mod reach;
 pub(crate) mod seq_meta;
 pub(crate) mod shaping;

@@ -1,0 +1,314 @@
+//! The GPU Q/K kernels reject bad input exactly as the core's Q/K stage does (variant,
+//! position, order of method §15), and a dirty workspace changes nothing.
+
+use flowtracer_core::qk::QkConfig;
+use flowtracer_core::{Error, Spans};
+use flowtracer_gpu::{
+    DeviceBuffer, GpuOptions, QkAccumulator, QkDeviceLayer, QkSequence, QkWorkspace, TOLERANCE,
+    attention_from_qk,
+};
+
+use super::device;
+use super::qk::Case;
+
+/// Both paths' results on the same values; asserts that both fail with the same error and
+/// returns it.
+#[track_caller]
+fn same_error(c: &Case, q: &[f32], k: &[f32], lse: Option<&[f32]>) -> Error {
+    let client = device().expect("device");
+    let core = c.core(q, k, lse).expect_err("core accepted");
+    let gpu = c.gpu(&client, q, k, lse).expect_err("gpu accepted");
+    match (&core, &gpu) {
+        (
+            Error::LseMismatch {
+                layer,
+                head,
+                row,
+                mass,
+                tolerance,
+            },
+            Error::LseMismatch {
+                layer: l2,
+                head: h2,
+                row: r2,
+                mass: m2,
+                tolerance: t2,
+            },
+        ) => {
+            assert_eq!((layer, head, row, tolerance), (l2, h2, r2, t2), "{c:?}");
+            // The core sums the mass in f64, the device in f32.
+            assert!(TOLERANCE.close(*m2, *mass), "{c:?}: mass {m2} vs {mass}");
+        }
+        _ => assert_eq!(core, gpu, "{c:?}"),
+    }
+    gpu
+}
+
+/// NaN in `Q` and in `K`: the lowest layer wins; within a layer `Q` before `K` before the
+/// LSE; flat order within a tensor; positions are the tensor's own (head of `K` is a key
+/// head).
+#[test]
+fn non_finite_order_q_k_lse_and_lowest_layer() {
+    let Some(_client) = device() else { return };
+    let c = Case {
+        layers: 3,
+        with_lse: true,
+        ..Case::new(4, 2, 19, 6)
+    };
+    let (q0, k0) = (c.q(), c.k());
+    let lse0 = c.lse(&q0, &k0);
+    let s = c.shape();
+    let qi = |l: usize, h: usize, r: usize, j: usize| l * s.q_len() + (h * c.n + r) * c.d + j;
+    let ki = |l: usize, h: usize, r: usize, j: usize| l * s.k_len() + (h * c.n + r) * c.d + j;
+    // Q in layer 2, K in layer 1: K wins (lower layer).
+    let (mut q, mut k, mut lse) = (q0.clone(), k0.clone(), lse0.clone());
+    q[qi(2, 0, 0, 0)] = f32::NAN;
+    k[ki(1, 1, 7, 3)] = f32::INFINITY;
+    k[ki(1, 1, 9, 0)] = f32::NAN;
+    let e = same_error(&c, &q, &k, Some(&lse));
+    assert!(matches!(e, Error::NonFiniteInput { .. }), "{e:?}");
+    // Q and K in the same layer: Q wins, at its first flat position.
+    q[qi(1, 3, 18, 5)] = f32::NEG_INFINITY;
+    q[qi(1, 3, 2, 1)] = f32::NAN;
+    same_error(&c, &q, &k, Some(&lse));
+    // The LSE comes after Q and K of its layer, before a bad row of any layer.
+    let (q, k) = (q0.clone(), k0.clone());
+    lse[s.lse_len() + 4 * c.n / 2] = f32::NAN;
+    lse[2 * s.lse_len() + 3] = 1e6;
+    same_error(&c, &q, &k, Some(&lse));
+    let _ = lse0;
+}
+
+/// A saved log-sum-exp that does not belong: the first bad row by (layer, head, row), with
+/// its mass; the boundary of the tolerance.
+#[test]
+fn lse_mismatch_first_row_and_boundary() {
+    let Some(client) = device() else { return };
+    let c = Case {
+        layers: 2,
+        with_lse: true,
+        ..Case::new(4, 2, 23, 8)
+    };
+    let (q, k) = (c.q(), c.k());
+    let lse0 = c.lse(&q, &k);
+    let s = c.shape();
+    let at = |l: usize, h: usize, r: usize| l * s.lse_len() + h * c.n + r;
+    let mut lse = lse0.clone();
+    lse[at(1, 0, 2)] += 0.5; // mass e^-0.5
+    lse[at(1, 2, 20)] -= 0.5;
+    lse[at(0, 3, 22)] -= 0.01; // mass e^0.01: layer 0 wins
+    let e = same_error(&c, &q, &k, Some(&lse));
+    assert!(
+        matches!(e, Error::LseMismatch { layer: 0, head: 3, row: 22, mass, .. } if mass > 1.0),
+        "{e:?}"
+    );
+    // Within the tolerance (1e-3): a shift of 1e-4 passes on both paths.
+    let mut ok = lse0.clone();
+    ok[at(0, 1, 5)] += 1e-4;
+    c.core(&q, &k, Some(&ok)).unwrap();
+    c.gpu(&client, &q, &k, Some(&ok)).unwrap();
+    // 5e-3 fails on both, as a mass below 1.
+    ok[at(0, 1, 5)] += 5e-3;
+    let e = same_error(&c, &q, &k, Some(&ok));
+    assert!(
+        matches!(e, Error::LseMismatch { row: 5, mass, .. } if mass < 1.0),
+        "{e:?}"
+    );
+}
+
+/// `q·k` that overflows f32: `LogitsOverflow` at the first (layer, head, row), on both
+/// paths; a padding key's overflowing logit is never used.
+#[test]
+fn logits_overflow_and_padding_key() {
+    let Some(client) = device() else { return };
+    let c = Case {
+        layers: 2,
+        ..Case::new(2, 1, 12, 4)
+    };
+    let (mut q, mut k) = (c.q(), c.k());
+    let s = c.shape();
+    // Key 3 of layer 1 huge; query rows 3.. of layer 1 head 1 huge: rows >= 3 overflow.
+    for j in 0..c.d {
+        k[s.k_len() + 3 * c.d + j] = 1e30;
+        q[s.q_len() + (c.n + 5) * c.d + j] = 1e30;
+    }
+    let e = same_error(&c, &q, &k, None);
+    assert!(matches!(e, Error::LogitsOverflow { layer: 1, .. }), "{e:?}");
+    // The same key masked out: no error on either path, equal Ā.
+    let masked = Case {
+        pad: Some(4),
+        ..c.clone()
+    };
+    let core = masked.core(&q, &k, None).unwrap();
+    let gpu = masked.gpu(&client, &q, &k, None).unwrap();
+    for (i, (&g, &r)) in gpu.iter().zip(&core).enumerate() {
+        assert!(TOLERANCE.close(f64::from(g), r), "Ā[{i}] {g} vs {r}");
+    }
+}
+
+/// Shape, configuration, mask and span errors: the core's, in the core's order.
+#[test]
+fn shape_config_and_span_errors_match_the_core() {
+    let Some(client) = device() else { return };
+    let base = Case::new(4, 2, 6, 3);
+    let (q, k) = (base.q(), base.k());
+    let bad_cases = [
+        Case::new(4, 3, 6, 3), // heads not grouped
+        Case {
+            window: Some(0),
+            ..base.clone()
+        },
+        Case {
+            scale: Some(-1.0),
+            ..base.clone()
+        },
+        Case {
+            softcap: Some(0.0),
+            ..base.clone()
+        },
+    ];
+    for c in &bad_cases {
+        let (cq, ck) = (c.q(), c.k());
+        same_error(c, &cq, &ck, None);
+    }
+    // Spans outside the sequence are reported after shapes and config.
+    let s = base.shape();
+    let qb = DeviceBuffer::from_f32(&client, &q[..s.q_len()]);
+    let kb = DeviceBuffer::from_f32(&client, &k[..s.k_len()]);
+    let layer = QkDeviceLayer {
+        index: 0,
+        q: &qb,
+        k: &kb,
+        lse: None,
+    };
+    let cfg = QkConfig::default();
+    let opts = GpuOptions::default();
+    let spans = Spans::new(0..1, 5..9);
+    let e = attention_from_qk(&client, &[layer], s, &cfg, None, &spans, &opts).unwrap_err();
+    assert!(matches!(e, Error::SpanOutOfRange { .. }), "{e:?}");
+    let e = attention_from_qk(&client, &[], s, &cfg, None, &spans, &opts).unwrap_err();
+    assert_eq!(e, Error::ZeroDimension { what: "layers" });
+    let mask = [true; 5];
+    let e = attention_from_qk(&client, &[layer], s, &cfg, Some(&mask), &spans, &opts).unwrap_err();
+    assert_eq!(
+        e,
+        Error::ShapeMismatch {
+            what: "key mask",
+            expected: 6,
+            actual: 5
+        }
+    );
+    let short = DeviceBuffer::from_f32(&client, &k[..s.k_len() - 2]);
+    let layer = QkDeviceLayer {
+        index: 0,
+        q: &qb,
+        k: &short,
+        lse: None,
+    };
+    let e = attention_from_qk(
+        &client,
+        &[layer],
+        s,
+        &cfg,
+        None,
+        &Spans::new(0..1, 5..6),
+        &opts,
+    )
+    .unwrap_err();
+    assert_eq!(
+        e,
+        Error::ShapeMismatch {
+            what: "keys",
+            expected: s.k_len(),
+            actual: s.k_len() - 2
+        }
+    );
+}
+
+/// Workspace buffers prefilled with garbage, or holding a previous different result, give
+/// bit-identical `Ā` (the first layer writes every entry, above the diagonal included).
+#[test]
+fn dirty_workspace_changes_nothing() {
+    let Some(client) = device() else { return };
+    let (hq, hkv, d) = (4usize, 2usize, 8usize);
+    let lengths = [19usize, 6];
+    let cases: Vec<Case> = lengths.iter().map(|&n| Case::new(hq, hkv, n, d)).collect();
+    let q: Vec<f32> = cases
+        .iter()
+        .flat_map(|c| c.q()[..c.shape().q_len()].to_vec())
+        .collect();
+    let k: Vec<f32> = cases
+        .iter()
+        .flat_map(|c| c.k()[..c.shape().k_len()].to_vec())
+        .collect();
+    let (qb, kb) = (
+        DeviceBuffer::from_f32(&client, &q),
+        DeviceBuffer::from_f32(&client, &k),
+    );
+    let layer = QkDeviceLayer {
+        index: 0,
+        q: &qb,
+        k: &kb,
+        lse: None,
+    };
+    let cfg = QkConfig::default().with_window(7);
+    let run = |ws: &mut QkWorkspace| {
+        let seqs = QkSequence::ragged(hq, hkv, d, &lengths);
+        let mut acc = QkAccumulator::new_with_workspace(
+            &client,
+            (hq, hkv, d),
+            &cfg,
+            seqs,
+            &GpuOptions::default(),
+            ws,
+        )
+        .unwrap();
+        acc.add_layer(&client, &layer).unwrap();
+        acc.add_layer(&client, &QkDeviceLayer { index: 1, ..layer })
+            .unwrap();
+        acc.finish(&client).unwrap().attention.read_f32(&client)
+    };
+    let cells: usize = lengths.iter().map(|n| n * n).sum();
+    let rows: usize = lengths.iter().map(|n| hq * n).sum();
+    let clean = run(&mut QkWorkspace::filled(&client, cells, rows, 0.0));
+    for garbage in [f32::NAN, -1e30, 7.0, f32::INFINITY] {
+        let got = run(&mut QkWorkspace::filled(&client, cells, rows, garbage));
+        let same = got
+            .iter()
+            .zip(&clean)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "garbage {garbage} changed Ā");
+    }
+    // Reuse after a different result (no window) left in the same buffers.
+    let mut ws = QkWorkspace::new(&client);
+    let first = run(&mut ws);
+    let seqs = QkSequence::ragged(hq, hkv, d, &lengths);
+    let mut acc = QkAccumulator::new_with_workspace(
+        &client,
+        (hq, hkv, d),
+        &QkConfig::default(),
+        seqs,
+        &GpuOptions::default(),
+        &mut ws,
+    )
+    .unwrap();
+    acc.add_layer(&client, &layer).unwrap();
+    acc.finish(&client).unwrap();
+    let again = run(&mut ws);
+    assert!(
+        first
+            .iter()
+            .chain(&again)
+            .zip(clean.iter().chain(&clean))
+            .all(|(a, b)| a.to_bits() == b.to_bits())
+    );
+    // Above the diagonal and outside the window: exactly 0.
+    let n = lengths[0];
+    for row in 0..n {
+        for key in 0..n {
+            if key > row || key + 7 <= row {
+                assert_eq!(clean[row * n + key], 0.0, "({row}, {key})");
+            }
+        }
+    }
+}
