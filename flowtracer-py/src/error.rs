@@ -14,10 +14,13 @@ create_exception!(
      unknown options, ... A subclass of ValueError.\n\n\
      `kind` is the name of the core's error variant (for example 'NonFinite',\n\
      'SpanOutOfRange', 'UnknownName') or of the binding's own check ('UnsupportedDtype',\n\
-     'BadRank', 'BadSpan', 'BadAttentionMask', 'BadBatch'). The fields of the error are\n\
-     attributes; those an error does not have are None: sequence (the index in a batch),\n\
-     span ('question', 'answer' or 'response'), row, col, layer, head, index, value, field,\n\
-     what, given, allowed, expected, actual, n, range, mass, tolerance, dtype.\n\n\
+     'BadRank', 'BadSpan', 'BadAttentionMask', 'BadBatch', 'UnsupportedDevice',\n\
+     'AccumulatorConsumed'). The fields of the error are attributes; those an error does not\n\
+     have are None: sequence (the index in a batch), span ('question', 'answer' or\n\
+     'response'), row, col, layer, head, index, value, field, what, given, allowed,\n\
+     expected, actual, n, range, mass, tolerance, dtype, tensor ('query', 'key' or\n\
+     'log-sum-exp': the input of score_qk holding a non-finite value; then row is the token\n\
+     and col the feature), q_heads, kv_heads, bytes.\n\n\
      >>> import numpy as np, flowtracer\n\
      >>> a = np.array([[1.0, 0.0], [float('nan'), 1.0]])\n\
      >>> try:\n\
@@ -49,6 +52,10 @@ pub(crate) const ERROR_ATTRIBUTES: &[&str] = &[
     "mass",
     "tolerance",
     "dtype",
+    "tensor",
+    "q_heads",
+    "kv_heads",
+    "bytes",
 ];
 
 /// A `flowtracer.Error` with `kind`, `message` and the given attributes (the others None).
@@ -184,7 +191,21 @@ pub(crate) fn core_error<'py>(py: Python<'py>, e: &CoreError, sequence: Option<u
             put!("given", given.as_str());
             put!("allowed", allowed.to_vec());
         }
-        CoreError::NonFiniteInput { position: p, .. } => position(&mut attrs, p),
+        CoreError::NonFiniteInput {
+            tensor,
+            position: p,
+        } => {
+            position(&mut attrs, p);
+            put!("tensor", tensor.to_string());
+        }
+        CoreError::HeadsNotGrouped { q_heads, kv_heads } => {
+            put!("q_heads", *q_heads);
+            put!("kv_heads", *kv_heads);
+        }
+        CoreError::OutOfMemory { what, bytes } => {
+            put!("what", *what);
+            put!("bytes", *bytes);
+        }
         CoreError::LogitsOverflow { layer, head, row } => {
             put!("layer", *layer);
             put!("head", *head);

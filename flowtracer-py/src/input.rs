@@ -60,12 +60,12 @@ pub(crate) fn as_array<'py>(
     }
 }
 
-/// A borrowed float array and its shape.
-pub(crate) struct ArrayIn<'py, F: Float> {
+/// A borrowed array and its shape.
+pub(crate) struct ArrayIn<'py, F: Element + Copy> {
     array: PyReadonlyArrayDyn<'py, F>,
 }
 
-impl<'py, F: Float> ArrayIn<'py, F> {
+impl<'py, F: Element + Copy> ArrayIn<'py, F> {
     pub(crate) fn new(arr: &Bound<'py, PyAny>) -> PyResult<Self> {
         let a = arr.cast::<PyArrayDyn<F>>().map_err(PyErr::from)?;
         Ok(Self {

@@ -19,6 +19,9 @@
 //!   aligned to completion tokens;
 //! - **errors**: every [`Error`](flowtracer_core::Error) becomes `flowtracer.Error` (a `ValueError`) with `kind` (the
 //!   variant's name) and the error's fields as attributes;
+//! - **queries and keys**: `score_qk` and the layer-at-a-time `QkAccumulator` on the core's
+//!   Q/K stage ([`flowtracer_core::qk`], method §15), from float32, float64, float16 or
+//!   bfloat16 (its 16-bit words, reinterpreted as `half::bf16` in place) arrays;
 //! - the GIL is released (`Python::detach`) around every computation.
 
 extern crate alloc;
@@ -27,6 +30,8 @@ mod batch;
 mod error;
 mod input;
 mod options;
+mod qk;
+mod qk_input;
 mod single;
 mod testing;
 
@@ -35,7 +40,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
 use crate::error::{ERROR_ATTRIBUTES, Error};
-use crate::options::{BACKBONE_ALLOWED, SCORING_ALLOWED, SHAPE_ALLOWED};
+use crate::options::{BACKBONE_ALLOWED, QK_SCORING_ALLOWED, SCORING_ALLOWED, SHAPE_ALLOWED};
 use crate::single::PyTrace;
 
 /// The extension module `flowtracer._native`.
@@ -48,12 +53,17 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("SCORING_OPTIONS", PyTuple::new(py, SCORING_ALLOWED)?)?;
     m.add("SHAPING_OPTIONS", PyTuple::new(py, SHAPE_ALLOWED)?)?;
     m.add("BACKBONE_OPTIONS", PyTuple::new(py, BACKBONE_ALLOWED)?)?;
+    m.add("QK_SCORING_OPTIONS", PyTuple::new(py, QK_SCORING_ALLOWED)?)?;
     m.add_class::<PyTrace>()?;
+    m.add_class::<qk::PyQkAccumulator>()?;
     m.add_function(wrap_pyfunction!(options::defaults, m)?)?;
     m.add_function(wrap_pyfunction!(options::choices, m)?)?;
     m.add_function(wrap_pyfunction!(single::trace, m)?)?;
     m.add_function(wrap_pyfunction!(single::shape_advantages, m)?)?;
     m.add_function(wrap_pyfunction!(batch::score_batch, m)?)?;
+    m.add_function(wrap_pyfunction!(qk::score_qk, m)?)?;
+    m.add_function(wrap_pyfunction!(options::qk_defaults, m)?)?;
+    m.add_function(wrap_pyfunction!(testing::_qk_data_ptr, m)?)?;
     m.add_function(wrap_pyfunction!(testing::_data_ptr, m)?)?;
     m.add_function(wrap_pyfunction!(testing::_batch_data_ptrs, m)?)?;
     m.add_function(wrap_pyfunction!(testing::_core_trace_f64, m)?)?;

@@ -3,6 +3,7 @@
 use flowtracer_core::aggregate::LayerSelection;
 use flowtracer_core::backbone::BackboneConfig;
 use flowtracer_core::grpo::ScaleRewards;
+use flowtracer_core::qk::QkConfig;
 use flowtracer_core::shaping::{ApplyTo, Select};
 use flowtracer_core::{AnswerMode, Config, Error as CoreError};
 use pyo3::prelude::*;
@@ -23,6 +24,19 @@ pub(crate) const SCORING_ALLOWED: &[&str] = &[
     "normalize_mean",
     "select",
     "layers",
+];
+/// What `score_qk` and `QkAccumulator.finish` accept: the scoring options less `layers` (the
+/// Q/K input holds the selected layers already) and `row_tolerance` (there the keyword of the
+/// Q/K stage, `QkConfig::row_tolerance`; the trace keeps its default).
+pub(crate) const QK_SCORING_ALLOWED: &[&str] = &[
+    "answer_mode",
+    "edge_threshold",
+    "rho",
+    "gamma_flow",
+    "apply_to",
+    "mix",
+    "normalize_mean",
+    "select",
 ];
 /// What `shape_advantages` accepts: shaping and the group advantages (`GrpoConfig`).
 pub(crate) const SHAPE_ALLOWED: &[&str] = &[
@@ -206,5 +220,49 @@ pub(crate) fn choices(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     d.set_item("apply_to", ApplyTo::NAMES.to_vec())?;
     d.set_item("select", Select::NAMES.to_vec())?;
     d.set_item("scale_rewards", ScaleRewards::NAMES.to_vec())?;
+    Ok(d)
+}
+
+/// The Q/K stage's configuration from `score_qk`'s keywords: each `None` keeps the core's
+/// default (`QkConfig::default()`); the core's `validate` checks the values (in its order).
+pub(crate) fn qk_config(
+    py: Python<'_>,
+    scale: Option<&Bound<'_, PyAny>>,
+    window: Option<&Bound<'_, PyAny>>,
+    logit_softcap: Option<&Bound<'_, PyAny>>,
+    row_tolerance: Option<&Bound<'_, PyAny>>,
+) -> PyResult<QkConfig> {
+    fn given<'a, 'py>(v: Option<&'a Bound<'py, PyAny>>) -> Option<&'a Bound<'py, PyAny>> {
+        v.filter(|v| !v.is_none())
+    }
+    let mut c = QkConfig::default();
+    if let Some(v) = given(scale) {
+        c = c.with_scale(parse_f64(py, "scale", v)?);
+    }
+    if let Some(v) = given(window) {
+        let w: usize = v
+            .extract()
+            .map_err(|e| option_value_error(py, "window", e))?;
+        c = c.with_window(w);
+    }
+    if let Some(v) = given(logit_softcap) {
+        c = c.with_logit_softcap(parse_f64(py, "logit_softcap", v)?);
+    }
+    if let Some(v) = given(row_tolerance) {
+        c = c.with_row_tolerance(parse_f64(py, "row_tolerance", v)?);
+    }
+    Ok(c)
+}
+
+/// The core's defaults of the Q/K stage (`QkConfig::default()`): `scale`, `window`,
+/// `logit_softcap` (None: `1/sqrt(d)`, no window, no capping) and `row_tolerance`.
+#[pyfunction]
+pub(crate) fn qk_defaults(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let c = QkConfig::default();
+    let d = PyDict::new(py);
+    d.set_item("scale", c.scale)?;
+    d.set_item("window", c.window)?;
+    d.set_item("logit_softcap", c.logit_softcap)?;
+    d.set_item("row_tolerance", c.row_tolerance)?;
     Ok(d)
 }

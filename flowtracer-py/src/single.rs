@@ -2,7 +2,9 @@
 
 use flowtracer_core::aggregate::LayerSelection;
 use flowtracer_core::backbone::{BackboneConfig, backbone as core_backbone};
-use flowtracer_core::{Config, Error as CoreError, Spans, Tokens, Trace as CoreTrace, Tracer};
+use flowtracer_core::{
+    Config, Error as CoreError, Sequence, Spans, Tokens, Trace as CoreTrace, Tracer,
+};
 use numpy::{PyArray1, PyArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
@@ -20,7 +22,8 @@ pub(crate) enum AnyTrace {
 /// The result of `flowtracer.trace`: reach, flow and throughput of every token (numpy arrays
 /// of the input's dtype), the number of source tokens, the answer's absorbed mass, and the
 /// settings to turn it into weights or a backbone. It keeps a reference to the attention
-/// array it was traced from (for `backbone()`), so that array stays alive with it.
+/// array it was traced from (for `backbone()`), so that array stays alive with it; a trace
+/// from `score_qk` or `QkAccumulator.finish` keeps the `Ā` it computed (N² values).
 ///
 /// >>> import flowtracer
 /// >>> a = [[1.0, 0.0, 0.0, 0.0, 0.0],
@@ -41,7 +44,33 @@ pub(crate) struct PyTrace {
     config: Config,
     layers: LayerSelection,
     spans: Spans,
-    attention: Py<PyAny>,
+    attention: Held,
+}
+
+/// What `backbone()` reads again: the caller's attention array, or the `Ā` the Q/K stage
+/// formed (owned).
+pub(crate) enum Held {
+    Array(Py<PyAny>),
+    Qk(AnySequence),
+}
+
+/// An owned sequence of either float type (`Ā` from queries and keys).
+pub(crate) enum AnySequence {
+    F32(Sequence<'static, f32>),
+    F64(Sequence<'static, f64>),
+}
+
+impl PyTrace {
+    /// A trace of `Ā` formed by the Q/K stage (`score_qk`, `QkAccumulator.finish`).
+    pub(crate) fn from_qk(inner: AnyTrace, config: Config, spans: Spans, seq: AnySequence) -> Self {
+        Self {
+            inner,
+            config,
+            layers: LayerSelection::default(),
+            spans,
+            attention: Held::Qk(seq),
+        }
+    }
 }
 
 pub(crate) fn vec_to_py<'py, F: Float>(py: Python<'py>, v: &[F]) -> Bound<'py, PyAny> {
@@ -185,7 +214,21 @@ impl PyTrace {
         options: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let bc = backbone_config(py, options)?;
-        let attention = self.attention.bind(py);
+        let attention = match &self.attention {
+            Held::Array(a) => a.bind(py),
+            Held::Qk(seq) => {
+                let held = match (&self.inner, seq) {
+                    (AnyTrace::F32(t), AnySequence::F32(s)) => {
+                        py.detach(|| core_backbone(s, t, &bc))
+                    }
+                    (AnyTrace::F64(t), AnySequence::F64(s)) => {
+                        py.detach(|| core_backbone(s, t, &bc))
+                    }
+                    _ => unreachable!("a Q/K trace holds Ā of its own dtype"),
+                };
+                return backbone_dict(py, held.map_err(|e| core_error(py, &e, None))?);
+            }
+        };
         let (arr, dtype) = as_array(py, "attention", attention)?;
         let result = match (&self.inner, dtype) {
             (AnyTrace::F32(t), Dtype::F32) => self.backbone_of::<f32>(py, &arr, t, &bc)?,
@@ -198,19 +241,7 @@ impl PyTrace {
                 ));
             }
         };
-        let d = PyDict::new(py);
-        d.set_item("path", result.path)?;
-        d.set_item("path_probability", result.path_probability)?;
-        let edges: Vec<(usize, usize, f64)> = result
-            .edges
-            .iter()
-            .map(|e| (e.from, e.to, e.flow))
-            .collect();
-        d.set_item("edges", edges)?;
-        d.set_item("total_edge_flow", result.total_edge_flow)?;
-        d.set_item("hubs", result.hubs)?;
-        d.set_item("checkpoints", result.checkpoints)?;
-        Ok(d)
+        backbone_dict(py, result)
     }
 
     pub(crate) fn __repr__(&self) -> String {
@@ -222,6 +253,26 @@ impl PyTrace {
             self.dtype()
         )
     }
+}
+
+/// The backbone as the dict `Trace.backbone()` returns.
+fn backbone_dict(
+    py: Python<'_>,
+    result: flowtracer_core::backbone::Backbone,
+) -> PyResult<Bound<'_, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("path", result.path)?;
+    d.set_item("path_probability", result.path_probability)?;
+    let edges: Vec<(usize, usize, f64)> = result
+        .edges
+        .iter()
+        .map(|e| (e.from, e.to, e.flow))
+        .collect();
+    d.set_item("edges", edges)?;
+    d.set_item("total_edge_flow", result.total_edge_flow)?;
+    d.set_item("hubs", result.hubs)?;
+    d.set_item("checkpoints", result.checkpoints)?;
+    Ok(d)
 }
 
 impl PyTrace {
@@ -295,7 +346,7 @@ pub(crate) fn trace<'py>(
         config: options.config,
         layers: options.layers,
         spans,
-        attention: arr.unbind(),
+        attention: Held::Array(arr.unbind()),
     })
 }
 

@@ -19,6 +19,21 @@ pub(crate) fn _data_ptr(py: Python<'_>, attention: &Bound<'_, PyAny>) -> PyResul
     })
 }
 
+/// The address of the values the Q/K stage reads for one array of queries or keys (`bf16`:
+/// the array holds bfloat16's 16-bit words): the array's own data pointer when it is
+/// C-contiguous (zero-copy), another address when it was copied.
+#[pyfunction]
+#[pyo3(signature = (x, bf16=false))]
+pub(crate) fn _qk_data_ptr(py: Python<'_>, x: &Bound<'_, PyAny>, bf16: bool) -> PyResult<usize> {
+    let a = crate::qk_input::qk_array(py, "q", x, bf16)?;
+    Ok(match a.values() {
+        crate::qk_input::QkValues::F32(v) => v.as_ptr() as usize,
+        crate::qk_input::QkValues::F64(v) => v.as_ptr() as usize,
+        crate::qk_input::QkValues::F16(v) => v.as_ptr() as usize,
+        crate::qk_input::QkValues::Bf16(v) => v.as_ptr() as usize,
+    })
+}
+
 /// The addresses of each sequence's values as `score_batch` reads them; 0 for a padded
 /// sequence, which is cut out of its block (a copy of its own values only) when its
 /// `Sequence` is built.

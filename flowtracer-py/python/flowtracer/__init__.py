@@ -6,8 +6,12 @@ advantages, or score a whole batch into the ``(B, T)`` weights TRL and verl mult
 advantages by. Options have the core's names and defaults (:func:`defaults`); every error is
 a :class:`flowtracer.Error`, a ``ValueError``.
 
-Attention is float32 or float64 (anything ``numpy.asarray`` takes): a C-contiguous array is
-read in place (zero-copy), any other is copied in C order. Row ``k`` of ``Ā`` is query token
+Attention is float32 or float64 (anything ``numpy.asarray`` takes, or a torch tensor): a
+C-contiguous array is read in place (zero-copy), any other is copied in C order. torch CPU
+tensors go through DLPack (zero-copy as well); a CUDA tensor's ``Ā`` is copied to the host
+with ``.cpu()``. Models that never form attention probabilities (FlashAttention, SDPA) are
+scored from their queries and keys by :func:`score_qk` and :class:`QkAccumulator`
+(float32, float64, float16 or bfloat16). Row ``k`` of ``Ā`` is query token
 ``k`` over keys ``0..=k`` (entries above the diagonal are ignored). Spans are ``(start, stop)``
 tuples, ``range`` objects, or ascending integer positions (a list or an integer array).
 The GIL is released while the core computes.
@@ -31,16 +35,21 @@ from typing import Any
 
 import numpy as np
 
-from . import _native
+from . import _native, _torch
 from ._native import METRICS, Error, Trace
+from .qk import QK_SCORING_OPTIONS, QkAccumulator, qk_defaults, score_qk
 
 __all__ = [
     "Error",
     "METRICS",
+    "QK_SCORING_OPTIONS",
+    "QkAccumulator",
     "Trace",
     "choices",
     "defaults",
+    "qk_defaults",
     "score_batch",
+    "score_qk",
     "shape_advantages",
     "token_weights",
     "trace",
@@ -106,7 +115,9 @@ def trace(attention: Any, question: Any, answer: Any, response: Any = None, **op
     >>> t.token_weights().tolist()
     [1.0, 1.0, 1.5, 1.0, 1.5]
     """
-    return _native.trace(attention, question, answer, response, options)
+    return _native.trace(
+        _torch.host(attention), _torch.span(question), _torch.span(answer), _torch.span(response), options
+    )
 
 
 def token_weights(attention: Any, question: Any, answer: Any, response: Any = None, **options: Any) -> np.ndarray:
@@ -140,7 +151,7 @@ def shape_advantages(rewards: Any, num_generations: int, weights: Any, **options
     >>> np.allclose(adv, [[a0, 1.5 * a0, 1.5 * a0], [-a0, -a0, -a0]], rtol=1e-12)
     True
     """
-    return _native.shape_advantages(rewards, num_generations, weights, options)
+    return _native.shape_advantages(_torch.host(rewards, "rewards"), num_generations, _torch.host(weights, "weights"), options)
 
 
 def score_batch(
@@ -205,13 +216,13 @@ def score_batch(
     ([[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]], ['NonFinite', 'no_answer'])
     """
     return _native.score_batch(
-        attention,
-        questions,
-        answers,
-        responses,
-        attention_mask,
-        cu_seqlens,
-        completion_start,
+        _torch.host_list(attention, "attention"),
+        _torch.spans(questions),
+        _torch.spans(answers),
+        None if responses is None else _torch.spans(responses),
+        _torch.host(attention_mask, "attention_mask"),
+        _torch.span(cu_seqlens),
+        _torch.span(completion_start),
         completion_length,
         packed,
         on_error,

@@ -10,6 +10,7 @@ ERROR_ATTRIBUTES: tuple[str, ...]
 SCORING_OPTIONS: tuple[str, ...]
 SHAPING_OPTIONS: tuple[str, ...]
 BACKBONE_OPTIONS: tuple[str, ...]
+QK_SCORING_OPTIONS: tuple[str, ...]
 
 _Float = np.float32 | np.float64
 _Span = tuple[int, int] | range | list[int] | npt.NDArray[np.integer[Any]]
@@ -37,6 +38,10 @@ class Error(ValueError):
     mass: float | None
     tolerance: float | None
     dtype: str | None
+    tensor: Literal["query", "key", "log-sum-exp"] | None
+    q_heads: int | None
+    kv_heads: int | None
+    bytes: int | None
 
 class Backbone(TypedDict):
     path: list[int]
@@ -104,6 +109,55 @@ def score_batch(
     return_details: bool,
     options: dict[str, Any] | None,
 ) -> npt.NDArray[_Float] | tuple[npt.NDArray[_Float], dict[str, Any]]: ...
+def qk_defaults() -> dict[str, Any]: ...
+def score_qk(
+    q: Any,
+    k: Any,
+    question: _Span,
+    answer: _Span,
+    response: _Span | None,
+    lse: Any,
+    key_mask: Any,
+    scale: float | None,
+    window: int | None,
+    logit_softcap: float | None,
+    row_tolerance: float | None,
+    bf16: bool,
+    options: dict[str, Any] | None,
+) -> Trace: ...
+
+class QkAccumulator:
+    """The binding's accumulator; flowtracer.QkAccumulator (qk.py) subclasses it."""
+
+    def __new__(
+        cls,
+        q_heads: int,
+        kv_heads: int,
+        n: int,
+        d: int,
+        *,
+        key_mask: Any = None,
+        scale: float | None = None,
+        window: int | None = None,
+        logit_softcap: float | None = None,
+        row_tolerance: float | None = None,
+        dtype: Literal["float32", "float64"] = "float32",
+    ) -> QkAccumulator: ...
+    def add_layer(self, index: int, q: Any, k: Any, lse: Any = None, bf16: bool = False) -> None: ...
+    @property
+    def layers(self) -> int: ...
+    @property
+    def shape(self) -> tuple[int, int, int, int]: ...
+    @property
+    def dtype(self) -> Literal["float32", "float64"]: ...
+    @property
+    def consumed(self) -> bool: ...
+    def finish(
+        self, question: _Span, answer: _Span, response: _Span | None = None, options: dict[str, Any] | None = None
+    ) -> Trace: ...
+    def finish_matrix(self) -> npt.NDArray[_Float]: ...
+
+def _qk_data_ptr(x: Any, bf16: bool = False) -> int: ...
 def _data_ptr(attention: Any) -> int: ...
 def _batch_data_ptrs(
     attention: Any, attention_mask: Any = None, cu_seqlens: Any = None, packed: bool = False
