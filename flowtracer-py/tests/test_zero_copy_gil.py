@@ -109,3 +109,22 @@ def test_gil_released_during_trace():
     a = causal(n, 0, np.float32)  # one call of tens of milliseconds
     ok, seen = released(lambda: flowtracer.trace(a, (0, 64), (n - 8, n)))
     assert ok, seen
+
+
+def test_gil_released_during_score_qk_and_add_layer():
+    rng = np.random.default_rng(0)
+    n, heads, d = 256, 4, 32
+    while True:  # one call long enough to tell (doubling N until it is)
+        q = rng.standard_normal((2, heads, n, d), dtype=np.float32)
+        k = rng.standard_normal((2, heads // 2, n, d), dtype=np.float32)
+        call = lambda: flowtracer.score_qk(q, k, (0, 8), (n - 2, n))  # noqa: E731
+        _, seconds = progress_during(call)
+        if seconds > 0.2 or n >= 1 << 13:
+            break
+        n *= 2
+    assert seconds > 0.2, "too short to tell"
+    ok, seen = released(call, min_ticks=100)
+    assert ok, seen
+    acc = flowtracer.QkAccumulator(heads, heads // 2, n, d)
+    ok, seen = released(lambda: acc.add_layer(0, q[0], k[0]), min_ticks=20)
+    assert ok, seen
