@@ -386,6 +386,40 @@ pub fn latest(dir: &Path) -> Option<PathBuf> {
     }
 }
 
+/// Loads a model file (`model.bpk` of a checkpoint, a run's `warmup.bpk` or `final.bpk`) of
+/// shape `config` onto `device.autodiff()`, as a checkpoint's policy is loaded.
+///
+/// # Errors
+///
+/// [`TrainError::Damaged`] naming the file when it is missing, unreadable, not a model
+/// record, of another shape, or holds non-finite values.
+pub fn load_model(
+    config: &ModelConfig,
+    path: &Path,
+    device: &Device,
+) -> Result<crate::model::Transformer, TrainError> {
+    let damaged = |action, e: Box<dyn core::error::Error + Send + Sync>| {
+        TrainError::Damaged(FileError::new(action, path, e))
+    };
+    let bytes = read_regular(path, u64::MAX).map_err(|e| damaged("read", e.into()))?;
+    match first_non_finite(&bytes) {
+        Ok(None) => {}
+        Ok(Some(tensor)) => {
+            return Err(damaged(
+                "load",
+                format!("tensor {tensor} holds non-finite values").into(),
+            ));
+        }
+        Err(e) => return Err(damaged("decode", e.into())),
+    }
+    let record = ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
+        .map_err(|e| damaged("decode", e.into()))?;
+    config
+        .init(0, &device.clone().autodiff())
+        .try_load_record(record)
+        .map_err(|e| damaged("apply the model in", e.into()))
+}
+
 /// Rebuilds a trainer from a checkpoint directory.
 ///
 /// # Errors

@@ -13,7 +13,6 @@ use crate::credit::CreditConfig;
 use crate::error::ConfigError;
 use crate::model::ModelConfig;
 use crate::task::TaskConfig;
-use crate::tokenizer::VOCAB_SIZE;
 
 /// The `eps` of the advantage normalisation `(r - mean) / (std + eps)`: the core's default
 /// (`GrpoConfig::DEFAULT.advantage_eps`, TRL's value).
@@ -226,9 +225,10 @@ pub fn validate_run(
 ) -> Result<(), ConfigError> {
     task.validate()?;
     grpo.validate()?;
-    if model.vocab_size != VOCAB_SIZE {
+    let vocab = task.vocab_size();
+    if model.vocab_size != vocab {
         return Err(ConfigError::knob(format!(
-            "vocab_size must be the task's {VOCAB_SIZE}, got {}",
+            "vocab_size must be the task's {vocab}, got {}",
             model.vocab_size
         )));
     }

@@ -22,11 +22,15 @@ extern crate alloc;
 
 pub mod answer;
 pub mod atomic;
+pub mod causal;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
+pub mod countdown;
 pub mod credit;
 pub mod error;
+#[cfg(feature = "wgpu")]
+pub mod gpu_credit;
 mod fault;
 pub mod metrics;
 pub mod model;

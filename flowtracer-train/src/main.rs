@@ -2,7 +2,8 @@
 //!
 //! - `flowtracer demo`: warm-up + FlowTracer GRPO on the built-in task, writes `runs/demo/`.
 //! - `flowtracer train`: the same with every knob, checkpoints and `--resume`.
-//! - `flowtracer compare`: uniform vs FlowTracer vs baselines over several seeds.
+//! - `flowtracer compare`: uniform vs FlowTracer vs baselines over several seeds (resumable).
+//! - `flowtracer causal`: mask each method's top reasoning tokens, measure answer changes.
 //! - `flowtracer score` / `flowtracer explain`: score an attention dump of another model.
 //!
 //! Exit codes: 0 success, 1 training failure (e.g. non-finite loss), 2 bad input (see
@@ -33,6 +34,8 @@ enum Command {
     Train(cli::train::Args),
     /// The same budget for several credit methods over several seeds.
     Compare(cli::compare::Args),
+    /// The causal test: mask each credit method's top reasoning tokens, decode the answer again.
+    Causal(cli::causal::Args),
     /// FlowTracer scores of one attention dump, as JSON.
     Score(cli::score::Args),
     /// An HTML page explaining one attention dump.
@@ -57,6 +60,7 @@ fn main() -> ExitCode {
             cli::train::run(a)
         }
         Command::Compare(a) => cli::compare::run(a),
+        Command::Causal(a) => cli::causal::run(a),
         Command::Score(a) => cli::score::run(a),
         Command::Explain(a) => cli::explain::run(a),
     };

@@ -7,7 +7,9 @@
 //! forward pass that computes the logits.
 //!
 //! Masking: a query at column `q` sees key column `k` iff `k <= q` and `k` is a real token
-//! (not padding). A padding query sees only itself, so no softmax row is empty.
+//! (not padding). A padding query sees only itself, so no softmax row is empty. The causal
+//! test also hides chosen key columns from every later query
+//! ([`Batch::mask_bias_with_keys`]); without such columns the pass is the plain one.
 
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear};
@@ -105,6 +107,9 @@ fn linear(rng: &mut SplitMix64, d_in: usize, d_out: usize, std: f64, device: &De
         bias: Some(Param::from_tensor(Tensor::zeros([d_out], device))),
     }
 }
+
+#[cfg(feature = "wgpu")]
+mod qk_capture;
 
 /// One pre-norm transformer block.
 #[derive(Module, Debug)]
@@ -236,6 +241,31 @@ impl Batch {
     /// Additive attention mask `[B, 1, T, T]` for a full (uncached) pass.
     pub fn mask_bias(&self, device: &Device) -> Tensor<4> {
         let (b, t) = (self.batch, self.len);
+        Tensor::from_data(
+            TensorData::new(self.bias_values(None), [b, 1, t, t]),
+            device,
+        )
+    }
+
+    /// [`mask_bias`](Self::mask_bias) with some key columns hidden: a column `k` with
+    /// `masked_keys[r * T + k]` gets the logit `-inf` ([`MASKED`]) for every later query
+    /// `q > k` of its row, in every layer, so each softmax renormalises over the remaining
+    /// keys and nothing of column `k` reaches a later column. A masked column's own query
+    /// still sees itself and the unmasked columns before it. With no column masked the bias
+    /// equals [`mask_bias`](Self::mask_bias)'s, value for value.
+    ///
+    /// # Panics
+    ///
+    /// If `masked_keys.len()` is not `B * T` (a caller bug).
+    pub fn mask_bias_with_keys(&self, masked_keys: &[bool], device: &Device) -> Tensor<4> {
+        let (b, t) = (self.batch, self.len);
+        assert_eq!(masked_keys.len(), b * t, "one flag per column");
+        let bias = self.bias_values(Some(masked_keys));
+        Tensor::from_data(TensorData::new(bias, [b, 1, t, t]), device)
+    }
+
+    fn bias_values(&self, masked_keys: Option<&[bool]>) -> Vec<f32> {
+        let (b, t) = (self.batch, self.len);
         let mut bias = vec![0f32; b * t * t];
         for r in 0..b {
             for q in 0..t {
@@ -243,13 +273,20 @@ impl Batch {
                     let ok = (k <= q && self.valid[r * t + k]) || k == q;
                     if !ok {
                         bias[(r * t + q) * t + k] = NEG;
+                    } else if k < q && masked_keys.is_some_and(|m| m[r * t + k]) {
+                        bias[(r * t + q) * t + k] = MASKED;
                     }
                 }
             }
         }
-        Tensor::from_data(TensorData::new(bias, [b, 1, t, t]), device)
+        bias
     }
 }
+
+/// The logit of a key hidden by [`Batch::mask_bias_with_keys`] (the causal test): `-inf`, so
+/// its softmax weight is exactly 0 (every row keeps at least its own column, so no row is
+/// all `-inf`).
+pub const MASKED: f32 = f32::NEG_INFINITY;
 
 /// The additive mask value (large negative, finite so no row becomes NaN).
 pub const NEG: f32 = -1.0e9;
@@ -290,6 +327,31 @@ impl Transformer {
         );
         let pos = int_tensor(batch.positions(), batch.batch, batch.len, device);
         self.forward(tokens, pos, batch.mask_bias(device), None, capture)
+    }
+
+    /// [`forward_batch`](Self::forward_batch) with the key columns of `masked_keys` (`[B][T]`)
+    /// hidden from every later query in every layer ([`Batch::mask_bias_with_keys`]).
+    ///
+    /// # Panics
+    ///
+    /// As [`forward_batch`](Self::forward_batch), and if `masked_keys.len()` is not `B * T`.
+    pub fn forward_batch_masked(
+        &self,
+        batch: &Batch,
+        masked_keys: &[bool],
+        capture: &[usize],
+        device: &Device,
+    ) -> ForwardOutput {
+        assert!(batch.len <= self.max_len, "sequence longer than max_len");
+        let tokens = int_tensor(
+            batch.tokens.iter().map(|&t| i64::from(t)).collect(),
+            batch.batch,
+            batch.len,
+            device,
+        );
+        let pos = int_tensor(batch.positions(), batch.batch, batch.len, device);
+        let bias = batch.mask_bias_with_keys(masked_keys, device);
+        self.forward(tokens, pos, bias, None, capture)
     }
 
     /// The general forward pass. `bias` is `[B, 1, S, Tk]` where `Tk` counts cached plus new

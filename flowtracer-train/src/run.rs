@@ -223,6 +223,7 @@ pub fn grpo_loop(
             checkpoint::save(trainer, model_config, &opts.run, &opts.out_dir)
                 .map_err(|e| diverged(e, &opts.out_dir, opts.checkpoint_every))?;
         }
+        crate::fault::step_done();
     }
     bar.finish_and_clear();
     Ok(all)

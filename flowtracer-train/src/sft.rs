@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{Batch, Transformer, int_tensor, token_logps};
 use crate::sampling::{SamplingConfig, generate};
-use crate::task::{Problem, TaskConfig, generate as gen_problem, reward};
+use crate::task::{Problem, TaskConfig, generate as gen_problem, score};
 use crate::tokenizer::PAD;
 
 /// Warm-up settings. `Default` is the demo's warm-up (the `--warmup-*` knobs' defaults).
@@ -158,7 +158,7 @@ pub fn evaluate(
         let prompts: Vec<Vec<u32>> = chunk.iter().map(|p| p.prompt.clone()).collect();
         let outs = generate(model, &prompts, &cfg, &mut rng, device);
         for (p, c) in chunk.iter().zip(&outs) {
-            correct += f64::from(reward(p.answer, &c.tokens));
+            correct += f64::from(score(p, &c.tokens));
         }
     }
     correct / problems.len() as f64
@@ -194,7 +194,7 @@ pub fn evaluate_sampled(
             .collect();
         let outs = generate(model, &prompts, &cfg, &mut rng, device);
         for (i, c) in outs.iter().enumerate() {
-            correct += f64::from(reward(chunk[i / samples].answer, &c.tokens));
+            correct += f64::from(score(&chunk[i / samples], &c.tokens));
         }
     }
     correct / (problems.len() * samples) as f64

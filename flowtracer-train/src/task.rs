@@ -1,4 +1,5 @@
-//! The built-in verifiable task: chained arithmetic mod 10 with distractor variables.
+//! The built-in verifiable tasks: chained arithmetic mod 10 with distractor variables (the
+//! default, below) and Countdown ([`crate::countdown`]), chosen by [`TaskKind`].
 //!
 //! A prompt defines a few digit variables, then derived variables, then asks for one of them:
 //!
@@ -17,12 +18,81 @@ use flowtracer_core::baselines::SplitMix64;
 use serde::{Deserialize, Serialize};
 
 use crate::answer::{AnswerSpan, locate_answer};
+use crate::countdown::{self, Countdown, CountdownConfig};
 use crate::error::ConfigError;
-use crate::tokenizer::{self, BOS, EOS, digit_token, token_digit};
+use crate::tokenizer::{self, BOS, EOS, Table, digit_token, token_digit};
 
-/// The difficulty knob of the task.
+/// Which built-in task a run trains on (`--task`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskKind {
+    /// Chained arithmetic mod 10 (the default; `--difficulty` sets the level).
+    #[default]
+    Chain,
+    /// Countdown ([`crate::countdown`]; `--countdown-numbers` sets the size).
+    Countdown,
+}
+
+impl TaskKind {
+    /// Every task, in `--help` order.
+    pub const ALL: &'static [TaskKind] = &[TaskKind::Chain, TaskKind::Countdown];
+    /// The names `FromStr` accepts and `Display` writes, in the order of [`Self::ALL`].
+    pub const NAMES: &'static [&'static str] = &["chain", "countdown"];
+
+    /// The task's name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            TaskKind::Chain => "chain",
+            TaskKind::Countdown => "countdown",
+        }
+    }
+}
+
+impl core::fmt::Display for TaskKind {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A task name that is none of [`TaskKind::NAMES`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownTask(pub String);
+
+impl core::fmt::Display for UnknownTask {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "unknown task {:?} (expected one of: {})",
+            self.0,
+            TaskKind::NAMES.join(", ")
+        )
+    }
+}
+
+impl core::error::Error for UnknownTask {}
+
+impl core::str::FromStr for TaskKind {
+    type Err = UnknownTask;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        TaskKind::ALL
+            .iter()
+            .copied()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| UnknownTask(s.to_owned()))
+    }
+}
+
+/// The task and its difficulty knobs. The chained-arithmetic fields are read when `kind` is
+/// [`TaskKind::Chain`], `countdown` when it is [`TaskKind::Countdown`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskConfig {
+    /// Which task (absent in `state.json` of earlier versions: chained arithmetic).
+    #[serde(default)]
+    pub kind: TaskKind,
+    /// Countdown's size (absent in `state.json` of earlier versions: the default).
+    #[serde(default)]
+    pub countdown: CountdownConfig,
     /// Number of base variables with literal digit values (2..=4).
     pub num_base: usize,
     /// Number of derived steps the queried variable depends on (1..=4).
@@ -43,6 +113,8 @@ impl Default for TaskConfig {
             distractor_steps: 1,
             literal_prob: 0.3,
             ops: "+-".into(),
+            kind: TaskKind::Chain,
+            countdown: CountdownConfig::default(),
         }
     }
 }
@@ -60,12 +132,40 @@ impl TaskConfig {
         }
     }
 
+    /// Countdown with `numbers` numbers (the other sizes at their defaults).
+    pub fn countdown(numbers: usize) -> Self {
+        Self {
+            kind: TaskKind::Countdown,
+            countdown: CountdownConfig {
+                numbers,
+                ..CountdownConfig::default()
+            },
+            ..Self::default()
+        }
+    }
+
+    /// The task's character table (its tokenizer).
+    pub fn table(&self) -> Table {
+        match self.kind {
+            TaskKind::Chain => tokenizer::CHAIN,
+            TaskKind::Countdown => tokenizer::COUNTDOWN,
+        }
+    }
+
+    /// The task's vocabulary size (the model's `vocab_size`).
+    pub fn vocab_size(&self) -> usize {
+        self.table().vocab_size()
+    }
+
     /// Checks the ranges documented on the fields.
     ///
     /// # Errors
     ///
     /// A [`ConfigError`] naming the first field out of range.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.kind == TaskKind::Countdown {
+            return self.countdown.validate();
+        }
         if !(2..=4).contains(&self.num_base) {
             return Err(ConfigError::knob(format!(
                 "num_base must be in 2..=4, got {}",
@@ -99,14 +199,38 @@ impl TaskConfig {
         Ok(())
     }
 
-    /// Prompt length in tokens (including BOS); every prompt of one config has this length.
+    /// Prompt length in tokens (including BOS): every chained-arithmetic prompt of one config
+    /// has this length; for Countdown, the longest prompt.
     pub fn prompt_len(&self) -> usize {
-        1 + 4 * self.num_base + 6 * (self.chain_steps + self.distractor_steps) + 2
+        match self.kind {
+            TaskKind::Chain => {
+                1 + 4 * self.num_base + 6 * (self.chain_steps + self.distractor_steps) + 2
+            }
+            TaskKind::Countdown => self.countdown.prompt_len(),
+        }
     }
 
-    /// Length in tokens of a canonical response (including EOS).
+    /// Length in tokens of a canonical response (including EOS); for Countdown, the longest.
     pub fn response_len(&self) -> usize {
-        8 * (self.chain_steps + self.distractor_steps) + 3 + 1
+        match self.kind {
+            TaskKind::Chain => 8 * (self.chain_steps + self.distractor_steps) + 3 + 1,
+            TaskKind::Countdown => self.countdown.response_len(),
+        }
+    }
+
+    /// A short description for reports (`chained arithmetic level 3`, `Countdown, 3
+    /// numbers in 1..=20, targets up to 100`).
+    pub fn describe(&self) -> String {
+        match self.kind {
+            TaskKind::Chain => format!(
+                "chained arithmetic ({} chain steps, {} distractors)",
+                self.chain_steps, self.distractor_steps
+            ),
+            TaskKind::Countdown => format!(
+                "Countdown ({} numbers in 1..={}, targets up to {})",
+                self.countdown.numbers, self.countdown.max_number, self.countdown.max_target
+            ),
+        }
     }
 }
 
@@ -117,10 +241,13 @@ pub struct Problem {
     pub prompt: Vec<u32>,
     /// Canonical response tokens, ending with EOS.
     pub response: Vec<u32>,
-    /// The correct answer digit.
+    /// The correct answer digit (chained arithmetic; 0 for Countdown, whose answers are
+    /// checked against `countdown`).
     pub answer: u8,
     /// Positions (in `response`) of the tokens the answer truly depends on, ascending.
     pub decisive: Vec<usize>,
+    /// The numbers and target of a Countdown problem (`None` for chained arithmetic).
+    pub countdown: Option<Countdown>,
 }
 
 #[derive(Clone, Copy)]
@@ -129,8 +256,25 @@ enum Operand {
     Lit(u8),
 }
 
-/// Generates one problem.
+/// Generates one problem of the configured task.
 pub fn generate(config: &TaskConfig, rng: &mut SplitMix64) -> Problem {
+    match config.kind {
+        TaskKind::Chain => generate_chain(config, rng),
+        TaskKind::Countdown => {
+            let (prompt, response, decisive, data) = countdown::generate(&config.countdown, rng);
+            Problem {
+                prompt,
+                response,
+                answer: 0,
+                decisive,
+                countdown: Some(data),
+            }
+        }
+    }
+}
+
+/// Generates one chained-arithmetic problem.
+fn generate_chain(config: &TaskConfig, rng: &mut SplitMix64) -> Problem {
     let mut names: Vec<u8> = (b'a'..=b'j').collect();
     rng.shuffle(&mut names);
     let mut values: Vec<u8> = Vec::new();
@@ -236,6 +380,17 @@ pub fn generate(config: &TaskConfig, rng: &mut SplitMix64) -> Problem {
         response: response_tokens,
         answer,
         decisive: decisive_chars,
+        countdown: None,
+    }
+}
+
+/// The reward of a completion for its problem: [`reward`] (exact match of the answer digit)
+/// for chained arithmetic, [`countdown::reward`] (a valid equation reaching the target) for
+/// Countdown. 1 or 0.
+pub fn score(problem: &Problem, completion: &[u32]) -> f32 {
+    match &problem.countdown {
+        Some(c) => countdown::reward(c, completion),
+        None => reward(problem.answer, completion),
     }
 }
 

@@ -34,7 +34,7 @@ use crate::model::{Transformer, param_values, token_entropy, token_logps};
 use crate::rollout::{Rollout, completion_targets, full_batch, to_f64};
 use crate::sampling::{Completion, SamplingConfig, generate};
 use crate::sft::{adam, train_problem};
-use crate::task::{Problem, TaskConfig, reward};
+use crate::task::{Problem, TaskConfig, score};
 
 /// The GRPO trainer.
 pub struct Trainer {
@@ -56,6 +56,10 @@ pub struct Trainer {
     pub held_out: HashSet<Vec<u32>>,
     /// Layers whose attention is captured ([method §2](docs/method.md#s2) middle band).
     pub capture: Vec<usize>,
+    /// Score on the device through flowtracer-gpu's Q/K kernels when the device is wgpu and
+    /// the method scores by throughput ([`crate::gpu_credit`], feature `wgpu`; default
+    /// `true`); `false` reads the head-mean attention back and scores on the CPU.
+    pub device_scoring: bool,
     /// Inference device.
     pub device: Device,
     /// Autodiff device.
@@ -107,6 +111,7 @@ impl Trainer {
             step: 0,
             held_out,
             capture,
+            device_scoring: true,
             ad_device: device.clone().autodiff(),
             device,
         })
@@ -136,7 +141,7 @@ impl Trainer {
         let rewards: Vec<f64> = problems
             .iter()
             .zip(&completions)
-            .map(|(p, c)| f64::from(reward(p.answer, &c.tokens)))
+            .map(|(p, c)| f64::from(score(p, &c.tokens)))
             .collect();
         let group_adv = group_advantages(&rewards, g, cfg.scale_rewards, cfg.adv_eps)?;
         let random_seed = self.rng.next_u64();
@@ -169,6 +174,9 @@ impl Trainer {
         let b = problems.len();
         let prompts: Vec<Vec<u32>> = problems.iter().map(|p| p.prompt.clone()).collect();
         let (batch, prompt_cols, c_len) = full_batch(&prompts, &completions);
+        #[cfg(feature = "wgpu")]
+        let (out, device_qk) = crate::gpu_credit::forward(self, &policy, &batch);
+        #[cfg(not(feature = "wgpu"))]
         let out = policy.forward_batch(&batch, &self.capture, &self.device);
         let targets = completion_targets(&batch, prompt_cols, c_len, &self.device);
         let logits = out.logits.narrow(1, prompt_cols - 1, c_len);
@@ -195,6 +203,40 @@ impl Trainer {
         // Credit: read attention off the device (already head-averaged) and score.
         let scoring_start = Instant::now();
         let layers = self.capture.len();
+        #[cfg(feature = "wgpu")]
+        if let Some(qk) = device_qk {
+            let layout = crate::gpu_credit::PaddedLayout {
+                width: batch.len,
+                prompt_cols,
+                completion_len: c_len,
+                heads: policy.num_heads(),
+            };
+            let credit = crate::gpu_credit::score_rollouts(
+                &cfg.credit,
+                &problems,
+                &completions,
+                &group_adv,
+                &qk,
+                &self.capture,
+                layout,
+            )?;
+            return Ok(Rollout {
+                problems,
+                completions,
+                rewards,
+                group_advantages: group_adv,
+                batch,
+                prompt_cols,
+                completion_len: c_len,
+                old_logp,
+                ref_logp,
+                mask,
+                entropy,
+                captured_layers: layers,
+                credit,
+                scoring_secs: scoring_start.elapsed().as_secs_f64(),
+            });
+        }
         let attention_host: Vec<f32> = if layers > 0 {
             let stacked = Tensor::stack::<4>(out.attention, 1); // [B, L, T, T]
             stacked

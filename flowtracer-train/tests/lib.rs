@@ -1,6 +1,7 @@
 //! Integration tests of flowtracer-train (one binary, debug build, tiny model).
 
 mod answer;
+mod causal;
 mod cli;
 mod common;
 mod grpo;

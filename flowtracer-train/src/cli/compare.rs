@@ -3,8 +3,11 @@
 //! Per seed, one warm-up is shared by every method (same starting model, same held-out
 //! set), then each method runs the same number of GRPO steps with the same seed (so the same
 //! problems are drawn; completions differ once the policies differ). The report gives the
-//! final held-out accuracy (mean ± sample std over seeds), the steps to reach a threshold,
-//! the credit fidelity of each method and the scoring overhead.
+//! final held-out accuracy (mean ± sample std over seeds), the paired difference to uniform
+//! GRPO (mean, standard error, sign test), the steps to reach a threshold, the credit
+//! fidelity of each method and the scoring overhead. Every run is kept as it finishes and an
+//! interrupted one resumes from its checkpoint ([`super::runs`]), so a study can run in
+//! pieces.
 
 use alloc::collections::BTreeMap;
 use core::fmt::Write as _;
@@ -17,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::CliError;
 use super::demo::mean_of;
 use super::knobs::{Knobs, named};
+use super::runs;
 use super::train::{Start, grpo_session, warmup};
 use crate::atomic::write_atomic;
 use crate::credit;
@@ -43,9 +47,15 @@ pub struct Args {
     /// Accuracy threshold for "steps to threshold" (absolute, held-out curve).
     #[arg(long)]
     pub threshold: Option<f64>,
-    /// Output directory (report.md, learning_curves.svg, results.json, per-run metrics).
+    /// Output directory (report.md, learning_curves.svg, results.json, per-run metrics,
+    /// checkpoints and results: a later compare with the same knobs keeps the finished runs
+    /// and resumes an interrupted one).
     #[arg(long, default_value = "runs/compare")]
     pub out: PathBuf,
+    /// Checkpoint each run every this many GRPO steps (0: never; an interrupted run then
+    /// starts over).
+    #[arg(long, default_value_t = 10)]
+    pub checkpoint_every: usize,
     /// Train nothing: re-render report.md and learning_curves.svg from the results.json an
     /// earlier run wrote to `--out` (pass that run's knobs and methods again).
     #[arg(long)]
@@ -64,6 +74,10 @@ struct RunResult {
     curve: Vec<(usize, f64)>,
     mean_step_secs: f64,
     scoring_time_frac: f64,
+    /// Wall time of the run (GRPO and its evaluations, over every piece of it); absent in
+    /// results of earlier versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    wall_secs: Option<f64>,
 }
 
 /// Credit fidelity of `method` with `model` on `problems` with their canonical solutions:
@@ -139,10 +153,13 @@ fn mean_std(v: &[f64]) -> (f64, f64) {
 
 /// Runs `flowtracer compare`.
 ///
+/// Resumable per run (see [`super::runs`]): finished runs under `--out` are kept, an
+/// interrupted one continues from its latest checkpoint, a seed's warm-up is reused.
+///
 /// # Errors
 ///
-/// A [`CliError`]: bad knobs (exit code 2), a failed run or write (exit code 1); with
-/// `--report-only`, see [`report_only`].
+/// A [`CliError`]: bad knobs or kept files of other knobs (exit code 2), a failed run or
+/// write (exit code 1); with `--report-only`, see [`report_only`].
 pub fn run(args: Args) -> Result<(), CliError> {
     if args.report_only {
         return report_only(&args);
@@ -155,42 +172,57 @@ pub fn run(args: Args) -> Result<(), CliError> {
             "compare needs at least one seed and one method",
         ));
     }
-    let t0 = Instant::now();
     let mut results: Vec<RunResult> = Vec::new();
     let mut fid: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    // Wall time of every piece of work the results hold, over all the processes that made
+    // them (warm-ups and runs).
+    let mut total = 0.0;
     for s in 0..args.seeds {
         let seed = k.seed + s;
         let mut ks = k.clone();
         ks.seed = seed;
         let seed_dir = args.out.join(format!("seed-{seed}"));
         let (eval, held) = run::held_out(&ks.task(), ks.eval_size, seed);
-        let (model, (warm_greedy, warm_acc), _) = warmup(&ks, &held, &eval, &seed_dir)?;
+        let (model, warm) = seed_warmup(&ks, &args.methods, &held, &eval, &seed_dir)?;
+        total += warm.secs;
+        let (warm_greedy, warm_acc) = (warm.greedy, warm.sampled);
         if !k.quiet {
             eprintln!("seed {seed}: warm-up accuracy {:.1}%", 100.0 * warm_acc);
         }
-        // Credit fidelity of every method on the warm-up model (canonical solutions).
-        let probe = &eval[..eval.len().min(200)];
         for &m in &args.methods {
-            if let Some(p) = fidelity(&ks, m, &model, probe)? {
-                fid.entry(m.to_string()).or_default().push(p);
+            if let Some(Some(p)) = warm.fidelity.get(m.name()) {
+                fid.entry(m.to_string()).or_default().push(*p);
             }
         }
         for &m in &args.methods {
             let dir = seed_dir.join(m.name());
-            let _ = std::fs::remove_dir_all(&dir);
+            let key = runs::RunKey::new(&ks, m, seed);
+            if let Some(r) = runs::kept_result::<RunResult>(&dir, &key)? {
+                if !k.quiet {
+                    eprintln!("seed {seed} {:>20}: kept ({})", m.name(), dir.display());
+                }
+                total += r.wall_secs.unwrap_or(0.0);
+                results.push(r);
+                continue;
+            }
+            let t_run = Instant::now();
+            let start = match runs::resume_start(&dir, &key, held.clone(), &ks)? {
+                Some(start) => start,
+                None => Start::Model {
+                    model: Box::new(model.clone()),
+                    run: Default::default(),
+                },
+            };
             let label = format!("{}/{seed}", m.name());
             let sess = grpo_session(
                 &ks,
                 m,
                 seed,
-                Start::Model {
-                    model: Box::new(model.clone()),
-                    run: Default::default(),
-                },
+                start,
                 held.clone(),
                 &eval,
                 &dir,
-                0,
+                args.checkpoint_every,
                 &label,
             )?;
             let mut curve = vec![(0, warm_acc)];
@@ -207,7 +239,14 @@ pub fn run(args: Args) -> Result<(), CliError> {
                     sess.grpo_secs
                 );
             }
-            results.push(RunResult {
+            // A resumed run's earlier pieces: the step times of their metrics.
+            let earlier: f64 = sess
+                .metrics
+                .iter()
+                .filter(|x| x.step <= sess.start_step)
+                .map(|x| x.step_secs)
+                .sum();
+            let result = RunResult {
                 method: m,
                 seed,
                 warmup_accuracy: warm_acc,
@@ -218,11 +257,69 @@ pub fn run(args: Args) -> Result<(), CliError> {
                 mean_step_secs: mean_of(&sess.metrics, |x| Some(x.step_secs)).unwrap_or(0.0),
                 scoring_time_frac: mean_of(&sess.metrics, |x| Some(x.flow.scoring_time_frac))
                     .unwrap_or(0.0),
-            });
+                wall_secs: Some(earlier + t_run.elapsed().as_secs_f64()),
+            };
+            total += result.wall_secs.unwrap_or(0.0);
+            runs::save_model(&sess.model, &dir.join("final.bpk")).map_err(CliError::failure)?;
+            runs::write_json(
+                &dir.join("result.json"),
+                &runs::Kept {
+                    key,
+                    result: result.clone(),
+                },
+            )
+            .map_err(CliError::failure)?;
+            results.push(result);
         }
     }
-    let total = t0.elapsed().as_secs_f64();
     write_report(&args, &results, &fid, Some(total)).map_err(CliError::failure)
+}
+
+/// A seed's warm-up model and record: read back from `seed_dir` when an earlier `compare`
+/// made them with the same knobs, else trained (and saved); the credit fidelity of any
+/// method in `methods` the record lacks is measured on it and added.
+fn seed_warmup(
+    ks: &Knobs,
+    methods: &[CreditMethod],
+    held: &std::collections::HashSet<Vec<u32>>,
+    eval: &[Problem],
+    seed_dir: &std::path::Path,
+) -> Result<(Transformer, runs::WarmRecord), CliError> {
+    let key = runs::WarmKey::new(ks);
+    let record_path = seed_dir.join("warmup.json");
+    let model_path = seed_dir.join("warmup.bpk");
+    let (model, mut record) = match runs::read_json::<runs::WarmRecord>(&record_path)? {
+        Some(r) if r.key == key => {
+            let model = crate::checkpoint::load_model(&ks.model(), &model_path, &ks.device())?;
+            (model, r)
+        }
+        Some(_) => return Err(runs::other_knobs(&record_path)),
+        None => {
+            let (model, (greedy, sampled), secs) = warmup(ks, held, eval, seed_dir)?;
+            let record = runs::WarmRecord {
+                key,
+                greedy,
+                sampled,
+                secs,
+                fidelity: BTreeMap::new(),
+            };
+            (model, record)
+        }
+    };
+    // Credit fidelity of every method on the warm-up model (canonical solutions).
+    let probe = &eval[..eval.len().min(200)];
+    let mut changed = !record_path.exists();
+    for &m in methods {
+        if !record.fidelity.contains_key(m.name()) {
+            let f = fidelity(ks, m, &model, probe)?;
+            record.fidelity.insert(m.name().to_owned(), f);
+            changed = true;
+        }
+    }
+    if changed {
+        runs::write_json(&record_path, &record).map_err(CliError::failure)?;
+    }
+    Ok((model, record))
 }
 
 /// `flowtracer compare --report-only`: re-renders the report of an earlier run from its
@@ -267,6 +364,28 @@ fn paired_vs_uniform(method: &[f64], uniform: &[f64]) -> (f64, f64, usize, usize
         .collect();
     let (m, s) = mean_std(&d);
     (m, s, d.iter().filter(|x| **x > 0.0).count(), d.len())
+}
+
+/// The two-sided sign test: the probability, under a fair coin, of a split of `wins +
+/// losses` seeds at least as uneven as the one seen (ties are dropped before). 1 for no
+/// seeds.
+///
+/// # Complexity
+///
+/// O(n) for `n = wins + losses` (binomial coefficients in `f64`; exact to rounding for the
+/// seed counts of a study).
+pub fn sign_test(wins: usize, losses: usize) -> f64 {
+    let n = wins + losses;
+    let k = wins.min(losses);
+    let mut c = 1.0f64;
+    let mut tail = 0.0;
+    for i in 0..=k {
+        if i > 0 {
+            c *= (n + 1 - i) as f64 / i as f64;
+        }
+        tail += c;
+    }
+    (2.0 * tail / 2f64.powi(n as i32)).min(1.0)
 }
 
 fn write_report(
@@ -319,7 +438,16 @@ fn write_report(
         let delta_vs_uniform = if m != CreditMethod::Uniform && uniform_final.len() == finals.len()
         {
             let (dm, ds, wins, seeds) = paired_vs_uniform(&finals, &uniform_final);
-            format!("{dm:+.1} ± {ds:.1} ({wins}/{seeds} seeds better)")
+            let se = ds / (seeds as f64).sqrt();
+            let losses = finals
+                .iter()
+                .zip(&uniform_final)
+                .filter(|(a, b)| a < b)
+                .count();
+            format!(
+                "{dm:+.1} ± {se:.1} ({wins}/{seeds} seeds better, sign test p = {:.2})",
+                sign_test(wins, losses)
+            )
         } else {
             "–".to_string()
         };
@@ -381,8 +509,8 @@ fn write_report(
     let _ = writeln!(r, "# flowtracer compare\n");
     let _ = writeln!(
         r,
-        "Task level {}; model d={} L={} H={}; warm-up {} steps; GRPO {} steps x {} prompts x G={} (lr {}, temperature {}, beta {}, loss {}); rho {}, gamma {}; seeds {}..{}.{}\n",
-        k.difficulty,
+        "Task: {}; model d={} L={} H={}; warm-up {} steps; GRPO {} steps x {} prompts x G={} (lr {}, temperature {}, beta {}, loss {}); rho {}, gamma {}; seeds {}..{}.{}\n",
+        k.task().describe(),
         k.d_model,
         k.layers,
         k.heads,
@@ -411,7 +539,7 @@ fn write_report(
     );
     let _ = writeln!(
         r,
-        "| method | final accuracy % (sampled, mean ± std) | final greedy % | vs uniform (sampled, paired, points) | steps to {:.0}% (sampled) | credit fidelity | s/step | scoring time |\n|---|---|---|---|---|---|---|---|",
+        "| method | final accuracy % (sampled, mean ± std) | final greedy % | vs uniform (sampled, paired mean ± standard error, points) | steps to {:.0}% (sampled) | credit fidelity | s/step | scoring time |\n|---|---|---|---|---|---|---|---|",
         100.0 * threshold
     );
     r.push_str(&table);
@@ -463,6 +591,12 @@ fn verdict(results: &[RunResult]) -> String {
              (std of the per-seed difference {ds:.1}, standard error of the mean {se:.1}; \
              FlowTracer ahead on {wins}/{seeds} seeds). "
         );
+        let losses = flow.iter().zip(&uniform).filter(|(a, b)| a < b).count();
+        let _ = write!(
+            out,
+            "Two-sided sign test over the seeds (ties dropped): p = {:.2}. ",
+            sign_test(wins, losses)
+        );
     }
     let mut means: Vec<(CreditMethod, f64)> = Vec::new();
     for r in results {
@@ -479,4 +613,21 @@ fn verdict(results: &[RunResult]) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sign_test;
+
+    /// Hand-computed: 6 of 6 seeds one way: 2 / 64; 5 to 1: 2 · 7 / 64; 3 to 3: capped at 1.
+    #[test]
+    fn sign_test_on_hand_computed_cases() {
+        const TOL: f64 = 1e-15;
+        assert!((sign_test(6, 0) - 2.0 / 64.0).abs() < TOL);
+        assert!((sign_test(0, 6) - 2.0 / 64.0).abs() < TOL);
+        assert!((sign_test(5, 1) - 14.0 / 64.0).abs() < TOL);
+        assert_eq!(sign_test(3, 3), 1.0);
+        assert_eq!(sign_test(0, 0), 1.0);
+        assert!((sign_test(1, 0) - 1.0).abs() < TOL);
+    }
 }

@@ -15,11 +15,12 @@ use flowtracer_core::baselines::CreditMethod;
 use flowtracer_core::grpo::{LossType, ScaleRewards};
 
 use crate::config::GrpoConfig;
+use crate::countdown::CountdownConfig;
 use crate::credit::CreditConfig;
 use crate::error::ConfigError;
 use crate::model::ModelConfig;
 use crate::sft::SftConfig;
-use crate::task::TaskConfig;
+use crate::task::{TaskConfig, TaskKind};
 
 /// A clap value parser for one of the core's option enums: accepts exactly `names` (listed
 /// by `--help` and in the error for any other value) and parses them with `FromStr`.
@@ -37,9 +38,17 @@ pub struct Knobs {
     /// Seed of everything (model init, problems, sampling).
     #[arg(long, default_value_t = GrpoConfig::default().seed)]
     pub seed: u64,
+    /// The task: chained arithmetic (`chain`, sized by `--difficulty`) or Countdown
+    /// (`countdown`, sized by `--countdown-numbers`).
+    #[arg(long, value_parser = named::<TaskKind>(TaskKind::NAMES), default_value_t = TaskKind::default())]
+    pub task: TaskKind,
     /// Task difficulty level 1..=4 (the chain length; levels 1-2 have one distractor).
     #[arg(long, default_value_t = 1)]
     pub difficulty: usize,
+    /// Countdown: numbers per problem (3 or 4 in the study; 2..=4 accepted), each in 1..=20,
+    /// targets up to 100.
+    #[arg(long, default_value_t = CountdownConfig::default().numbers)]
+    pub countdown_numbers: usize,
     /// Supervised warm-up steps.
     #[arg(long, default_value_t = SftConfig::default().steps)]
     pub warmup_steps: usize,
@@ -182,12 +191,16 @@ impl Knobs {
 
     /// Task config.
     pub fn task(&self) -> TaskConfig {
-        TaskConfig::level(self.difficulty)
+        match self.task {
+            TaskKind::Chain => TaskConfig::level(self.difficulty),
+            TaskKind::Countdown => TaskConfig::countdown(self.countdown_numbers),
+        }
     }
 
-    /// Model config.
+    /// Model config (its vocabulary is the task's).
     pub fn model(&self) -> ModelConfig {
         ModelConfig {
+            vocab_size: self.task().vocab_size(),
             d_model: self.d_model,
             n_layers: self.layers,
             n_heads: self.heads,

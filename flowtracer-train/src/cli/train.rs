@@ -19,7 +19,7 @@ use crate::model::ModelConfig;
 use crate::model::Transformer;
 use crate::run::{self, LoopOptions};
 use crate::task::Problem;
-use crate::task::TaskConfig;
+use crate::task::{TaskConfig, TaskKind};
 use crate::trainer::Trainer;
 
 /// Arguments of `flowtracer train`.
@@ -62,6 +62,11 @@ pub struct Session {
     pub metrics: Vec<StepMetrics>,
     /// Seconds of the GRPO phase (this process only).
     pub grpo_secs: f64,
+    /// The step the session started from (0, or a resumed checkpoint's).
+    pub start_step: usize,
+    /// The policy at the end (autodiff device).
+    #[serde(skip)]
+    pub model: Transformer,
 }
 
 /// Warm-up (fresh model) and its held-out accuracy; saves `warmup.bpk` into `out` with
@@ -169,6 +174,7 @@ pub fn grpo_session(
         run,
     };
     let t0 = Instant::now();
+    let start_step = trainer.step;
     let metrics = run::grpo_loop(&mut trainer, &model_config, eval, &opts)?;
     let grpo_secs = t0.elapsed().as_secs_f64();
     let (final_accuracy, final_sampled) = run::eval_both(
@@ -184,6 +190,8 @@ pub fn grpo_session(
         final_sampled,
         metrics,
         grpo_secs,
+        start_step,
+        model: trainer.model,
     })
 }
 
@@ -350,7 +358,7 @@ fn overwrite(out: &Path) -> Result<(), FileError> {
 /// Per knob, when given with a value other than the checkpoint's:
 ///
 /// - fixed for a run, an error (exit 2): `--d-model`, `--layers`, `--heads` (the model's
-///   shape), `--difficulty` (the task), `--seed`, `--credit`, `--beta` (the reference
+///   shape), `--task`, `--difficulty`, `--countdown-numbers` (the task), `--seed`, `--credit`, `--beta` (the reference
 ///   model), `--num-generations` (the group size), `--eval-size` (the held-out set), the
 ///   warm-up knobs and `--init` (the warm-up is done);
 /// - applied from the next step and logged: `--lr`, `--temperature`, `--top-k`,
@@ -412,13 +420,29 @@ pub fn resume_config(
         shape,
     )?;
     let task: &TaskConfig = &state.task;
-    let level = (TaskConfig::level(k.difficulty) == *task).then(|| k.difficulty.to_string());
+    if task.kind == TaskKind::Chain {
+        let level = (TaskConfig::level(k.difficulty) == *task).then(|| k.difficulty.to_string());
+        fixed(
+            "difficulty",
+            k.difficulty.to_string(),
+            Some(level.unwrap_or_else(|| format!("task {task:?}"))),
+            "the task is fixed for a run",
+        )?;
+    }
     fixed(
-        "difficulty",
-        k.difficulty.to_string(),
-        Some(level.unwrap_or_else(|| format!("task {task:?}"))),
+        "task",
+        k.task.to_string(),
+        Some(task.kind.to_string()),
         "the task is fixed for a run",
     )?;
+    if task.kind == TaskKind::Countdown {
+        fixed(
+            "countdown_numbers",
+            k.countdown_numbers.to_string(),
+            Some(task.countdown.numbers.to_string()),
+            "the task is fixed for a run",
+        )?;
+    }
     fixed(
         "seed",
         k.seed.to_string(),
