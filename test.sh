@@ -32,7 +32,11 @@ fi
 # The Python package's tools, pinned, in their own environment (target/py-venv), so the
 # machine's Python is left alone. pip does nothing when the pins are already there.
 PY_VENV="target/py-venv"
-PY_PINS=(maturin==1.16.0 pytest==9.2.0 numpy==2.4.6)
+# torch (its CUDA wheel, used on the CPU), transformers, trl, datasets and ray are for
+# flowtracer.trl's tests (a tiny GRPO run, the Q/K capture, scoring in Ray tasks).
+PY_PINS=(maturin==1.16.0 pytest==9.2.0 numpy==2.4.6
+    torch==2.15.0 transformers==5.24.0 trl==1.16.0 ray==2.60.0
+    datasets==5.2.0 tokenizers==0.23.3 safetensors==0.8.0)
 if [ ! -x "$PY_VENV/bin/python" ]; then
     banner "creating $PY_VENV"
     python3 -m venv "$PY_VENV"
