@@ -222,6 +222,10 @@ impl Layout {
 /// Data defects are recorded as they stream by and reported by [`finish`](Self::finish) in
 /// the order of [method §13](docs/method.md#s13) (the first non-finite entry wins over any negative one, whatever
 /// layer it is in).
+///
+/// With the `parallel` feature each layer's rows are split into blocks of [`TASK_ROWS`]
+/// spread over rayon's threads (each block writes its own rows of the sum, so the result is
+/// the same bit for bit, and so is the first defect reported).
 #[derive(Debug, Clone)]
 pub struct LayerAccumulator<F> {
     heads: usize,
@@ -229,8 +233,37 @@ pub struct LayerAccumulator<F> {
     layout: Layout,
     layers: usize,
     sum: Vec<F>,
+    defects: Defects,
+}
+
+/// Rows of the sum one task of the parallel aggregation adds (every head of one layer).
+pub const TASK_ROWS: usize = 64;
+
+/// The first defects seen: within a layer the lowest `(head, row, col)`, across layers the
+/// one of the layer added first.
+#[derive(Debug, Clone, Copy, Default)]
+struct Defects {
     non_finite: Option<Position>,
     negative: Option<(Position, f64)>,
+}
+
+impl Defects {
+    /// Takes `other`'s defects (all of layer `layer`) where they come first.
+    fn merge(&mut self, other: Defects, layer: usize) {
+        let wins = |old: &Position, new: &Position| {
+            old.layer == Some(layer) && (new.head, new.row, new.col) < (old.head, old.row, old.col)
+        };
+        if let Some(p) = other.non_finite
+            && self.non_finite.as_ref().is_none_or(|old| wins(old, &p))
+        {
+            self.non_finite = Some(p);
+        }
+        if let Some((p, v)) = other.negative
+            && self.negative.as_ref().is_none_or(|(old, _)| wins(old, &p))
+        {
+            self.negative = Some((p, v));
+        }
+    }
 }
 
 impl<F: FlowFloat> LayerAccumulator<F> {
@@ -252,8 +285,43 @@ impl<F: FlowFloat> LayerAccumulator<F> {
             layout,
             layers: 0,
             sum: vec![F::zero(); n * n],
-            non_finite: None,
-            negative: None,
+            defects: Defects::default(),
+        })
+    }
+
+    /// As [`new`](Self::new), reusing `buffer`'s allocation (for example the `Ā` that
+    /// [`finish`](Self::finish) returned for the previous sequence): a caller that
+    /// aggregates sequence after sequence pays the operating system's zeroing of fresh
+    /// pages once, not per sequence.
+    ///
+    /// # Errors
+    ///
+    /// As [`new`](Self::new).
+    ///
+    /// # Complexity
+    ///
+    /// O(N²) to zero the buffer; allocates only if `buffer` holds fewer than `N²` values.
+    pub fn with_buffer(
+        heads: usize,
+        n: usize,
+        layout: Layout,
+        mut buffer: Vec<F>,
+    ) -> Result<Self, Error> {
+        if n == 0 {
+            return Err(Error::EmptySequence);
+        }
+        if heads == 0 {
+            return Err(Error::ZeroDimension { what: "heads" });
+        }
+        buffer.clear();
+        buffer.resize(n * n, F::zero());
+        Ok(Self {
+            heads,
+            n,
+            layout,
+            layers: 0,
+            sum: buffer,
+            defects: Defects::default(),
         })
     }
 
@@ -278,27 +346,41 @@ impl<F: FlowFloat> LayerAccumulator<F> {
                 actual: data.len(),
             });
         }
-        let n = self.n;
-        // Row by row across the heads: row `k` of the sum stays in cache while every head
-        // adds into it, so the sum is streamed once per layer, not once per head.
-        for k in 0..n {
-            let off = self.layout.row_offset(n, k);
-            let acc = &mut self.sum[k * n..=k * n + k];
-            for head in 0..self.heads {
-                let row = &data[head * m + off..=head * m + off + k];
-                let summary = add_summary(row, acc);
-                if !summary.sum.is_finite() || summary.min < F::zero() {
-                    scan(
-                        &mut self.non_finite,
-                        &mut self.negative,
-                        layer_index,
-                        head,
-                        k,
-                        row,
-                    );
+        let (n, heads, layout) = (self.n, self.heads, self.layout);
+        // Rows `k0..` of the sum (`sum` holds them, `n` apart), row by row across the heads:
+        // row `k` of the sum stays in cache while every head adds into it, so the sum is
+        // streamed once per layer, not once per head.
+        let add_rows = |k0: usize, sum: &mut [F]| {
+            let mut found = Defects::default();
+            for (r, acc) in sum.chunks_mut(n).enumerate() {
+                let k = k0 + r;
+                let off = layout.row_offset(n, k);
+                let acc = &mut acc[..=k];
+                for head in 0..heads {
+                    let row = &data[head * m + off..=head * m + off + k];
+                    let summary = add_summary(row, acc);
+                    if !summary.sum.is_finite() || summary.min < F::zero() {
+                        scan(&mut found, layer_index, head, k, row);
+                    }
                 }
             }
-        }
+            found
+        };
+        #[cfg(feature = "parallel")]
+        let found = {
+            use rayon::prelude::*;
+            self.sum
+                .par_chunks_mut(TASK_ROWS * n)
+                .enumerate()
+                .map(|(b, sum)| add_rows(b * TASK_ROWS, sum))
+                .reduce(Defects::default, |mut a, b| {
+                    a.merge(b, layer_index);
+                    a
+                })
+        };
+        #[cfg(not(feature = "parallel"))]
+        let found = add_rows(0, &mut self.sum);
+        self.defects.merge(found, layer_index);
         self.layers += 1;
         Ok(())
     }
@@ -322,10 +404,10 @@ impl<F: FlowFloat> LayerAccumulator<F> {
         if self.layers == 0 {
             return Err(Error::ZeroDimension { what: "layers" });
         }
-        if let Some(position) = self.non_finite {
+        if let Some(position) = self.defects.non_finite {
             return Err(Error::NonFinite { position });
         }
-        if let Some((position, value)) = self.negative {
+        if let Some((position, value)) = self.defects.negative {
             return Err(Error::Negative { position, value });
         }
         let scale = F::from_f64_lossy(1.0 / (self.layers * self.heads) as f64);
@@ -333,46 +415,44 @@ impl<F: FlowFloat> LayerAccumulator<F> {
         // The lower triangles only: the zeros above the diagonal stay zero, and their pages
         // of the freshly zeroed buffer are never touched.
         let n = self.n;
-        for k in 0..n {
-            for x in &mut sum[k * n..=k * n + k] {
-                *x = *x * scale;
+        let scale_rows = |k0: usize, rows: &mut [F]| {
+            for (r, row) in rows.chunks_mut(n).enumerate() {
+                for x in &mut row[..=k0 + r] {
+                    *x = *x * scale;
+                }
             }
+        };
+        #[cfg(feature = "parallel")]
+        {
+            use rayon::prelude::*;
+            sum.par_chunks_mut(TASK_ROWS * n)
+                .enumerate()
+                .for_each(|(b, rows)| scale_rows(b * TASK_ROWS, rows));
         }
+        #[cfg(not(feature = "parallel"))]
+        scale_rows(0, &mut sum);
         Ok(sum)
     }
 }
 
-/// Records the defects of one row of layer `layer`, head `head`. Within a layer the lowest
-/// `(head, row, col)` wins, whatever order the rows were visited in; a defect of a layer
-/// added earlier is kept.
+/// Records the defects of one row of layer `layer`, head `head` into `found` (lowest
+/// `(head, row, col)` of the layer wins, whatever order the rows were visited in).
 #[cold]
-fn scan<F: FlowFloat>(
-    non_finite: &mut Option<Position>,
-    negative: &mut Option<(Position, f64)>,
-    layer: usize,
-    head: usize,
-    row: usize,
-    values: &[F],
-) {
+fn scan<F: FlowFloat>(found: &mut Defects, layer: usize, head: usize, row: usize, values: &[F]) {
     let at = |col| Position {
         layer: Some(layer),
         head: Some(head),
         row,
         col,
     };
-    let wins = |old: &Position, col: usize| {
-        old.layer == Some(layer) && (head, row, col) < (old.head.unwrap_or(0), old.row, old.col)
+    let row_defects = Defects {
+        non_finite: values.iter().position(|x| !x.is_finite()).map(at),
+        negative: values
+            .iter()
+            .position(|&x| x < F::zero())
+            .map(|col| (at(col), values[col].widen())),
     };
-    if let Some(col) = values.iter().position(|x| !x.is_finite())
-        && non_finite.as_ref().is_none_or(|old| wins(old, col))
-    {
-        *non_finite = Some(at(col));
-    }
-    if let Some(col) = values.iter().position(|&x| x < F::zero())
-        && negative.as_ref().is_none_or(|(old, _)| wins(old, col))
-    {
-        *negative = Some((at(col), values[col].widen()));
-    }
+    found.merge(row_defects, layer);
 }
 
 /// Checks the shape of `[layers][heads][N][N]` attention (check 1 of [method §13](docs/method.md#s13)) and returns
