@@ -11,7 +11,9 @@ Contenders, per N, for H_q heads over H_kv key heads of dimension d, two layers,
     (causal attention needs the lower half);
 (d) flowtracer mode (a): `qk::QkAccumulator` to `Ā`, then the trace, through the bench
     binary `examples/bench_qk.rs` (built with `--features parallel`), with its peak extra
-    heap from a counting allocator. Mode (b) (streaming inside the passes) is not built.
+    heap from a counting allocator; and flowtracer mode (b): `Tracer::trace_qk`, the rows of
+    `Ā` recomputed inside the two passes (nothing `N x N`), same binary, same repetitions
+    (the modes alternate), its trace checked equal to mode (a)'s bit for bit;
 (e) the per-cause variant of (d) for the missed floor target: the same code built for
     AVX2 (`-C target-feature=+avx2`, into target/bench-avx2; not what ships, which is the
     x86-64 baseline, SSE2), to show how much of the gap to BLAS is the instruction set
@@ -92,6 +94,11 @@ def floor(q, k):
             q[l, h] @ k[l, h // group].T
 
 
+def uptime():
+    """The machine's load (other sessions build and test on it), as `uptime` prints it."""
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("sizes", nargs="*", type=int, default=[1024, 4096, 8192])
@@ -153,12 +160,13 @@ def main():
             sys.exit(f"N={n}: flowtracer and numpy disagree: max relative error {err:.3e} > 1e-4")
         rows.append(dict(n=n, per_head=t_per_head, blocked=t_blocked, floor=t_floor,
                          rust=rust["median_s"], rust_qk=rust["qk_median_s"], avx2=rust_avx2["median_s"],
-                         peak=rust["peak_extra_bytes"], err=err))
+                         peak=rust["peak_extra_bytes"], err=err, stream=rust["b_median_s"],
+                         stream_avx2=rust_avx2["b_median_s"], stream_peak=rust["b_peak_extra_bytes"]))
         print(json.dumps(rows[-1]), file=sys.stderr)
 
     lines = [
         f"numpy {np.__version__}, scipy {scipy.__version__}, {THREADS} threads (BLAS and rayon); "
-        f"H_q = {HQ}, H_kv = {HKV}, d = {D}, {LAYERS} layers, f32",
+        f"H_q = {HQ}, H_kv = {HKV}, d = {D}, {LAYERS} layers, f32; `uptime`: {uptime()}",
         "",
         "| N | numpy per head (s) | numpy blocked (s) | floor: QKᵀ / 2 (s) | flowtracer (a): Ā (s) | flowtracer (a): Ā + trace (s) | (a) / floor | variant (e) AVX2 build: Ā + trace (s) | (e) / floor | blocked / (a) | per head / (a) | peak extra heap (a) | N² f32 | max rel. diff |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -171,6 +179,20 @@ def main():
             f"{r['rust']:.4f} | {r['rust'] / r['floor']:.2f}x | {r['avx2']:.4f} | {r['avx2'] / r['floor']:.2f}x | "
             f"{r['blocked'] / r['rust']:.1f}x | {ph_ratio} | "
             f"{r['peak'] / 2**20:.1f} MiB | {4 * r['n'] ** 2 / 2**20:.1f} MiB | {r['err']:.1e} |"
+        )
+    lines += [
+        "",
+        "| N | floor (s) | flowtracer (a): Ā + trace (s) | (a) / floor | flowtracer (b): streaming (s) | (b) / floor | (b) / (a) | "
+        "variant (e) AVX2 build: (b) (s) | (e) (b) / floor | blocked / (b) | per head / (b) | peak extra heap (a) | peak extra heap (b) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        ph_ratio = "—" if r["per_head"] is None else f"{r['per_head'] / r['stream']:.1f}x"
+        lines.append(
+            f"| {r['n']} | {r['floor']:.4f} | {r['rust']:.4f} | {r['rust'] / r['floor']:.2f}x | {r['stream']:.4f} | "
+            f"{r['stream'] / r['floor']:.2f}x | {r['stream'] / r['rust']:.2f}x | {r['stream_avx2']:.4f} | "
+            f"{r['stream_avx2'] / r['floor']:.2f}x | {r['blocked'] / r['stream']:.1f}x | {ph_ratio} | "
+            f"{r['peak'] / 2**20:.1f} MiB | {r['stream_peak'] / 2**20:.2f} MiB |"
         )
     table = "\n".join(lines)
     print(table)
