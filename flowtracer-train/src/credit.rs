@@ -10,7 +10,9 @@ use core::ops::Range;
 use flowtracer_core::aggregate::{LayerSelection, Layout};
 use flowtracer_core::baselines::{CreditInputs, CreditMethod, credit_scores};
 use flowtracer_core::flow::conservation_residual;
-use flowtracer_core::shaping::{ShapingConfig, select_tokens, shape_advantage, token_weights};
+use flowtracer_core::shaping::{
+    ApplyTo, ShapingConfig, select_tokens, shape_advantage, token_weights,
+};
 use flowtracer_core::{LayerShape, Sequence, Spans, Tokens, Tracer};
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +32,15 @@ pub struct CreditConfig {
     pub gamma: f64,
     /// Seed of the `random` baseline.
     pub seed: u64,
+    /// Which responses are shaped ([`ShapingConfig::apply_to`]; absent in `state.json` of
+    /// earlier versions and not written at its default, so those files read back
+    /// unchanged).
+    #[serde(default, skip_serializing_if = "is_default_apply_to")]
+    pub apply_to: ApplyTo,
+}
+
+fn is_default_apply_to(a: &ApplyTo) -> bool {
+    *a == ApplyTo::default()
 }
 
 impl Default for CreditConfig {
@@ -40,6 +51,7 @@ impl Default for CreditConfig {
             rho: shaping.rho,
             gamma: shaping.gamma_flow,
             seed: 0,
+            apply_to: shaping.apply_to,
         }
     }
 }
@@ -51,6 +63,7 @@ impl CreditConfig {
         ShapingConfig::default()
             .with_rho(self.rho)
             .with_gamma_flow(self.gamma)
+            .with_apply_to(self.apply_to)
             .with_select(select)
     }
 }
@@ -446,5 +459,15 @@ mod tests {
         let core = ShapingConfig::default();
         assert_eq!(c.method, CreditMethod::FlowTracer);
         assert_eq!(c.shaping(), core);
+        // `apply_to` reaches the core's shaping, and is written only when not the default.
+        let nonneg = CreditConfig {
+            apply_to: ApplyTo::NonnegativeOnly,
+            ..c.clone()
+        };
+        assert_eq!(nonneg.shaping().apply_to, ApplyTo::NonnegativeOnly);
+        let json = serde_json::to_value(&nonneg).unwrap();
+        assert_eq!(json["apply_to"], "nonnegative_only");
+        assert_eq!(serde_json::from_value::<CreditConfig>(json).unwrap(), nonneg);
+        assert!(serde_json::to_value(&c).unwrap().get("apply_to").is_none());
     }
 }

@@ -13,6 +13,7 @@ use burn::tensor::Device;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use flowtracer_core::baselines::CreditMethod;
 use flowtracer_core::grpo::{LossType, ScaleRewards};
+use flowtracer_core::shaping::ApplyTo;
 
 use crate::config::GrpoConfig;
 use crate::countdown::CountdownConfig;
@@ -110,6 +111,9 @@ pub struct Knobs {
     /// Weight of a shaped token.
     #[arg(long, default_value_t = CreditConfig::default().gamma)]
     pub gamma: f64,
+    /// Which responses are shaped: every one, or only those with a non-negative advantage.
+    #[arg(long, value_parser = named::<ApplyTo>(ApplyTo::NAMES), default_value_t = CreditConfig::default().apply_to)]
+    pub apply_to: ApplyTo,
     /// Model width.
     #[arg(long, default_value_t = ModelConfig::default().d_model)]
     pub d_model: usize,
@@ -239,6 +243,7 @@ impl Knobs {
                 rho: self.rho,
                 gamma: self.gamma,
                 seed,
+                apply_to: self.apply_to,
             },
             ..GrpoConfig::default()
         }

@@ -364,6 +364,7 @@ fn overwrite(out: &Path) -> Result<(), FileError> {
 /// - applied from the next step and logged: `--lr`, `--temperature`, `--top-k`,
 ///   `--epsilon`, `--epsilon-high`, `--loss-type`, `--scale-rewards`, `--num-iterations`,
 ///   `--max-completion-length`, `--mask-truncated-completions`, `--rho`, `--gamma`,
+///   `--apply-to`,
 ///   `--prompts-per-step`;
 /// - schedule, used as given: `--steps`, `--eval-every`, `--eval-curve-size`,
 ///   `--checkpoint-every`, `--quiet`.
@@ -547,6 +548,7 @@ pub fn resume_config(
     );
     apply!("rho", credit.rho, k.rho);
     apply!("gamma", credit.gamma, k.gamma);
+    apply!("apply_to", credit.apply_to, k.apply_to);
     apply!("prompts_per_step", prompts_per_step, k.prompts_per_step);
     crate::config::validate_run(&new, task, m, &state.run)?;
     for n in notes {
