@@ -417,7 +417,20 @@ pub fn load_model(
     config
         .init(0, &device.clone().autodiff())
         .try_load_record(record)
-        .map_err(|e| damaged("apply the model in", e.into()))
+        .map_err(|e| {
+            // burn lists every mismatching tensor: the first says enough.
+            let full = e.to_string();
+            let first: String = full.chars().take(200).collect();
+            let more = if first.len() < full.len() { "..." } else { "" };
+            damaged(
+                "apply the model in",
+                format!(
+                    "it does not fit the model the knobs give ({} tokens, width {}, {} layers, {} heads): {first}{more}",
+                    config.vocab_size, config.d_model, config.n_layers, config.n_heads
+                )
+                .into(),
+            )
+        })
 }
 
 /// Rebuilds a trainer from a checkpoint directory.

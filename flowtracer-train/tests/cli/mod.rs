@@ -2,6 +2,7 @@
 //! binary on files the tests write.
 
 mod bad_input;
+mod causal;
 mod compare;
 mod explain;
 mod qk;
