@@ -98,8 +98,8 @@ class TorchQkAccumulator:
             raise flowtracer_error(
                 "HeadsNotGrouped",
                 f"{q_heads} query heads are not a multiple of {kv_heads} key/value heads",
-                expected=kv_heads,
-                actual=q_heads,
+                q_heads=q_heads,
+                kv_heads=kv_heads,
             )
         self.scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
         if not (math.isfinite(self.scale) and self.scale > 0):
@@ -201,16 +201,14 @@ class TorchQkAccumulator:
                 shape = t.shape[1:]
                 head, rest = divmod(flat, math.prod(shape[1:]))
                 row, col = divmod(rest, shape[2]) if len(shape) == 3 else (rest, 0)
-                value = float(t.reshape(self.b, -1)[b, flat])
                 self._nonfinite[b] = flowtracer_error(
                     "NonFiniteInput",
                     f"non-finite {_TENSORS[t_i]} value at layer {layer}, head {head}, row {row}, column {col}",
-                    what=_TENSORS[t_i],
+                    tensor=_TENSORS[t_i],
                     layer=layer,
                     head=head,
                     row=row,
                     col=col,
-                    value=value,
                 )
 
     def _accumulate(self, layer: int, q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor | None) -> None:
