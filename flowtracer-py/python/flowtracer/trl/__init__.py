@@ -9,19 +9,23 @@
 ``import flowtracer`` never imports torch; ``import flowtracer.trl`` does.
 """
 
-from .capture import QkCapture, register, select_layers
+from .capture import QkCapture, QkRecorder, register, select_layers
 from .config import BOXED, FlowTracerConfig
 from .qk_torch import TorchQkAccumulator, attention_from_qk
+from .scoring import score_captured, shape_with_weights
 
 __all__ = [
     "BOXED",
     "FlowTracerConfig",
     "FlowTracerGRPOTrainer",
     "QkCapture",
+    "QkRecorder",
     "TorchQkAccumulator",
     "attention_from_qk",
     "register",
+    "score_captured",
     "select_layers",
+    "shape_with_weights",
 ]
 
 

@@ -340,3 +340,39 @@ def capture_bytes(n: int, q_heads: int, *, batch: int = 1, block_bytes: int = DE
     rows = max(1, min(n, block_bytes // max(1, 2 * batch * q_heads * n * 4)))
     return 4 * batch * n * n + 2 * batch * q_heads * rows * n * 4 + batch * q_heads * n
 
+
+
+class QkRecorder:
+    """Keeps the selected layers' post-RoPE Q and K (host copies) during ``with recorder:``.
+
+    For writing ``flowtracer score --qk`` files and for debugging; training uses
+    :class:`QkCapture`, which keeps only ``Ā``. ``layers`` are model layer numbers;
+    ``recorder.q[l]`` is ``[B, H_q, N, d]`` and ``recorder.k[l]`` ``[B, H_kv, N, d]`` (keys
+    before ``repeat_kv``), as the attention function received them; ``recorder.scale[l]`` and
+    ``recorder.window[l]`` are the layer's softmax scale and sliding window (None: none).
+    """
+
+    def __init__(self, layers: list[int]) -> None:
+        self._wanted = set(int(x) for x in layers)
+        self.q: dict[int, torch.Tensor] = {}
+        self.k: dict[int, torch.Tensor] = {}
+        self.scale: dict[int, float] = {}
+        self.window: dict[int, int | None] = {}
+        self._previous = None
+
+    def __enter__(self) -> QkRecorder:
+        self._previous = getattr(_ACTIVE, "capture", None)
+        _ACTIVE.capture = self
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        _ACTIVE.capture = self._previous
+
+    def observe(self, module: Any, query: torch.Tensor, key: torch.Tensor, mask: Any, kwargs: dict) -> None:
+        index = getattr(module, "layer_idx", None)
+        if index not in self._wanted:
+            return
+        self.q[index] = query.detach().cpu()
+        self.k[index] = key.detach().cpu()
+        self.scale[index] = float(kwargs.get("scaling", getattr(module, "scaling", None)) or query.shape[-1] ** -0.5)
+        self.window[index] = kwargs.get("sliding_window", getattr(module, "sliding_window", None))

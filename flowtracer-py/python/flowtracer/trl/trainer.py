@@ -32,6 +32,7 @@ import flowtracer
 
 from .capture import QkCapture, register
 from .config import FlowTracerConfig, flowtracer_error
+from .scoring import score_captured, shape_with_weights
 from .spans import batch_spans
 
 #: The ``flow/*`` metrics this trainer logs (from :data:`flowtracer.METRICS`): all of them but
@@ -40,28 +41,6 @@ from .spans import batch_spans
 LOGGED_METRICS: tuple[str, ...] = tuple(
     m for m in flowtracer.METRICS if m not in ("flow/conservation_residual", "flow/fidelity")
 )
-
-
-def shape_with_weights(advantages: np.ndarray, weights: np.ndarray, apply_to: str) -> np.ndarray:
-    """``(B, T)`` advantages from TRL's ``(B,)`` ones and ``(B, T)`` weights, by the core's rule.
-
-    The core's ``shape_advantages`` forms group advantages from rewards; here the advantages
-    are TRL's. Each ``A_b`` is handed to it as the group ``(A_b, -A_b)`` with
-    ``scale_rewards="none"`` (its advantages are then exactly ``A_b`` and ``-A_b``), so
-    ``apply_to`` is applied by the core, not restated.
-
-    >>> import numpy as np
-    >>> from flowtracer.trl.trainer import shape_with_weights
-    >>> w = np.array([[1.5, 1.0], [1.5, 1.0]])
-    >>> shape_with_weights(np.array([2.0, -2.0]), w, "nonnegative_only").tolist()
-    [[3.0, 2.0], [-2.0, -2.0]]
-    """
-    a = np.asarray(advantages, dtype=np.float64)
-    w = np.asarray(weights, dtype=np.float64)
-    rewards = np.stack([a, -a], axis=1).reshape(-1)
-    doubled = np.repeat(w, 2, axis=0)
-    shaped = flowtracer.shape_advantages(rewards, 2, doubled, scale_rewards="none", apply_to=apply_to)
-    return shaped[0::2]
 
 
 class FlowTracerGRPOTrainer(GRPOTrainer):
@@ -200,36 +179,22 @@ class FlowTracerGRPOTrainer(GRPOTrainer):
     ) -> torch.Tensor:
         """``(B, T)`` shaped advantages of ``batch`` from the captured ``Ā``; logs ``flow/*``."""
         t0 = time.perf_counter()
-        attention, capture_errors = capture.result()
         mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1).cpu().numpy()
-        t = batch["completion_ids"].shape[1]
-        answers = list(spans["answer"])
-        for b, e in enumerate(capture_errors):
-            if e is not None:
-                answers[b] = None  # weight 1; counted as unscored below
-        opts = self.flow_config.scoring_options()
-        del opts["layers"]  # the layers were chosen at capture
-        weights, details = flowtracer.score_batch(
-            attention,
+        weights, status, details = score_captured(
+            capture,
+            mask,
             spans["question"],
-            answers,
+            spans["answer"],
             spans["response"],
-            attention_mask=mask,
             completion_start=spans["completion_start"],
-            completion_length=t,
-            on_error="ones",
-            return_details=True,
-            **opts,
+            completion_length=batch["completion_ids"].shape[1],
+            config=self.flow_config,
         )
-        status = list(details["status"])
-        for b, e in enumerate(capture_errors):
-            if e is not None:
-                status[b] = e.kind
         advantages = batch["advantages"]
         shaped = shape_with_weights(advantages.detach().cpu().numpy(), weights, self.flow_config.apply_to)
         flow_seconds = capture.seconds + (time.perf_counter() - t0)
         self._flow_log(weights, batch["completion_mask"].cpu().numpy(), status, details, flow_seconds, started)
-        self._flow_last = {"weights": weights, "status": status, "attention": attention}
+        self._flow_last = {"weights": weights, "status": status, "attention": details["attention"]}
         return torch.as_tensor(shaped, dtype=advantages.dtype, device=advantages.device)
 
     def _flow_log(self, weights, completion_mask, status, details, flow_seconds, started) -> None:
