@@ -32,6 +32,11 @@ use crate::plan::Launch;
 /// Side of a tile: query rows and keys per cube, and the chunk of `d` loaded at a time.
 pub(crate) const TILE: usize = 16;
 
+/// Row stride of the shared `K` tile: `TILE + 1`, so the 16 keys a half-warp reads at one
+/// feature fall in 16 different banks (with `TILE` they would share 2: an 8-way conflict).
+/// The `Q` tile needs no padding: a half-warp reads one address (a broadcast).
+const KS_STRIDE: usize = TILE + 1;
+
 /// `u32` words per sequence record.
 pub(crate) const WORDS: usize = 14;
 /// Sequence length `n`.
@@ -140,10 +145,10 @@ fn tile_dot(
             }
         }
         qs[y * TILE + x] = qv;
-        ks[y * TILE + x] = kv;
+        ks[y * KS_STRIDE + x] = kv;
         sync_cube();
         for jj in 0..TILE {
-            acc += qs[y * TILE + jj] * ks[x * TILE + jj];
+            acc += qs[y * TILE + jj] * ks[x * KS_STRIDE + jj];
         }
         sync_cube();
         j0 += TILE;
@@ -285,7 +290,7 @@ fn qk_stats_kernel(
         first_key = row0 + 1 - window as usize;
     }
     let mut qs = Shared::<[f32]>::new_slice(TILE * TILE);
-    let mut ks = Shared::<[f32]>::new_slice(TILE * TILE);
+    let mut ks = Shared::<[f32]>::new_slice(TILE * KS_STRIDE);
     let mut ss = Shared::<[f32]>::new_slice(TILE * TILE);
     // 0: not visible or padding, 1: a finite logit, 2: q·k not finite.
     let mut flags = Shared::<[u32]>::new_slice(TILE * TILE);
@@ -411,7 +416,7 @@ fn qk_mean_kernel(
     let k_row = metadata[base + K_ROW] as usize;
     let rows_base = metadata[base + ROWS_OFFSET] as usize;
     let mut qs = Shared::<[f32]>::new_slice(TILE * TILE);
-    let mut ks = Shared::<[f32]>::new_slice(TILE * TILE);
+    let mut ks = Shared::<[f32]>::new_slice(TILE * KS_STRIDE);
     let mut acc = 0.0f32;
     if tile_visible {
         for h in 0..q_heads as usize {
