@@ -184,6 +184,12 @@ pub(crate) fn _core_batch_seconds(
     .map_err(|e: CoreError| core_error(py, &e, None))
 }
 
+/// The number of threads the core's parallel paths use (rayon's global pool).
+#[pyfunction]
+pub(crate) fn _threads() -> usize {
+    rayon::current_num_threads()
+}
+
 /// Spins for about `millis` milliseconds, with the GIL released (`release_gil`) or held:
 /// the control of the GIL test (a Python thread runs meanwhile only when it is released).
 #[pyfunction]
