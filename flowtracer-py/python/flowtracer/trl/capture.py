@@ -327,19 +327,19 @@ class QkCapture:
 
 
 def capture_bytes(n: int, q_heads: int, *, batch: int = 1, block_bytes: int = DEFAULT_BLOCK_BYTES) -> int:
-    """Peak extra bytes of the torch capture for ``batch`` sequences of ``n`` tokens.
+    """Extra bytes of the torch capture for ``batch`` sequences of ``n`` tokens, by its layout.
 
-    ``Ā`` (``4 B N²``) plus one row block (at most ``block_bytes``, at least one row:
-    ``2 · 4 B H_q N``) plus the row flags (``B H_q N``). The layers' Q/K are the model's own
-    tensors and are not copied (f32 upcasts live within the block).
+    ``Ā`` (``4 B N²``) plus one row block (its f32 logits and one bool flag each: at most
+    ``block_bytes``, at least one row) plus the row flags (``B H_q N``). The layers' Q/K are
+    the model's own tensors and are not copied (f32 casts of bf16 Q/K add ``4 (H_q + H_kv) N
+    d`` per layer, freed after it). benches/README.md has the measured peak next to it.
 
     >>> from flowtracer.trl.capture import capture_bytes
     >>> capture_bytes(4096, 32) / 2**20          # Qwen3-8B, N = 4096, one sequence: MiB
     128.125
     """
-    rows = max(1, min(n, block_bytes // max(1, 2 * batch * q_heads * n * 4)))
-    return 4 * batch * n * n + 2 * batch * q_heads * rows * n * 4 + batch * q_heads * n
-
+    rows = max(1, min(n, block_bytes // max(1, 5 * batch * q_heads * n)))
+    return 4 * batch * n * n + 5 * batch * q_heads * rows * n + batch * q_heads * n
 
 
 class QkRecorder:

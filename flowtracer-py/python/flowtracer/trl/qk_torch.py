@@ -21,8 +21,9 @@ first non-finite input scanning layers ascending, ``Q`` then ``K`` then ``LSE``,
 ``(head, row, column)`` order (``NonFiniteInput``), else the first bad row by
 ``(layer, head, row)`` (``LogitsOverflow``, ``LseMismatch``).
 
-Complexity per layer: ``O(H_q · N² · d)`` time; extra memory ``Ā`` (``B N²``) plus one block
-of ``B · H_q · rows · N`` values (``block_bytes``) plus ``B · H_q · N`` row flags.
+Complexity per layer: ``O(H_q · N² · d)`` time; extra memory ``Ā`` (``B N²`` values) plus one
+block of ``B · H_q · rows · N`` logits transformed in place with a bool flag each (at most
+``block_bytes``, at least one row) plus ``B · H_q · N`` row flags.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from .config import flowtracer_error
 CONFORMANCE_RTOL = 1e-5
 CONFORMANCE_ATOL = 1e-6
 
-#: Default scratch of one row block (bytes): rows x keys x heads x 4 bytes, twice.
+#: Default scratch of one row block (bytes): rows x keys x heads x (4 + 1) bytes (f32).
 DEFAULT_BLOCK_BYTES = 64 << 20
 
 _TENSORS = ("query", "key", "log-sum-exp")
@@ -220,7 +221,8 @@ class TorchQkAccumulator:
             self._sum = torch.zeros(b, n, n, dtype=ct, device=dev)
         kf = k.to(ct)  # [B, H_kv, N, d]
         width = 8 if ct == torch.float64 else 4
-        rows = max(1, min(n, self.block_bytes // max(1, 2 * b * hq * n * width)))
+        # One block: its logits (width bytes each, transformed in place) and one bool flag each.
+        rows = max(1, min(n, self.block_bytes // max(1, (width + 1) * b * hq * n)))
         keys = torch.arange(n, device=dev)
         valid = self._key_mask.to(dev) if self._key_mask is not None else None
         bad_rows = torch.zeros(b, hq, n, dtype=torch.bool, device=dev)
@@ -228,7 +230,8 @@ class TorchQkAccumulator:
         for r0 in range(0, n, rows):
             r1 = min(n, r0 + rows)
             qb = q[:, :, r0:r1, :].to(ct).reshape(b, hkv, g, r1 - r0, d)
-            s = torch.einsum("bkgrd,bknd->bkgrn", qb, kf).reshape(b, hq, r1 - r0, n) * self.scale
+            s = torch.einsum("bkgrd,bknd->bkgrn", qb, kf).reshape(b, hq, r1 - r0, n)
+            s.mul_(self.scale)
             qi = torch.arange(r0, r1, device=dev)[:, None]
             vis = keys[None, :] <= qi
             if self.window is not None:
@@ -236,22 +239,31 @@ class TorchQkAccumulator:
             vis = vis[None, None].expand(b, 1, r1 - r0, n)
             if valid is not None:
                 vis = vis & valid[:, None, None, :]
-            bad_rows[:, :, r0:r1] = (vis & ~torch.isfinite(s)).any(dim=-1)
+            # Non-finite logits of visible keys (method §15 check 4), without a full-block
+            # isfinite (on the CPU it allocates f32 temporaries): after masking the invisible
+            # keys to -inf, a row is bad iff its max is NaN or +inf, or it holds more -inf
+            # entries than invisible keys.
+            hidden = ~vis
+            s.masked_fill_(hidden, -math.inf)
+            top = s.amax(dim=-1)
+            neg = (s == -math.inf).sum(dim=-1)
+            bad_rows[:, :, r0:r1] = torch.isnan(top) | (top == math.inf) | (neg > hidden.sum(dim=-1))
             if self.softcap is not None:
-                s = torch.tanh(s / self.softcap) * self.softcap
-            s = s.masked_fill(~vis, -math.inf)
+                s.div_(self.softcap).tanh_().mul_(self.softcap)
+                s.masked_fill_(hidden, -math.inf)
             if lse is None:
-                m = s.amax(dim=-1, keepdim=True)
+                m = top[..., None] if self.softcap is None else s.amax(dim=-1, keepdim=True)
                 m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-                p = torch.exp(s - m)
-                p = p / p.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(ct).tiny)
+                s.sub_(m).exp_()
+                s.div_(s.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(ct).tiny))
             else:
-                p = torch.exp(s - lse[:, :, r0:r1].to(ct)[..., None])
-                rowmass = p.sum(dim=-1)
+                s.sub_(lse[:, :, r0:r1].to(ct)[..., None]).exp_()
+                rowmass = s.sum(dim=-1)
                 has = vis.any(dim=-1).expand(b, hq, r1 - r0)
                 mass[:, :, r0:r1] = torch.where(has, rowmass, torch.ones_like(rowmass))
-            p = torch.nan_to_num(p, nan=0.0)
-            self._sum[:, r0:r1, :] += p.sum(dim=1)
+            s.nan_to_num_(nan=0.0)
+            self._sum[:, r0:r1, :] += s.sum(dim=1)
+            del s  # before the next block's logits exist: one block at a time
         self._record_rows(layer, bad_rows, mass)
 
     def _record_rows(self, layer: int, bad_rows: torch.Tensor, mass: torch.Tensor | None) -> None:
