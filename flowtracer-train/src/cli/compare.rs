@@ -584,8 +584,10 @@ pub type Slope = (usize, f64, f64, f64);
 /// The pilot rule of issue 18: the ordinary least-squares slope of a held-out accuracy
 /// curve over the last [`PLATEAU_WINDOW`] steps at each evaluation step (points of accuracy
 /// per 100 steps, with its 95% confidence interval from Student's t on `n - 2` degrees of
-/// freedom), and the first step whose interval contains 0 (the curve has flattened), if
-/// any. Points at step 0 (the warm-up) are not used; a window needs at least 3 points.
+/// freedom), and the first step from which on every window's interval contains 0 (the curve
+/// has flattened and stays flat), if any; when that is only the last window, the pilot has
+/// not shown a plateau (say so). Points at step 0 (the warm-up) are not used; a window needs
+/// at least 3 points.
 ///
 /// # Complexity
 ///
@@ -621,9 +623,14 @@ pub fn plateau(curve: &[(usize, f64)]) -> (Option<usize>, Vec<Slope>) {
         let t = T95[(n - 3).min(T95.len() - 1)];
         let (lo, hi) = (100.0 * (b - t * se), 100.0 * (b + t * se));
         rows.push((end as usize, 100.0 * b, lo, hi));
-        if first.is_none() && lo <= 0.0 && hi >= 0.0 {
-            first = Some(end as usize);
+    }
+    // The first window from which on every interval contains 0: a single flat window
+    // followed by a rise is noise, not a plateau.
+    for &(end, _, lo, hi) in rows.iter().rev() {
+        if lo > 0.0 || hi < 0.0 {
+            break;
         }
+        first = Some(end);
     }
     (first, rows)
 }
@@ -657,11 +664,18 @@ fn plateau_report(results: &[RunResult]) -> String {
         .map(|(s, b, lo, hi)| format!("step {s}: {b:+.1} [{lo:+.1}, {hi:+.1}]"))
         .collect();
     out.push_str(&cells.join("; "));
+    let last = rows.last().map(|r| r.0);
     match flat {
-        Some(s) => {
-            let _ = write!(out, ". The interval first contains 0 at step {s}.");
+        Some(s) if Some(s) != last => {
+            let _ = write!(out, ". The interval contains 0 from step {s} on.");
         }
-        None => out.push_str(". The interval never contains 0 within the run."),
+        Some(s) => {
+            let _ = write!(
+                out,
+                ". Only the last window (step {s}) contains 0: no plateau within the run."
+            );
+        }
+        None => out.push_str(". The interval does not contain 0 at the end of the run."),
     }
     out
 }
@@ -748,6 +762,21 @@ mod tests {
         assert!((b - 65.0 / 17.5).abs() < TOL && lo > 0.0);
         let (_, b, lo, hi) = at(120);
         assert!((b - 25.0 / 17.5).abs() < TOL && lo < 0.0 && hi > 0.0);
+        // A flat window followed by a rise is not a plateau: the Countdown pilot's curve
+        // (docs/training/pilot/countdown) is flat at 70..=100 and rises again at 110.
+        let pilot = [
+            0.2045, 0.2475, 0.26375, 0.27625, 0.29625, 0.29, 0.2825, 0.30375, 0.2825, 0.30375,
+            0.32875, 0.34625, 0.325, 0.3525, 0.355, 0.32875,
+        ];
+        let curve: Vec<(usize, f64)> = pilot
+            .iter()
+            .enumerate()
+            .map(|(i, &a)| (10 * i, a))
+            .collect();
+        let (flat, rows) = plateau(&curve);
+        assert_eq!(flat, Some(150));
+        let contains = |s: usize| rows.iter().any(|r| r.0 == s && r.2 <= 0.0 && r.3 >= 0.0);
+        assert!(contains(70) && !contains(110));
     }
 
     /// Hand-computed: 6 of 6 seeds one way: 2 / 64; 5 to 1: 2 · 7 / 64; 3 to 3: capped at 1.
