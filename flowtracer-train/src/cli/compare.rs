@@ -548,7 +548,15 @@ fn write_report(
     let _ = writeln!(r, "\n{}", plateau_report(results));
     let _ = writeln!(
         r,
-        "\nCredit fidelity: precision of the method's top-ρ response tokens against the tokens the generator knows to be decisive (operand and result digits of the steps the answer depends on, and the answer digit), on 200 held-out problems with their canonical solutions, scored with the warm-up model. Random selection scores the base rate.\n"
+        "\nCredit fidelity: precision of the method's top-ρ response tokens against the tokens the generator knows to be decisive ({}), on 200 held-out problems with their canonical solutions, scored with the warm-up model. Random selection scores the base rate.\n",
+        match k.task {
+            crate::task::TaskKind::Chain => {
+                "operand and result digits of the steps the answer depends on, and the answer digit"
+            }
+            crate::task::TaskKind::Countdown => {
+                "the numbers and operators of every step and of the answer's equation"
+            }
+        }
     );
     let _ = writeln!(
         r,
