@@ -336,7 +336,7 @@ def capture_bytes(n: int, q_heads: int, *, batch: int = 1, block_bytes: int = DE
 
     >>> from flowtracer.trl.capture import capture_bytes
     >>> capture_bytes(4096, 32) / 2**20          # Qwen3-8B, N = 4096, one sequence: MiB
-    128.125
+    127.875
     """
     rows = max(1, min(n, block_bytes // max(1, 5 * batch * q_heads * n)))
     return 4 * batch * n * n + 5 * batch * q_heads * rows * n + batch * q_heads * n
