@@ -14,7 +14,7 @@ create_exception!(
      unknown options, ... A subclass of ValueError.\n\n\
      `kind` is the name of the core's error variant (for example 'NonFinite',\n\
      'SpanOutOfRange', 'UnknownName') or of the binding's own check ('UnsupportedDtype',\n\
-     'BadRank', 'BadSpan', 'BadAttentionMask', 'BadBatch', 'UnsupportedDevice',\n\
+     'BadRank', 'BadSpan', 'BadAttentionMask', 'BadBatch', 'BadIndex', 'UnsupportedDevice',\n\
      'AccumulatorConsumed'). The fields of the error are attributes; those an error does not\n\
      have are None: sequence (the index in a batch), span ('question', 'answer' or\n\
      'response'), row, col, layer, head, index, value, field, what, given, allowed,\n\

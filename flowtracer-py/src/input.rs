@@ -48,9 +48,9 @@ pub(crate) fn as_array<'py>(
             py,
             "UnsupportedDtype",
             format!(
-                "{what} has dtype {dtype}; flowtracer reads float32 or float64 \
-                 (torch tensors through DLPack and bfloat16 are not supported yet: \
-                 convert with .float().numpy())"
+                "{what} has dtype {dtype}; flowtracer reads float32 or float64 here \
+                 (numpy arrays or torch tensors; float16 and bfloat16 queries and keys go to \
+                 score_qk): convert with .astype(numpy.float32) or .float()"
             ),
             vec![
                 ("dtype", pyo3::types::PyString::new(py, &dtype).into_any()),
