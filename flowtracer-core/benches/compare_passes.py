@@ -11,8 +11,8 @@ Floors, measured here with numpy on arrays of the benchmark's sizes:
 
 The binary prints the shipped entry points and benchmark-only replicas of their loops, each
 changing one cause (see its docs); the AVX2 build (`-C target-feature=+avx2`, into
-target/bench-avx2; not what ships) shows the instruction set's share. Every contender runs
-with 2 threads available (rayon's pool; numpy's sums are single-threaded).
+target/bench-avx2; not what ships) shows the instruction set's share. Every contender is
+single-threaded (numpy's sums and the aggregation; the trace of one sequence).
 
     python3 flowtracer-core/benches/compare_passes.py [N ...] [--reps R] [--markdown FILE]
 """
@@ -80,12 +80,12 @@ def main():
     end = uptime()
 
     agg = [
-        ("agg_shipped", "shipped: `aggregate`, dense input, 2 threads"),
-        ("agg_shipped_1t", "shipped, 1 thread"),
+        ("agg_shipped", "shipped: `aggregate`, dense input"),
         ("agg_packed", "shipped, packed input"),
         ("agg_reused", "shipped `LayerAccumulator::with_buffer`: output allocation reused (no fresh pages)"),
-        ("agg_rep_checks", "replica of the shipped loop, 1 thread, reused output"),
-        ("agg_rep_nochecks", "... checks off (no sum/min)"),
+        ("agg_rep_previous", "replica of the previous loop (a head at a time, sum + min), reused output"),
+        ("agg_rep_checks", "replica of the shipped loop (4 heads per sweep, min + finite row), reused output"),
+        ("agg_rep_nochecks", "... checks off"),
         ("agg_rep_nochecks_packed", "... checks off, packed input"),
         ("agg_rep_fused", "... checks off, packed, all layers per row, Ā written once"),
         ("agg_floor_rust", "Rust floor: 8 packed reads + 1 packed write"),
@@ -100,7 +100,7 @@ def main():
     ]
     sizes = [r["n"] for r in rows]
     lines = [
-        f"numpy {np.__version__}, {THREADS} threads available (rayon; numpy's sums use one); medians of "
+        f"numpy {np.__version__}, one thread per contender; medians of "
         f"{args.reps}; `uptime` before: {start}; after: {end}",
         "",
         "Aggregation, [2 layers][4 heads][N][N] f32 into Ā. Floor: numpy `P.sum(axis=0)` over the eight packed "

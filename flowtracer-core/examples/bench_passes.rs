@@ -10,15 +10,15 @@
 //! causal rows of mass 1, SplitMix64) for the aggregation, and one such `N x N` matrix for
 //! the trace (question: the first eighth, answer: the last 8 tokens). Entries:
 //!
-//! - `agg_shipped`: `aggregate` on dense input (the build's rayon threads);
-//!   `agg_shipped_1t`: the same in a one-thread pool; `agg_packed`: packed input;
+//! - `agg_shipped`: `aggregate` on dense input (one thread); `agg_packed`: packed input;
 //!   `agg_reused`: `LayerAccumulator::with_buffer` on the previous `Ā`'s allocation (no
 //!   fresh pages to fault in).
-//! - Replicas of the shipped loop, one thread, into a reused buffer, each changing one
-//!   thing: `agg_rep_checks` (the shipped row loop: add plus the sum and minimum that the
-//!   data checks need), `agg_rep_nochecks` (add only), `agg_rep_nochecks_packed` (packed
-//!   input), `agg_rep_fused` (packed, no checks, every layer and head per row with the
-//!   scale folded in, so `Ā` is written once).
+//! - Replicas of the shipped loop into a reused buffer, each changing one thing:
+//!   `agg_rep_previous` (the loop before this change: one head at a time, with its sum and
+//!   minimum), `agg_rep_checks` (the shipped four-head sweep with the minimum and the
+//!   finiteness of the sum row), `agg_rep_nochecks` (add only), `agg_rep_nochecks_packed`
+//!   (packed input), `agg_rep_fused` (packed, no checks, every layer and head per row with
+//!   the scale folded in, so `Ā` is written once).
 //! - `agg_floor_rust`: one read of the eight packed triangles plus one write of a packed
 //!   triangle (the floor the numpy script also measures).
 //! - `trace_shipped` (dense `Ā`), `trace_packed`; replicas of the two passes with the
@@ -121,8 +121,40 @@ fn add(row: &[f32], acc: &mut [f32]) {
     }
 }
 
-/// Replica of the per-layer aggregation into `out` (dense `N x N`), one cause switched.
-fn agg_replica(data: &[f32], n: usize, packed: bool, checks: bool, out: &mut [f32]) {
+/// The shipped four-head sweep (`kernels::add4_min`): one load and store of the sum per
+/// four heads, the minimum kept per entry when `checks`.
+#[inline]
+fn add4(rows: [&[f32]; 4], acc: &mut [f32], checks: bool) -> f32 {
+    let mut m = [0f32; LANES];
+    let len = acc.len();
+    let (ac, ar) = acc.as_chunks_mut::<LANES>();
+    let [c0, c1, c2, c3] = rows.map(|r| r[..len].as_chunks::<LANES>().0);
+    for ((((a, x0), x1), x2), x3) in ac.iter_mut().zip(c0).zip(c1).zip(c2).zip(c3) {
+        for j in 0..LANES {
+            a[j] = (((a[j] + x0[j]) + x1[j]) + x2[j]) + x3[j];
+            if checks {
+                for x in [x0[j], x1[j], x2[j], x3[j]] {
+                    if x < m[j] {
+                        m[j] = x;
+                    }
+                }
+            }
+        }
+    }
+    let tail = len - ar.len();
+    for (i, a) in ar.iter_mut().enumerate() {
+        for r in rows {
+            *a += r[tail + i];
+            m[0] = m[0].min(r[tail + i]);
+        }
+    }
+    m.iter().fold(0f32, |a, &b| a.min(b))
+}
+
+/// Replica of the per-layer aggregation into `out` (dense `N x N`), one cause switched:
+/// `sweep4` (the shipped four-head sweep, else the previous loop: one head at a time with
+/// its sum and minimum), `checks`, `packed` input.
+fn agg_replica(data: &[f32], n: usize, packed: bool, checks: bool, sweep4: bool, out: &mut [f32]) {
     let m = if packed { n * (n + 1) / 2 } else { n * n };
     out.fill(0.0);
     let mut bad = false;
@@ -130,13 +162,20 @@ fn agg_replica(data: &[f32], n: usize, packed: bool, checks: bool, out: &mut [f3
         for k in 0..n {
             let off = if packed { k * (k + 1) / 2 } else { k * n };
             let acc = &mut out[k * n..=k * n + k];
-            for head in 0..HEADS {
-                let row = &data[(layer * HEADS + head) * m + off..][..=k];
+            let row = |head: usize| &data[(layer * HEADS + head) * m + off..][..=k];
+            if sweep4 {
+                let min = add4(core::array::from_fn(row), acc, checks);
                 if checks {
-                    let (s, min) = add_summary(row, acc);
+                    bad |= min < 0.0 || !acc.iter().all(|x| x.is_finite());
+                }
+                continue;
+            }
+            for head in 0..HEADS {
+                if checks {
+                    let (s, min) = add_summary(row(head), acc);
                     bad |= !s.is_finite() || min < 0.0;
                 } else {
-                    add(row, acc);
+                    add(row(head), acc);
                 }
             }
         }
@@ -324,10 +363,6 @@ fn main() {
     let packed = pack(&dense, n);
     let m = n * (n + 1) / 2;
     let all = LayerSelection::All;
-    let one_thread = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .build()
-        .unwrap();
     let shipped = aggregate(&dense, LAYERS, HEADS, n, Layout::Dense, &all).unwrap();
     let mut out = vec![0f32; n * n];
     let mut results: Vec<(&str, f64)> = Vec::new();
@@ -335,14 +370,6 @@ fn main() {
         "agg_shipped",
         median(reps, || {
             black_box(aggregate(&dense, LAYERS, HEADS, n, Layout::Dense, &all).unwrap());
-        }),
-    ));
-    results.push((
-        "agg_shipped_1t",
-        one_thread.install(|| {
-            median(reps, || {
-                black_box(aggregate(&dense, LAYERS, HEADS, n, Layout::Dense, &all).unwrap());
-            })
         }),
     ));
     results.push((
@@ -366,16 +393,17 @@ fn main() {
         }),
     ));
     assert!(buffer.as_ref() == Some(&shipped));
-    for (name, is_packed, checks) in [
-        ("agg_rep_checks", false, true),
-        ("agg_rep_nochecks", false, false),
-        ("agg_rep_nochecks_packed", true, false),
+    for (name, is_packed, checks, sweep4) in [
+        ("agg_rep_previous", false, true, false),
+        ("agg_rep_checks", false, true, true),
+        ("agg_rep_nochecks", false, false, true),
+        ("agg_rep_nochecks_packed", true, false, true),
     ] {
         let data = if is_packed { &packed } else { &dense };
         results.push((
             name,
             median(reps, || {
-                agg_replica(data, n, is_packed, checks, black_box(&mut out))
+                agg_replica(data, n, is_packed, checks, sweep4, black_box(&mut out))
             }),
         ));
         assert!(

@@ -14,7 +14,7 @@ use core::ops::Range;
 
 use crate::error::{Error, Position};
 use crate::float::FlowFloat;
-use crate::kernels::add_summary;
+use crate::kernels::{add_min, add4_min, all_finite};
 
 /// Which layers enter the mean ([method §2](docs/method.md#s2)).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -222,10 +222,6 @@ impl Layout {
 /// Data defects are recorded as they stream by and reported by [`finish`](Self::finish) in
 /// the order of [method §13](docs/method.md#s13) (the first non-finite entry wins over any negative one, whatever
 /// layer it is in).
-///
-/// With the `parallel` feature each layer's rows are split into blocks of [`TASK_ROWS`]
-/// spread over rayon's threads (each block writes its own rows of the sum, so the result is
-/// the same bit for bit, and so is the first defect reported).
 #[derive(Debug, Clone)]
 pub struct LayerAccumulator<F> {
     heads: usize,
@@ -235,9 +231,6 @@ pub struct LayerAccumulator<F> {
     sum: Vec<F>,
     defects: Defects,
 }
-
-/// Rows of the sum one task of the parallel aggregation adds (every head of one layer).
-pub const TASK_ROWS: usize = 64;
 
 /// The first defects seen: within a layer the lowest `(head, row, col)`, across layers the
 /// one of the layer added first.
@@ -347,39 +340,31 @@ impl<F: FlowFloat> LayerAccumulator<F> {
             });
         }
         let (n, heads, layout) = (self.n, self.heads, self.layout);
-        // Rows `k0..` of the sum (`sum` holds them, `n` apart), row by row across the heads:
-        // row `k` of the sum stays in cache while every head adds into it, so the sum is
-        // streamed once per layer, not once per head.
-        let add_rows = |k0: usize, sum: &mut [F]| {
-            let mut found = Defects::default();
-            for (r, acc) in sum.chunks_mut(n).enumerate() {
-                let k = k0 + r;
-                let off = layout.row_offset(n, k);
-                let acc = &mut acc[..=k];
-                for head in 0..heads {
-                    let row = &data[head * m + off..=head * m + off + k];
-                    let summary = add_summary(row, acc);
-                    if !summary.sum.is_finite() || summary.min < F::zero() {
-                        scan(&mut found, layer_index, head, k, row);
-                    }
+        let mut found = Defects::default();
+        // Row by row, four heads per sweep: row `k` of the sum is loaded and stored once per
+        // four heads and stays in cache for all of them, so the sum is streamed once per
+        // layer. Only the minimum is kept per entry; a non-finite entry makes the row of the
+        // sum non-finite, checked once per row. Either sends the row's heads to `scan`.
+        for (k, acc) in self.sum.chunks_mut(n).enumerate() {
+            let off = layout.row_offset(n, k);
+            let acc = &mut acc[..=k];
+            let row = |head: usize| &data[head * m + off..=head * m + off + k];
+            let mut min = F::zero();
+            let mut head = 0;
+            while head + 4 <= heads {
+                let rows = core::array::from_fn(|g| row(head + g));
+                min = min.min(add4_min(rows, acc));
+                head += 4;
+            }
+            for h in head..heads {
+                min = min.min(add_min(row(h), acc));
+            }
+            if min < F::zero() || !all_finite(acc) {
+                for h in 0..heads {
+                    scan(&mut found, layer_index, h, k, row(h));
                 }
             }
-            found
-        };
-        #[cfg(feature = "parallel")]
-        let found = {
-            use rayon::prelude::*;
-            self.sum
-                .par_chunks_mut(TASK_ROWS * n)
-                .enumerate()
-                .map(|(b, sum)| add_rows(b * TASK_ROWS, sum))
-                .reduce(Defects::default, |mut a, b| {
-                    a.merge(b, layer_index);
-                    a
-                })
-        };
-        #[cfg(not(feature = "parallel"))]
-        let found = add_rows(0, &mut self.sum);
+        }
         self.defects.merge(found, layer_index);
         self.layers += 1;
         Ok(())
@@ -415,22 +400,11 @@ impl<F: FlowFloat> LayerAccumulator<F> {
         // The lower triangles only: the zeros above the diagonal stay zero, and their pages
         // of the freshly zeroed buffer are never touched.
         let n = self.n;
-        let scale_rows = |k0: usize, rows: &mut [F]| {
-            for (r, row) in rows.chunks_mut(n).enumerate() {
-                for x in &mut row[..=k0 + r] {
-                    *x = *x * scale;
-                }
+        for k in 0..n {
+            for x in &mut sum[k * n..=k * n + k] {
+                *x = *x * scale;
             }
-        };
-        #[cfg(feature = "parallel")]
-        {
-            use rayon::prelude::*;
-            sum.par_chunks_mut(TASK_ROWS * n)
-                .enumerate()
-                .for_each(|(b, rows)| scale_rows(b * TASK_ROWS, rows));
         }
-        #[cfg(not(feature = "parallel"))]
-        scale_rows(0, &mut sum);
         Ok(sum)
     }
 }

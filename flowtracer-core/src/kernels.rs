@@ -248,39 +248,92 @@ pub(crate) fn dot<F: FlowFloat, const PRUNE: bool>(row: &[F], v: &[f64], thresho
     combine(s) + tail_dot::<F, PRUNE>(&row[full..], &v[full..], threshold)
 }
 
-/// `acc[i] += row[i]` over the whole row, returning the [`RowSummary`] of `row` (sum and
-/// minimum in `F`: the aggregation only needs them to spot a non-finite or negative entry,
-/// which it then finds exactly).
+/// Adds four rows into `acc` in one sweep, `acc[i] = (((acc[i] + r0[i]) + r1[i]) + r2[i]) +
+/// r3[i]` (the order of four one-row adds, so the same sums to the last bit), and returns
+/// the minimum of the rows' entries, clamped above at 0. One load and store of `acc` serves
+/// four rows, and no load of a row waits on a store to the same 4 KiB offset (`Ā` rows and
+/// the head rows of a dense layer lie `N²` values apart).
 ///
 /// # Panics
 ///
-/// If `acc` is shorter than `row`.
+/// If a row is shorter than `acc`.
 #[inline]
-pub(crate) fn add_summary<F: FlowFloat>(row: &[F], acc: &mut [F]) -> RowSummary<F> {
-    let acc = &mut acc[..row.len()];
-    let mut s = [F::zero(); LANES];
+pub(crate) fn add4_min<F: FlowFloat>(rows: [&[F]; 4], acc: &mut [F]) -> F {
+    let len = acc.len();
+    let [r0, r1, r2, r3] = rows.map(|r| &r[..len]);
     let mut m = [F::zero(); LANES];
-    let (chunks, rest) = row.as_chunks::<LANES>();
-    let (acc_chunks, acc_rest) = acc.as_chunks_mut::<LANES>();
-    for (c, a) in chunks.iter().zip(acc_chunks) {
+    let (ac, ar) = acc.as_chunks_mut::<LANES>();
+    let (c0, t0) = r0.as_chunks::<LANES>();
+    let (c1, t1) = r1.as_chunks::<LANES>();
+    let (c2, t2) = r2.as_chunks::<LANES>();
+    let (c3, t3) = r3.as_chunks::<LANES>();
+    for ((((a, x0), x1), x2), x3) in ac.iter_mut().zip(c0).zip(c1).zip(c2).zip(c3) {
         for j in 0..LANES {
-            let x = c[j];
-            a[j] = a[j] + x;
-            s[j] = s[j] + x;
-            if x < m[j] {
-                m[j] = x;
+            a[j] = (((a[j] + x0[j]) + x1[j]) + x2[j]) + x3[j];
+            for x in [x0[j], x1[j], x2[j], x3[j]] {
+                if x < m[j] {
+                    m[j] = x;
+                }
             }
         }
     }
-    let mut r = RowSummary {
-        sum: ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7])),
-        min: min_of(m),
-    };
-    for (&x, a) in rest.iter().zip(acc_rest) {
-        *a = *a + x;
-        r = r.push(x);
+    let mut min = min_of(m);
+    for ((((a, &x0), &x1), &x2), &x3) in ar.iter_mut().zip(t0).zip(t1).zip(t2).zip(t3) {
+        *a = (((*a + x0) + x1) + x2) + x3;
+        for x in [x0, x1, x2, x3] {
+            if x < min {
+                min = x;
+            }
+        }
     }
-    r
+    min
+}
+
+/// `acc += row`, and the minimum of `row` clamped above at 0 (one row of [`add4_min`]).
+///
+/// # Panics
+///
+/// If `row` is shorter than `acc`.
+#[inline]
+pub(crate) fn add_min<F: FlowFloat>(row: &[F], acc: &mut [F]) -> F {
+    let row = &row[..acc.len()];
+    let mut m = [F::zero(); LANES];
+    let (ac, ar) = acc.as_chunks_mut::<LANES>();
+    let (c, t) = row.as_chunks::<LANES>();
+    for (a, x) in ac.iter_mut().zip(c) {
+        for j in 0..LANES {
+            a[j] = a[j] + x[j];
+            if x[j] < m[j] {
+                m[j] = x[j];
+            }
+        }
+    }
+    let mut min = min_of(m);
+    for (a, &x) in ar.iter_mut().zip(t) {
+        *a = *a + x;
+        if x < min {
+            min = x;
+        }
+    }
+    min
+}
+
+/// Whether every entry of `x` is finite: `v · 0` is 0 exactly for finite `v` and NaN for
+/// an infinity or a NaN.
+#[inline]
+pub(crate) fn all_finite<F: FlowFloat>(x: &[F]) -> bool {
+    let mut c = [F::zero(); LANES];
+    let (xs, rest) = x.as_chunks::<LANES>();
+    for v in xs {
+        for j in 0..LANES {
+            c[j] = c[j] + v[j] * F::zero();
+        }
+    }
+    let mut sum = F::zero();
+    for v in c.iter().chain(rest) {
+        sum = sum + *v * F::zero();
+    }
+    sum == F::zero()
 }
 
 /// The hot loops against naive one-entry-at-a-time loops, over lengths that cross every
@@ -392,7 +445,7 @@ mod tests {
     }
 
     #[test]
-    fn row_stats_and_add_summary_match_naive() {
+    fn row_stats_and_the_aggregation_adds_match_naive() {
         for len in LENS.into_iter().filter(|&l| l > 0) {
             let row: Vec<f64> = values(len, 40);
             let (sum, min) = row_stats(&row);
@@ -402,16 +455,35 @@ mod tests {
                 close(sum, naive_sum) && min == naive_min,
                 "row_stats len {len}"
             );
+            // add_min and add4_min: the sums of one-row adds in head order, bit for bit.
+            let rows: Vec<Vec<f64>> = (0..4).map(|s| values(len, 42 + s)).collect();
             let mut acc = values(len, 41);
-            let before = acc.clone();
-            let s = add_summary(&row, &mut acc);
-            for i in 0..len {
-                assert_eq!(acc[i], before[i] + row[i]);
+            let mut naive = acc.clone();
+            for r in &rows {
+                for (a, &x) in naive.iter_mut().zip(r) {
+                    *a += x;
+                }
             }
-            assert!(
-                close(s.sum, naive_sum) && s.min == naive_min,
-                "add_summary len {len}"
-            );
+            let min4 = add4_min([&rows[0], &rows[1], &rows[2], &rows[3]], &mut acc);
+            assert_eq!(acc, naive, "add4_min len {len}");
+            let naive_min4 = rows.iter().flatten().fold(0.0f64, |m, &x| m.min(x));
+            assert_eq!(min4, naive_min4, "add4_min min len {len}");
+            let mut acc1 = values(len, 41);
+            let min1 = add_min(&row, &mut acc1);
+            let before = values(len, 41);
+            for i in 0..len {
+                assert_eq!(acc1[i], before[i] + row[i]);
+            }
+            assert_eq!(min1, naive_min, "add_min len {len}");
+            // all_finite: true here; false for one infinity or NaN at any position.
+            assert!(all_finite(&acc));
+            for bad in [f64::INFINITY, f64::NEG_INFINITY, f64::NAN] {
+                for at in [0, len / 2, len - 1] {
+                    let mut x = acc.clone();
+                    x[at] = bad;
+                    assert!(!all_finite(&x), "len {len} at {at}");
+                }
+            }
         }
     }
 }

@@ -52,20 +52,18 @@ fn layer_accumulator_equals_aggregate() {
     ));
 }
 
-/// Rows past `TASK_ROWS` (several row blocks, spread over threads with `parallel`): the
-/// first defect is still the lowest `(head, row, col)` of the layer added first, whatever
-/// block found it, and the mean equals the naive one within f32 rounding (1e-6 relative).
+/// Six heads (one sweep of four, then two alone) over rows longer than the kernels' lanes:
+/// the first defect is the lowest `(head, row, col)` of the layer added first, whichever
+/// sweep saw it, and the mean equals the naive one within f32 rounding (1e-6 relative).
 #[test]
-fn layer_accumulator_defects_across_row_blocks() {
+fn layer_accumulator_defects_across_head_sweeps() {
     use flowtracer_core::Position;
-    use flowtracer_core::aggregate::TASK_ROWS;
-    let (heads, n) = (3, 2 * TASK_ROWS + 7);
+    let (heads, n) = (6, 135);
     let m = n * n;
     let layer: Vec<f32> = (0..heads * m)
         .map(|x| ((x * 7919) % 13) as f32 / 64.0)
         .collect();
     let at = |head: usize, row: usize, col: usize| head * m + row * n + col;
-    // The naive mean of two copies: (x + x) / 2 = x, in f32, for every lower entry.
     let mut acc = LayerAccumulator::new(heads, n, Layout::Dense).unwrap();
     acc.add_layer(0, &layer).unwrap();
     acc.add_layer(1, &layer).unwrap();
@@ -73,10 +71,7 @@ fn layer_accumulator_defects_across_row_blocks() {
     for k in 0..n {
         for i in 0..n {
             let want = if i <= k {
-                (0..heads)
-                    .map(|h| layer[at(h, k, i)])
-                    .fold(0.0f32, |s, x| s + x)
-                    * (1.0 / heads as f32)
+                (0..heads).map(|h| layer[at(h, k, i)]).sum::<f32>() / heads as f32
             } else {
                 0.0
             };
@@ -94,30 +89,31 @@ fn layer_accumulator_defects_across_row_blocks() {
         col,
     };
     let mut bad = layer.clone();
-    bad[at(2, n - 1, 3)] = f32::NAN; // last block, last head
-    bad[at(1, TASK_ROWS + 1, 0)] = -1.0; // a later block's negative
-    bad[at(1, TASK_ROWS + 2, 5)] = f32::INFINITY; // middle block, head 1: the first
+    bad[at(5, n - 1, 3)] = f32::NAN; // a head added alone
+    bad[at(1, 65, 0)] = -1.0; // in the sweep of four
+    bad[at(4, 66, 5)] = f32::INFINITY; // the first non-finite: head 4 before head 5
     bad[at(0, 10, 11)] = 7.0; // above the diagonal: not data
     let mut later = layer.clone();
-    later[at(0, 0, 0)] = f32::NAN; // lower position, but a layer added later
+    later[at(0, 0, 0)] = f32::NAN; // a lower position, but in a layer added later
     let mut acc = LayerAccumulator::new(heads, n, Layout::Dense).unwrap();
     acc.add_layer(4, &bad).unwrap();
     acc.add_layer(2, &later).unwrap();
     assert_eq!(
         acc.finish(),
         Err(Error::NonFinite {
-            position: pos(4, 1, TASK_ROWS + 2, 5)
+            position: pos(4, 4, 66, 5)
         })
     );
-    bad[at(1, TASK_ROWS + 2, 5)] = 0.5;
-    bad[at(2, n - 1, 3)] = 0.5;
+    bad[at(4, 66, 5)] = 0.5;
+    bad[at(5, n - 1, 3)] = 0.5;
     bad[at(2, 3, 1)] = -2.0; // a lower row, but a later head than the other negative
+    bad[at(5, 2, 0)] = -3.0; // a head added alone, later still
     let mut acc = LayerAccumulator::new(heads, n, Layout::Dense).unwrap();
     acc.add_layer(4, &bad).unwrap();
     assert_eq!(
         acc.finish(),
         Err(Error::Negative {
-            position: pos(4, 1, TASK_ROWS + 1, 0),
+            position: pos(4, 1, 65, 0),
             value: -1.0
         })
     );
