@@ -71,6 +71,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(testing::_core_shape_advantages_f64, m)?)?;
     m.add_function(wrap_pyfunction!(testing::_busy, m)?)?;
     m.add_function(wrap_pyfunction!(testing::_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(testing::_core_qk_f64, m)?)?;
+    m.add_function(wrap_pyfunction!(testing::_reference_qk_f64, m)?)?;
     m.add_function(wrap_pyfunction!(testing::_core_batch_seconds, m)?)?;
     Ok(())
 }

@@ -120,6 +120,75 @@ pub(crate) fn _reference_trace_f64(
     (t.h, t.f, t.tau, t.sources)
 }
 
+/// The core's Q/K stage called directly, without the binding's input handling:
+/// `qk::sequence_from_qk` (f64 input, f64 `Ā`, default `QkConfig` with `scale`/`window` if
+/// given) on flat `[L][H_q][N][d]` / `[L][H_kv][N][d]` lists, then `flowtracer_core::trace`.
+/// Returns `(Ā, reach, flow)` as lists.
+#[pyfunction]
+#[pyo3(signature = (q, k, shape, question, answer, scale=None, window=None))]
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
+pub(crate) fn _core_qk_f64(
+    py: Python<'_>,
+    q: Vec<f64>,
+    k: Vec<f64>,
+    shape: (usize, usize, usize, usize, usize),
+    question: Vec<usize>,
+    answer: Vec<usize>,
+    scale: Option<f64>,
+    window: Option<usize>,
+) -> PyResult<(Vec<f64>, Vec<f64>, Vec<f64>)> {
+    use flowtracer_core::qk::{QkConfig, QkLayer, QkShape, sequence_from_qk};
+    let (layers, hq, hkv, n, d) = shape;
+    let s = QkShape::new(hq, hkv, n, d);
+    let mut config = QkConfig::default();
+    if let Some(x) = scale {
+        config = config.with_scale(x);
+    }
+    if let Some(w) = window {
+        config = config.with_window(w);
+    }
+    let (ql, kl) = (s.q_len(), s.k_len());
+    let run = || -> Result<_, CoreError> {
+        let ls: Vec<QkLayer<'_, f64>> = (0..layers)
+            .map(|l| QkLayer::new(l, &q[l * ql..(l + 1) * ql], &k[l * kl..(l + 1) * kl]))
+            .collect();
+        let seq: Sequence<'static, f64> =
+            sequence_from_qk(&ls, s, &config, None, Spans::new(question, answer))?;
+        let t = flowtracer_core::trace(&seq)?;
+        Ok((
+            seq.attention().to_vec(),
+            t.reach().to_vec(),
+            t.flow().to_vec(),
+        ))
+    };
+    run().map_err(|e| core_error(py, &e, None))
+}
+
+/// The core's naive Q/K oracle (`flowtracer_core::reference::attention_from_qk`: every head's
+/// softmax materialised in f64, then the mean), on the same flat lists; `Ā` as a list.
+#[pyfunction]
+#[pyo3(signature = (q, k, shape, scale, window=None))]
+pub(crate) fn _reference_qk_f64(
+    q: Vec<f64>,
+    k: Vec<f64>,
+    shape: (usize, usize, usize, usize, usize),
+    scale: f64,
+    window: Option<usize>,
+) -> Vec<f64> {
+    let (layers, hq, hkv, n, d) = shape;
+    flowtracer_core::reference::attention_from_qk(
+        &q,
+        &k,
+        None,
+        (layers, hq, hkv),
+        n,
+        d,
+        scale,
+        window,
+        None,
+    )
+}
+
 /// The core's shaped advantages called directly on f64 lists (default configuration).
 #[pyfunction]
 pub(crate) fn _core_shape_advantages_f64(

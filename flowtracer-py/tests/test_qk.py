@@ -236,3 +236,23 @@ def test_non_contiguous_input_is_copied_not_refused():
     q4 = np.stack(qs, axis=1).transpose(1, 0, 2, 3)
     assert not q4.flags.c_contiguous
     assert np.array_equal(flowtracer.score_qk(q4, ks, q, a).flow, t.flow)
+
+
+@pytest.mark.parametrize("name", ["gqa", "mqa", "blocks"])
+@pytest.mark.parametrize("window", [None, 3])
+def test_equals_the_core_and_its_oracle(name, window):
+    """score_qk and the accumulator against the core called directly (qk::sequence_from_qk,
+    no binding), exactly; the core's naive oracle (reference::attention_from_qk) against this
+    file's numpy oracle, at F64."""
+    layers, hq, hkv, n, d = CASES[name]
+    qs, ks = qk_case(layers, hq, hkv, n, d, seed=11)
+    q, a = spans(n)
+    flat_q, flat_k = np.stack(qs).ravel().tolist(), np.stack(ks).ravel().tolist()
+    shape = (layers, hq, hkv, n, d)
+    abar, reach, flow = flowtracer._native._core_qk_f64(flat_q, flat_k, shape, list(range(*q)), list(range(*a)), None, window)
+    got = matrix(qs, ks, window=window)
+    assert np.array_equal(got.ravel(), np.array(abar))
+    t = flowtracer.score_qk(qs, ks, q, a, window=window)
+    assert np.array_equal(t.reach, np.array(reach)) and np.array_equal(t.flow, np.array(flow))
+    ref = flowtracer._native._reference_qk_f64(flat_q, flat_k, shape, 1 / np.sqrt(d), window)
+    close(np.array(ref).reshape(n, n), oracle(qs, ks, window=window), F64)
