@@ -171,7 +171,7 @@ pub(crate) fn qk_array<'py>(
             &dtype,
             format!(
                 "{what} has dtype {dtype}; queries and keys are float32, float64, float16 or \
-                 bfloat16 (a torch tensor, or an ml_dtypes bfloat16 array)"
+                 bfloat16 (a torch tensor)"
             ),
         ))
     }

@@ -94,9 +94,6 @@ def spans(x: Any) -> Any:
 def qk(x: Any, what: str) -> tuple[Any, bool]:
     """One array of queries or keys and whether it holds bfloat16's 16-bit words."""
     if not is_torch(x):
-        dtype = getattr(x, "dtype", None)
-        if isinstance(x, np.ndarray) and dtype is not None and dtype.name == "bfloat16":
-            return x.view(np.uint16), True  # ml_dtypes' bfloat16
         return x, False
     import torch
 

@@ -72,8 +72,8 @@ def score_qk(
     ``q`` is a list (or tuple) with one array per selected layer ``[H_q, N, d]``, or one array
     ``[L, H_q, N, d]``; ``k`` likewise ``[H_kv, N, d]`` (``H_q`` a multiple of ``H_kv``);
     post-RoPE, as the attention kernel receives them. Arrays are float32, float64, float16
-    or bfloat16 (torch tensors on the CPU, or ml_dtypes arrays), numpy arrays or torch CPU
-    tensors, read in place when C-contiguous. ``lse`` is the saved log-sum-exp per layer
+    (bfloat16 as torch tensors: numpy has none), numpy arrays or torch CPU tensors, read in
+    place when contiguous (bfloat16 too: its 16-bit words are reinterpreted, not converted). ``lse`` is the saved log-sum-exp per layer
     ``[H_q, N]`` (float32, natural log, as FlashAttention returns it) or None (computed);
     with it every row must sum to 1 within ``row_tolerance`` (given, it is also the trace's
     tolerance for the rows of ``Ā``, each a mean of such rows). ``key_mask`` is a length-N
