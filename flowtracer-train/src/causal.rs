@@ -136,15 +136,16 @@ pub fn wilson(k: usize, n: usize, z: f64) -> (f64, f64) {
 
 /// Greedy answers after `prefix + <answer>` with the key columns flagged in `masked` (one
 /// flag per prefix token) hidden from every later query in every layer. Decoding stops at
-/// `</answer>` or EOS (not included) or after `max_answer` tokens. Returns each answer and
-/// whether it was closed.
+/// `</answer>` or EOS (not included) or after `max_answer` tokens, or when the longest row
+/// reaches the model's `max_len` positions. Returns each answer and whether it was closed
+/// (an answer cut by either limit is not).
 ///
 /// `model` must be on a non-autodiff device.
 ///
 /// # Panics
 ///
-/// If `masked[r].len() != prefixes[r].len()` or a prefix plus `max_answer + 1` tokens
-/// exceeds the model's `max_len` (caller bugs).
+/// If `masked[r].len() != prefixes[r].len()` or a prefix plus the answer tag exceeds the
+/// model's `max_len` (caller bugs: a completion of the model fits).
 pub fn masked_answers(
     model: &Transformer,
     prefixes: &[Vec<u32>],
@@ -167,9 +168,11 @@ pub fn masked_answers(
     let batch = left_pad(&rows);
     let p = batch.len;
     assert!(
-        p + max_answer <= model.max_len(),
-        "prefix + answer exceeds the model's max_len"
+        p <= model.max_len(),
+        "prefix + answer tag exceeds the model's max_len"
     );
+    // The answer may use what is left of the model's positions, no more.
+    let max_answer = max_answer.min(model.max_len() - p);
     let mut keys = vec![false; b * p];
     // The additive bias each row's later queries see, per key column.
     let mut bias: Vec<Vec<f32>> = Vec::with_capacity(b);

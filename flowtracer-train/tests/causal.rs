@@ -102,6 +102,24 @@ fn a_masked_key_cannot_reach_the_answer_and_an_unmasked_one_does() {
     assert_eq!(a, b);
 }
 
+/// An answer may use only the positions the model has left: a prefix near `max_len` with a
+/// long `max_answer` decodes up to the last position, unclosed, without a panic.
+#[test]
+fn masked_answers_stop_at_the_models_positions() {
+    let model = model();
+    let max_len = model_config().max_len;
+    let prefix: Vec<u32> = core::iter::once(flowtracer_train::tokenizer::BOS)
+        .chain(core::iter::repeat_n(
+            CHAIN.char_token('1').unwrap(),
+            max_len - 4,
+        ))
+        .collect();
+    let masked = vec![false; prefix.len()];
+    let out = masked_answers(&model, &[prefix], &[masked], 50, &Device::flex());
+    // The prefix and the tag take max_len - 2 positions: at most 2 answer tokens.
+    assert!(out[0].0.len() <= 2, "{out:?}");
+}
+
 /// The causal test end to end on a tiny untrained model: the counts are consistent, every
 /// method has its trials, and `random` pools its draws.
 #[test]
