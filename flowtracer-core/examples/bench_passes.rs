@@ -6,7 +6,9 @@
 //! bench_passes --n N [--reps R]
 //! ```
 //!
-//! Prints one JSON line of medians (seconds). Data: `[2][4][N][N]` f32 attention (random
+//! Prints one JSON line of medians (seconds); the contenders run round robin, one run of
+//! each per round, so load that drifts during the run (the machine is shared) hits them
+//! alike. Data: `[2][4][N][N]` f32 attention (random
 //! causal rows of mass 1, SplitMix64) for the aggregation, and one such `N x N` matrix for
 //! the trace (question: the first eighth, answer: the last 8 tokens). Entries:
 //!
@@ -27,8 +29,8 @@
 //! - `trace_floor_rust`: two streaming sums over the packed triangle.
 //!
 //! Replicas are benchmark-only code (here, not in the library); their results are checked
-//! against the shipped ones (relative 1e-3 for f32 accumulation) so they compute the same
-//! thing.
+//! against the shipped ones before timing (bit for bit for the aggregation replicas, 1e-6
+//! relative for the fused one, 1e-3 for f32 accumulation) so they compute the same thing.
 
 use core::hint::black_box;
 use core::ops::{Add, Div, Mul, Range};
@@ -45,18 +47,6 @@ mod support;
 const LAYERS: usize = 2;
 const HEADS: usize = 4;
 const LANES: usize = 8;
-
-fn median(reps: usize, mut f: impl FnMut()) -> f64 {
-    let mut t: Vec<f64> = (0..reps)
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64()
-        })
-        .collect();
-    t.sort_by(f64::total_cmp);
-    t[reps / 2]
-}
 
 /// A random causal `n x n` matrix with rows of mass 1, appended to `out`.
 fn attention(n: usize, seed: u64, out: &mut Vec<f32>) {
@@ -350,6 +340,30 @@ fn flow_rep<'a, A: Acc>(
     }
 }
 
+/// A named contender of [`round_robin`].
+type Contender<'a> = (&'static str, Box<dyn FnMut() + 'a>);
+
+/// Times every contender `reps` times, round robin (one run of each per round), so load
+/// that drifts during the run hits them alike; returns the medians.
+fn round_robin<'a>(reps: usize, mut contenders: Vec<Contender<'a>>) -> Vec<(&'static str, f64)> {
+    let mut times = vec![Vec::with_capacity(reps); contenders.len()];
+    for _ in 0..reps {
+        for ((_, f), t) in contenders.iter_mut().zip(&mut times) {
+            let s = Instant::now();
+            f();
+            t.push(s.elapsed().as_secs_f64());
+        }
+    }
+    contenders
+        .iter()
+        .zip(times)
+        .map(|((name, _), mut t)| {
+            t.sort_by(f64::total_cmp);
+            (*name, t[reps / 2])
+        })
+        .collect()
+}
+
 fn main() {
     let get = support::flags();
     let n: usize = get("--n").expect("--n").parse().expect("--n N");
@@ -364,24 +378,48 @@ fn main() {
     let m = n * (n + 1) / 2;
     let all = LayerSelection::All;
     let shipped = aggregate(&dense, LAYERS, HEADS, n, Layout::Dense, &all).unwrap();
+    // Every replica computes what the shipped code does (checked once, before timing).
     let mut out = vec![0f32; n * n];
-    let mut results: Vec<(&str, f64)> = Vec::new();
-    results.push((
-        "agg_shipped",
-        median(reps, || {
-            black_box(aggregate(&dense, LAYERS, HEADS, n, Layout::Dense, &all).unwrap());
-        }),
-    ));
-    results.push((
-        "agg_packed",
-        median(reps, || {
-            black_box(aggregate(&packed, LAYERS, HEADS, n, Layout::Packed, &all).unwrap());
-        }),
-    ));
+    let replicas = [
+        ("agg_rep_previous", false, true, false),
+        ("agg_rep_checks", false, true, true),
+        ("agg_rep_nochecks", false, false, true),
+        ("agg_rep_nochecks_packed", true, false, true),
+    ];
+    for (name, is_packed, checks, sweep4) in replicas {
+        let data = if is_packed { &packed } else { &dense };
+        agg_replica(data, n, is_packed, checks, sweep4, &mut out);
+        assert!(
+            out == shipped,
+            "{name} differs from the shipped aggregation"
+        );
+    }
+    agg_fused(&packed, n, &mut out);
+    for (x, y) in out.iter().zip(&shipped) {
+        assert!(
+            (x - y).abs() <= 1e-6 * y.abs() + 1e-12,
+            "agg_rep_fused: {x} vs {y}"
+        );
+    }
+    let (dense, packed, all) = (&dense, &packed, &all);
+    let mut agg: Vec<Contender<'_>> = vec![
+        (
+            "agg_shipped",
+            Box::new(move || {
+                black_box(aggregate(dense, LAYERS, HEADS, n, Layout::Dense, all).unwrap());
+            }),
+        ),
+        (
+            "agg_packed",
+            Box::new(move || {
+                black_box(aggregate(packed, LAYERS, HEADS, n, Layout::Packed, all).unwrap());
+            }),
+        ),
+    ];
     let mut buffer = Some(shipped.clone());
-    results.push((
+    agg.push((
         "agg_reused",
-        median(reps, || {
+        Box::new(move || {
             let mut acc =
                 LayerAccumulator::with_buffer(HEADS, n, Layout::Dense, buffer.take().unwrap())
                     .unwrap();
@@ -392,41 +430,24 @@ fn main() {
             buffer = Some(black_box(acc.finish().unwrap()));
         }),
     ));
-    assert!(buffer.as_ref() == Some(&shipped));
-    for (name, is_packed, checks, sweep4) in [
-        ("agg_rep_previous", false, true, false),
-        ("agg_rep_checks", false, true, true),
-        ("agg_rep_nochecks", false, false, true),
-        ("agg_rep_nochecks_packed", true, false, true),
-    ] {
-        let data = if is_packed { &packed } else { &dense };
-        results.push((
+    for (name, is_packed, checks, sweep4) in replicas {
+        let data = if is_packed { packed } else { dense };
+        let mut out = vec![0f32; n * n];
+        agg.push((
             name,
-            median(reps, || {
-                agg_replica(data, n, is_packed, checks, sweep4, black_box(&mut out))
-            }),
+            Box::new(move || agg_replica(data, n, is_packed, checks, sweep4, black_box(&mut out))),
         ));
-        assert!(
-            out == shipped,
-            "{name} differs from the shipped aggregation"
-        );
     }
-    results.push((
+    agg.push((
         "agg_rep_fused",
-        median(reps, || agg_fused(&packed, n, black_box(&mut out))),
+        Box::new(move || agg_fused(packed, n, black_box(&mut out))),
     ));
-    let close = |a: &[f32], b: &[f32], what: &str| {
-        for (x, y) in a.iter().zip(b) {
-            assert!((x - y).abs() <= 1e-3 * y.abs() + 1e-9, "{what}: {x} vs {y}");
-        }
-    };
-    close(&out, &shipped, "agg_rep_fused");
     let mut tri = vec![0f32; m];
-    results.push((
+    agg.push((
         "agg_floor_rust",
-        median(reps, || agg_floor(&packed, m, black_box(&mut tri))),
+        Box::new(move || agg_floor(packed, m, black_box(&mut tri))),
     ));
-    drop((dense, packed, out, tri, buffer));
+    let mut results = round_robin(reps, agg);
 
     // Trace data: one N x N matrix.
     let mut a = Vec::with_capacity(n * n);
@@ -440,39 +461,15 @@ fn main() {
     let mut t = Trace::default();
     tracer.trace_into(&seq, &mut t).unwrap();
     let (h_ref, f_ref) = (tracer.last_reach().to_vec(), t.flow().to_vec());
-    results.push((
-        "trace_shipped",
-        median(reps, || tracer.trace_into(&seq, &mut t).unwrap()),
-    ));
-    results.push((
-        "trace_packed",
-        median(reps, || tracer.trace_into(&seqp, &mut t).unwrap()),
-    ));
-    let dense_row = |k: usize| &a[k * n..=k * n + k];
-    let packed_row = |k: usize| &ap[k * (k + 1) / 2..][..=k];
+    let (a, ap) = (&a, &ap);
+    let dense_row = move |k: usize| &a[k * n..=k * n + k];
+    let packed_row = move |k: usize| &ap[k * (k + 1) / 2..][..=k];
     let (mut h64, mut u64_, mut f64_) = (vec![0f64; n], vec![0f64; n], vec![0f64; n]);
-    results.push((
-        "trace_rep_f64",
-        median(reps, || {
-            reach_rep(dense_row, &answer, &mut h64);
-            flow_rep(dense_row, &question, &answer, &h64, &mut u64_, &mut f64_);
-        }),
-    ));
+    reach_rep(dense_row, &answer, &mut h64);
+    flow_rep(dense_row, &question, &answer, &h64, &mut u64_, &mut f64_);
     let (mut h32, mut u32_, mut f32_) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
-    results.push((
-        "trace_rep_f32",
-        median(reps, || {
-            reach_rep(dense_row, &answer, &mut h32);
-            flow_rep(dense_row, &question, &answer, &h32, &mut u32_, &mut f32_);
-        }),
-    ));
-    results.push((
-        "trace_rep_f32_packed",
-        median(reps, || {
-            reach_rep(packed_row, &answer, &mut h32);
-            flow_rep(packed_row, &question, &answer, &h32, &mut u32_, &mut f32_);
-        }),
-    ));
+    reach_rep(dense_row, &answer, &mut h32);
+    flow_rep(dense_row, &question, &answer, &h32, &mut u32_, &mut f32_);
     let widen = |x: &[f32]| x.iter().map(|&v| f64::from(v)).collect::<Vec<f64>>();
     for (what, got, want, tol) in [
         ("h f64", h64.clone(), h_ref.clone(), 1e-9),
@@ -488,13 +485,49 @@ fn main() {
             );
         }
     }
-    results.push((
-        "trace_floor_rust",
-        median(reps, || {
-            black_box(lane_sum(black_box(&ap)));
-            black_box(lane_sum(black_box(&ap)));
-        }),
-    ));
+    let (q, ans) = (&question, &answer);
+    let mut tracer_p = Tracer::default();
+    let mut tp = Trace::default();
+    let (mut h32p, mut u32p, mut f32p) = (h32.clone(), u32_.clone(), f32_.clone());
+    let trace: Vec<Contender<'_>> = vec![
+        (
+            "trace_shipped",
+            Box::new(|| tracer.trace_into(&seq, &mut t).unwrap()),
+        ),
+        (
+            "trace_packed",
+            Box::new(|| tracer_p.trace_into(&seqp, &mut tp).unwrap()),
+        ),
+        (
+            "trace_rep_f64",
+            Box::new(move || {
+                reach_rep(dense_row, ans, &mut h64);
+                flow_rep(dense_row, q, ans, &h64, &mut u64_, &mut f64_);
+            }),
+        ),
+        (
+            "trace_rep_f32",
+            Box::new(move || {
+                reach_rep(dense_row, ans, &mut h32);
+                flow_rep(dense_row, q, ans, &h32, &mut u32_, &mut f32_);
+            }),
+        ),
+        (
+            "trace_rep_f32_packed",
+            Box::new(move || {
+                reach_rep(packed_row, ans, &mut h32p);
+                flow_rep(packed_row, q, ans, &h32p, &mut u32p, &mut f32p);
+            }),
+        ),
+        (
+            "trace_floor_rust",
+            Box::new(move || {
+                black_box(lane_sum(black_box(ap)));
+                black_box(lane_sum(black_box(ap)));
+            }),
+        ),
+    ];
+    results.extend(round_robin(reps, trace));
     let body: Vec<String> = results
         .iter()
         .map(|(k, v)| format!("\"{k}\": {v}"))
