@@ -476,7 +476,7 @@ impl QkAccumulator {
         let scan = (q_heads * n_max * d)
             .div_ceil(units as usize)
             .clamp(1, 4096);
-        let t = to_u32(k::TILE);
+        let t = to_u32(k::UNITS);
         [
             Launch::new(Kernel::QkScan, (to_u32(scan), seqs, 3), (units, 1, 1)),
             Launch::new(Kernel::QkStats, (tiles, to_u32(q_heads), seqs), (t, t, 1)),

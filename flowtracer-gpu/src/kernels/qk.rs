@@ -2,17 +2,19 @@
 //! head mean of every layer's causal softmax is formed tile by tile and added into `Ā`; no
 //! per-head `N x N` buffer exists.
 //!
-//! Three kernels per layer, all on square tiles of [`TILE`] query rows by [`TILE`] keys
-//! (cubes of `TILE x TILE` units: unit `(x, y)` owns key `x` and query row `y` of its tile).
-//! `Q·Kᵀ` goes through shared memory: the feature dimension `d` is walked in chunks of
-//! `TILE`, each unit loading one element of the `Q` chunk and one of the `K` chunk, then
-//! summing `TILE` products from shared memory (no plane operations).
+//! Three kernels per layer, all on square tiles of [`TILE`] (64) query rows by `TILE` keys,
+//! one cube of `16 x 16` units per tile: unit `(x, y)` owns the `4 x 4` logits of rows
+//! `y + 16 i` and keys `x + 16 j`, in registers. `Q·Kᵀ` goes through shared memory: the
+//! feature dimension `d` is walked in chunks of 16, each unit loading 4 values of the `Q`
+//! chunk and 4 of the `K` chunk, then doing 16 multiply-adds per 8 shared reads (no plane
+//! operations).
 //!
 //! - `qk_scan`: the first non-finite value of `Q`, `K` and the log-sum-exp of every
 //!   sequence, flat order (head, row, column) of each tensor, as an `atomic min` of the flat
 //!   index (a grid-stride loop, so any size fits the launch limits).
-//! - `qk_stats`: one cube per (row tile, query head, sequence) walks the visible key tiles
-//!   and keeps each row's maximum `m` and `l = Σ exp(s − m)` (online rescaling), then
+//! - `qk_stats`: one cube per (row tile, query head, sequence) walks the visible key tiles;
+//!   each unit keeps, for each of its rows, the maximum `m` and `l = Σ exp(s − m)` over its
+//!   keys (online rescaling); the 16 partial states of a row are then combined, and it
 //!   writes the row's log-sum-exp `m + ln l` to a small `[H_q][N]` buffer. With a saved
 //!   log-sum-exp it writes that one instead and checks the row's mass `l · exp(m − lse)`
 //!   against the tolerance. A visible valid logit whose `q·k` is not finite marks the row
@@ -29,13 +31,20 @@ use cubecl::prelude::*;
 use crate::buffer::DeviceBuffer;
 use crate::plan::Launch;
 
-/// Side of a tile: query rows and keys per cube, and the chunk of `d` loaded at a time.
-pub(crate) const TILE: usize = 16;
-
-/// Row stride of the shared `K` tile: `TILE + 1`, so the 16 keys a half-warp reads at one
-/// feature fall in 16 different banks (with `TILE` they would share 2: an 8-way conflict).
+/// Units per cube side: cubes are `UNITS x UNITS` units.
+pub(crate) const UNITS: usize = 16;
+/// Rows (and keys) per unit: each unit computes a `REG x REG` block of logits in registers.
+const REG: usize = 4;
+/// Side of a tile: query rows and keys per cube (`UNITS · REG`).
+pub(crate) const TILE: usize = UNITS * REG;
+/// Features loaded into shared memory at a time.
+const CHUNK: usize = 16;
+/// Row stride of the shared `K` tile: `CHUNK + 1`, so the 16 keys a half-warp reads at one
+/// feature fall in 16 different banks (with `CHUNK` they would share 2: an 8-way conflict).
 /// The `Q` tile needs no padding: a half-warp reads one address (a broadcast).
-const KS_STRIDE: usize = TILE + 1;
+const KS_STRIDE: usize = CHUNK + 1;
+// `tile_dot` has unit `x` load feature `x` of a chunk.
+const _: () = assert!(CHUNK == UNITS);
 
 /// `u32` words per sequence record.
 pub(crate) const WORDS: usize = 14;
@@ -110,8 +119,11 @@ fn not_finite(x: f32) -> bool {
     (u32::reinterpret(x) & 0x7fff_ffffu32) >= 0x7f80_0000u32
 }
 
-/// `Σ_j Q[h][row0 + y][j] · K[g][key0 + x][j]` for this unit `(x, y)`, through shared memory
-/// in chunks of `TILE` features. Every unit of the cube must call it (it synchronises).
+/// The logits of this unit `(x, y)`: `acc[i · REG + j] = Σ_f Q[h][row0 + y + UNITS i][f] ·
+/// K[g][key0 + x + UNITS j][f]` for `i, j < REG`, through shared memory in chunks of `CHUNK`
+/// features (each unit loads `REG` values of each tile per chunk, coalesced along the
+/// features). Per chunk and feature a unit reads `2 REG` shared words for `REG²`
+/// multiply-adds. Every unit of the cube must call it (it synchronises).
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn tile_dot(
@@ -127,33 +139,54 @@ fn tile_dot(
     d: usize,
     qs: &mut Shared<[f32]>,
     ks: &mut Shared<[f32]>,
-) -> f32 {
+    acc: &mut Array<f32>,
+) {
     let x = UNIT_POS_X as usize;
     let y = UNIT_POS_Y as usize;
-    let mut acc = 0.0f32;
+    #[unroll]
+    for i in 0..REG * REG {
+        acc[i] = 0.0f32;
+    }
+    let mut a = Array::<f32>::new(REG);
+    let mut b = Array::<f32>::new(REG);
     let mut j0 = 0usize;
     while j0 < d {
-        // Unit (x, y) loads feature j0 + x of query row row0 + y and of key key0 + y.
-        let mut qv = 0.0f32;
-        let mut kv = 0.0f32;
-        if j0 + x < d {
-            if row0 + y < n {
-                qv = q[q_base + (row0 + y) * q_row + j0 + x];
+        // Unit (x, y) loads feature j0 + x of tile rows (and keys) y + UNITS m.
+        #[unroll]
+        for m in 0..REG {
+            let r = y + UNITS * m;
+            let mut qv = 0.0f32;
+            let mut kv = 0.0f32;
+            if j0 + x < d {
+                if row0 + r < n {
+                    qv = q[q_base + (row0 + r) * q_row + j0 + x];
+                }
+                if key0 + r < n {
+                    kv = k[k_base + (key0 + r) * k_row + j0 + x];
+                }
             }
-            if key0 + y < n {
-                kv = k[k_base + (key0 + y) * k_row + j0 + x];
+            qs[r * CHUNK + x] = qv;
+            ks[r * KS_STRIDE + x] = kv;
+        }
+        sync_cube();
+        #[unroll]
+        for f in 0..CHUNK {
+            #[unroll]
+            for i in 0..REG {
+                a[i] = qs[(y + UNITS * i) * CHUNK + f];
+                b[i] = ks[(x + UNITS * i) * KS_STRIDE + f];
+            }
+            #[unroll]
+            for i in 0..REG {
+                #[unroll]
+                for j in 0..REG {
+                    acc[i * REG + j] += a[i] * b[j];
+                }
             }
         }
-        qs[y * TILE + x] = qv;
-        ks[y * KS_STRIDE + x] = kv;
         sync_cube();
-        for jj in 0..TILE {
-            acc += qs[y * TILE + jj] * ks[x * KS_STRIDE + jj];
-        }
-        sync_cube();
-        j0 += TILE;
+        j0 += CHUNK;
     }
-    acc
 }
 
 /// Whether key `key` is visible from query `row` and valid.
@@ -275,7 +308,6 @@ fn qk_stats_kernel(
     }
     let x = UNIT_POS_X as usize;
     let y = UNIT_POS_Y as usize;
-    let row = row0 + y;
     let g = h / group as usize;
     let q_base = metadata[base + Q_OFFSET] as usize + h * metadata[base + Q_HEAD] as usize;
     let k_base = metadata[base + K_OFFSET] as usize + g * metadata[base + K_HEAD] as usize;
@@ -289,81 +321,122 @@ fn qk_stats_kernel(
     if windowed && row0 + 1 > window as usize {
         first_key = row0 + 1 - window as usize;
     }
-    let mut qs = Shared::<[f32]>::new_slice(TILE * TILE);
+    let mut qs = Shared::<[f32]>::new_slice(TILE * CHUNK);
     let mut ks = Shared::<[f32]>::new_slice(TILE * KS_STRIDE);
-    let mut ss = Shared::<[f32]>::new_slice(TILE * TILE);
-    // 0: not visible or padding, 1: a finite logit, 2: q·k not finite.
-    let mut flags = Shared::<[u32]>::new_slice(TILE * TILE);
-    let mut m = 0.0f32;
-    let mut l = 0.0f32;
-    let mut seen = false;
-    let mut overflow = false;
+    let mut acc = Array::<f32>::new(REG * REG);
+    // Per row i of this unit (rows row0 + y + UNITS i), over its keys (x + UNITS j of every
+    // tile): the running maximum, the sum of exp(s - max), whether a visible valid key was
+    // seen (1) and whether a q·k overflowed (1).
+    let mut m = Array::<f32>::new(REG);
+    let mut l = Array::<f32>::new(REG);
+    let mut seen = Array::<u32>::new(REG);
+    let mut overflow = Array::<u32>::new(REG);
+    #[unroll]
+    for i in 0..REG {
+        m[i] = 0.0f32;
+        l[i] = 0.0f32;
+        seen[i] = 0u32;
+        overflow[i] = 0u32;
+    }
     let mut kt = first_key / TILE;
     while kt * TILE < last {
         let key0 = kt * TILE;
-        let dot = tile_dot(
+        tile_dot(
             q, k, q_base, q_row, k_base, k_row, n, row0, key0, d as usize, &mut qs, &mut ks,
+            &mut acc,
         );
-        let key = key0 + x;
-        let mut flag = 0u32;
-        let mut s = 0.0f32;
-        if visible(mask, metadata, base, n, row, key, window, windowed) {
-            if not_finite(dot) {
-                flag = 2u32;
-            } else {
-                flag = 1u32;
-                s = logit(dot, scale, cap, capped);
-            }
-        }
-        ss[y * TILE + x] = s;
-        flags[y * TILE + x] = flag;
-        sync_cube();
-        if x == 0 && row < n {
-            for c in 0..TILE {
-                let f = flags[y * TILE + c];
-                if f == 2u32 {
-                    overflow = true;
-                } else if f == 1u32 {
-                    let v = ss[y * TILE + c];
-                    if !seen {
-                        m = v;
-                        l = 1.0f32;
-                        seen = true;
-                    } else if v > m {
-                        l = l * exp_clamped(m - v) + 1.0f32;
-                        m = v;
+        #[unroll]
+        for i in 0..REG {
+            let row = row0 + y + UNITS * i;
+            #[unroll]
+            for j in 0..REG {
+                let key = key0 + x + UNITS * j;
+                if visible(mask, metadata, base, n, row, key, window, windowed) {
+                    let dot = acc[i * REG + j];
+                    if not_finite(dot) {
+                        overflow[i] = 1u32;
                     } else {
-                        l += exp_clamped(v - m);
+                        let v = logit(dot, scale, cap, capped);
+                        if seen[i] == 0u32 {
+                            m[i] = v;
+                            l[i] = 1.0f32;
+                            seen[i] = 1u32;
+                        } else if v > m[i] {
+                            l[i] = l[i] * exp_clamped(m[i] - v) + 1.0f32;
+                            m[i] = v;
+                        } else {
+                            l[i] += exp_clamped(v - m[i]);
+                        }
                     }
                 }
             }
         }
-        sync_cube();
         kt += 1;
     }
-    if x == 0 && row < n {
-        let at = h * n + row;
-        let idx = metadata[base + ROWS_OFFSET] as usize + at;
-        let mut out = 0.0f32;
-        if overflow {
-            status[seq * SLOTS + SLOT_OVERFLOW].fetch_min(at as u32);
-        } else if seen {
-            if with_lse {
-                let given = lse[metadata[base + L_OFFSET] as usize
-                    + h * metadata[base + L_HEAD] as usize
-                    + row];
-                let mass = l * exp_clamped(m - given);
-                masses[idx] = mass;
-                let err = mass - 1.0f32;
-                if !(err <= tolerance && -err <= tolerance) {
-                    status[seq * SLOTS + SLOT_MASS].fetch_min(at as u32);
+    // Combine the UNITS partial states of each row (one per x) in shared memory.
+    let mut pm = Shared::<[f32]>::new_slice(TILE * UNITS);
+    let mut pl = Shared::<[f32]>::new_slice(TILE * UNITS);
+    let mut pf = Shared::<[u32]>::new_slice(TILE * UNITS);
+    #[unroll]
+    for i in 0..REG {
+        let r = y + UNITS * i;
+        pm[r * UNITS + x] = m[i];
+        pl[r * UNITS + x] = l[i];
+        pf[r * UNITS + x] = seen[i] + 2u32 * overflow[i];
+    }
+    sync_cube();
+    if x < REG {
+        // Unit (x, y), x < REG, finishes tile row y + UNITS x.
+        let r = y + UNITS * x;
+        let row = row0 + r;
+        if row < n {
+            let mut mm = 0.0f32;
+            let mut ll = 0.0f32;
+            let mut any = false;
+            let mut over = false;
+            for c in 0..UNITS {
+                let f = pf[r * UNITS + c];
+                if f >= 2u32 {
+                    over = true;
                 }
-                out = given;
-            } else {
-                out = m + l.ln();
+                if (f & 1u32) == 1u32 {
+                    let pmv = pm[r * UNITS + c];
+                    let plv = pl[r * UNITS + c];
+                    if !any {
+                        mm = pmv;
+                        ll = plv;
+                        any = true;
+                    } else if pmv > mm {
+                        ll = ll * exp_clamped(mm - pmv) + plv;
+                        mm = pmv;
+                    } else {
+                        ll += plv * exp_clamped(pmv - mm);
+                    }
+                }
             }
+            let at = h * n + row;
+            let idx = metadata[base + ROWS_OFFSET] as usize + at;
+            let mut out = 0.0f32;
+            if over {
+                status[seq * SLOTS + SLOT_OVERFLOW].fetch_min(at as u32);
+            } else if any {
+                if with_lse {
+                    let given = lse[metadata[base + L_OFFSET] as usize
+                        + h * metadata[base + L_HEAD] as usize
+                        + row];
+                    let mass = ll * exp_clamped(mm - given);
+                    masses[idx] = mass;
+                    let err = mass - 1.0f32;
+                    if !(err <= tolerance && -err <= tolerance) {
+                        status[seq * SLOTS + SLOT_MASS].fetch_min(at as u32);
+                    }
+                    out = given;
+                } else {
+                    out = mm + ll.ln();
+                }
+            }
+            rows[idx] = out;
         }
-        rows[idx] = out;
     }
 }
 
@@ -400,8 +473,6 @@ fn qk_mean_kernel(
     }
     let x = UNIT_POS_X as usize;
     let y = UNIT_POS_Y as usize;
-    let row = row0 + y;
-    let key = key0 + x;
     let mut last = row0 + TILE;
     if last > n {
         last = n;
@@ -411,33 +482,58 @@ fn qk_mean_kernel(
     if windowed && tile_visible {
         tile_visible = key0 + TILE + window as usize > row0 + 1;
     }
-    let seen = visible(mask, metadata, base, n, row, key, window, windowed);
     let q_row = metadata[base + Q_ROW] as usize;
     let k_row = metadata[base + K_ROW] as usize;
     let rows_base = metadata[base + ROWS_OFFSET] as usize;
-    let mut qs = Shared::<[f32]>::new_slice(TILE * TILE);
+    let mut qs = Shared::<[f32]>::new_slice(TILE * CHUNK);
     let mut ks = Shared::<[f32]>::new_slice(TILE * KS_STRIDE);
-    let mut acc = 0.0f32;
+    let mut acc = Array::<f32>::new(REG * REG);
+    let mut sum = Array::<f32>::new(REG * REG);
+    #[unroll]
+    for i in 0..REG * REG {
+        sum[i] = 0.0f32;
+    }
     if tile_visible {
         for h in 0..q_heads as usize {
             let g = h / group as usize;
             let q_base = metadata[base + Q_OFFSET] as usize + h * metadata[base + Q_HEAD] as usize;
             let k_base = metadata[base + K_OFFSET] as usize + g * metadata[base + K_HEAD] as usize;
-            let dot = tile_dot(
+            tile_dot(
                 q, k, q_base, q_row, k_base, k_row, n, row0, key0, d as usize, &mut qs, &mut ks,
+                &mut acc,
             );
-            if seen {
-                let s = logit(dot, scale, cap, capped);
-                acc += exp_clamped(s - rows[rows_base + h * n + row]);
+            #[unroll]
+            for i in 0..REG {
+                let row = row0 + y + UNITS * i;
+                if row < n {
+                    let z = rows[rows_base + h * n + row];
+                    #[unroll]
+                    for j in 0..REG {
+                        let key = key0 + x + UNITS * j;
+                        if visible(mask, metadata, base, n, row, key, window, windowed) {
+                            let s = logit(acc[i * REG + j], scale, cap, capped);
+                            sum[i * REG + j] += exp_clamped(s - z);
+                        }
+                    }
+                }
             }
         }
     }
-    if row < n && key < n {
-        let dst = metadata[base + OUT_OFFSET] as usize + row * n + key;
-        if first == 0u32 {
-            acc += out[dst];
+    #[unroll]
+    for i in 0..REG {
+        let row = row0 + y + UNITS * i;
+        #[unroll]
+        for j in 0..REG {
+            let key = key0 + x + UNITS * j;
+            if row < n && key < n {
+                let dst = metadata[base + OUT_OFFSET] as usize + row * n + key;
+                let mut v = sum[i * REG + j];
+                if first == 0u32 {
+                    v += out[dst];
+                }
+                out[dst] = v;
+            }
         }
-        out[dst] = acc;
     }
 }
 

@@ -310,8 +310,20 @@ fn gqa_mqa_and_mha_equal_the_oracle() {
 #[test]
 fn odd_n_n_off_the_tile_and_d_off_the_chunk() {
     let Some(client) = device() else { return };
-    // TILE = 16: 1, 15, 16, 17, 33, 47 rows; d across one, two and three feature chunks.
-    for (n, d) in [(1, 3), (15, 16), (16, 17), (17, 5), (33, 40), (47, 20)] {
+    // Tiles of 64 rows and keys, features in chunks of 16: N from 1 to 200 (up to four tiles,
+    // the last partial), d across one to three chunks.
+    for (n, d) in [
+        (1, 3),
+        (15, 16),
+        (16, 17),
+        (17, 5),
+        (33, 40),
+        (47, 20),
+        (64, 4),
+        (65, 9),
+        (130, 24),
+        (200, 6),
+    ] {
         check(&client, &Case::new(4, 2, n, d));
     }
 }
@@ -354,6 +366,13 @@ fn padding_window_softcap_and_scale() {
         cases.push(Case {
             window: Some(w),
             ..Case::new(4, 2, 37, 9)
+        });
+    }
+    // Windows across 64-key tiles: whole tiles skipped left of the band.
+    for w in [3, 63, 64, 65, 100] {
+        cases.push(Case {
+            window: Some(w),
+            ..Case::new(2, 1, 190, 5)
         });
     }
     cases.push(Case {
