@@ -1,7 +1,7 @@
 """docs/python.md's snippets that need only numpy and flowtracer run, and do what they say.
 
-(.ci/check_links.py compiles every snippet of the docs; the one that needs torch is only
-compiled there.)
+(.ci/check_links.py compiles every snippet of the docs; those that need torch, trl or verl
+are run by test_docs_torch.py, except the verl recipe, which is only compiled.)
 """
 
 import contextlib
@@ -17,7 +17,7 @@ def snippets():
     runnable = []
     for c in code:
         imports = set(re.findall(r"^(?:import|from) (\w+)", c, flags=re.M))
-        if imports <= {"numpy", "flowtracer"}:
+        if imports <= {"numpy", "flowtracer"} and "flowtracer.trl" not in c:  # .trl needs torch
             runnable.append(c)
     return runnable
 
