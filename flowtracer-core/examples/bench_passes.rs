@@ -15,12 +15,14 @@
 //! - `agg_shipped`: `aggregate` on dense input (one thread); `agg_packed`: packed input;
 //!   `agg_reused`: `LayerAccumulator::with_buffer` on the previous `Ā`'s allocation (no
 //!   fresh pages to fault in).
-//! - Replicas of the shipped loop into a reused buffer, each changing one thing:
-//!   `agg_rep_previous` (the loop before this change: one head at a time, with its sum and
-//!   minimum), `agg_rep_checks` (the shipped four-head sweep with the minimum and the
-//!   finiteness of the sum row), `agg_rep_nochecks` (add only), `agg_rep_nochecks_packed`
-//!   (packed input), `agg_rep_fused` (packed, no checks, every layer and head per row with
-//!   the scale folded in, so `Ā` is written once).
+//! - Replicas of the row loops into a reused buffer (see `Loop`), each changing one thing:
+//!   `agg_rep_previous` (the loop before issue 15: one head at a time, with its sum and
+//!   minimum), `agg_rep_dense` (the shipped dense loop: one head at a time, the minimum
+//!   per entry, the sum row's finiteness once), `agg_rep_dense_sweep4` (four heads per
+//!   sweep on dense input), `agg_rep_dense_nochecks`, `agg_rep_packed` (the shipped packed
+//!   loop: four heads per sweep), `agg_rep_packed_nochecks`, `agg_rep_fused` (packed, no
+//!   checks, every layer and head per row with the scale folded in, so `Ā` is written
+//!   once).
 //! - `agg_floor_rust`: one read of the eight packed triangles plus one write of a packed
 //!   triangle (the floor the numpy script also measures).
 //! - `trace_shipped` (dense `Ā`), `trace_packed`; replicas of the two passes with the
@@ -141,10 +143,46 @@ fn add4(rows: [&[f32]; 4], acc: &mut [f32], checks: bool) -> f32 {
     m.iter().fold(0f32, |a, &b| a.min(b))
 }
 
-/// Replica of the per-layer aggregation into `out` (dense `N x N`), one cause switched:
-/// `sweep4` (the shipped four-head sweep, else the previous loop: one head at a time with
-/// its sum and minimum), `checks`, `packed` input.
-fn agg_replica(data: &[f32], n: usize, packed: bool, checks: bool, sweep4: bool, out: &mut [f32]) {
+/// `acc += row` and the minimum of `row` (the shipped dense loop, `kernels::add_min`).
+#[inline]
+fn add_min(row: &[f32], acc: &mut [f32]) -> f32 {
+    let mut m = [0f32; LANES];
+    let len = acc.len();
+    let (ac, ar) = acc.as_chunks_mut::<LANES>();
+    let (c, t) = row[..len].as_chunks::<LANES>();
+    for (a, x) in ac.iter_mut().zip(c) {
+        for j in 0..LANES {
+            a[j] += x[j];
+            if x[j] < m[j] {
+                m[j] = x[j];
+            }
+        }
+    }
+    for (a, &x) in ar.iter_mut().zip(t) {
+        *a += x;
+        m[0] = m[0].min(x);
+    }
+    m.iter().fold(0f32, |a, &b| a.min(b))
+}
+
+/// The row loops the aggregation replicas compare.
+#[derive(Clone, Copy)]
+enum Loop {
+    /// One head at a time with its sum and minimum (the loop before issue 15).
+    Previous,
+    /// One head at a time with its minimum, the sum row's finiteness once (shipped, dense).
+    PerHead,
+    /// Four heads per sweep with their minimum, the sum row's finiteness once (shipped,
+    /// packed).
+    Sweep4,
+    /// One head at a time, no checks.
+    PerHeadPlain,
+    /// Four heads per sweep, no checks.
+    Sweep4Plain,
+}
+
+/// Replica of the per-layer aggregation into `out` (dense `N x N`) with row loop `how`.
+fn agg_replica(data: &[f32], n: usize, packed: bool, how: Loop, out: &mut [f32]) {
     let m = if packed { n * (n + 1) / 2 } else { n * n };
     out.fill(0.0);
     let mut bad = false;
@@ -153,19 +191,29 @@ fn agg_replica(data: &[f32], n: usize, packed: bool, checks: bool, sweep4: bool,
             let off = if packed { k * (k + 1) / 2 } else { k * n };
             let acc = &mut out[k * n..=k * n + k];
             let row = |head: usize| &data[(layer * HEADS + head) * m + off..][..=k];
-            if sweep4 {
-                let min = add4(core::array::from_fn(row), acc, checks);
-                if checks {
+            match how {
+                Loop::Previous => {
+                    for head in 0..HEADS {
+                        let (s, min) = add_summary(row(head), acc);
+                        bad |= !s.is_finite() || min < 0.0;
+                    }
+                }
+                Loop::PerHead => {
+                    let mut min = 0f32;
+                    for head in 0..HEADS {
+                        min = min.min(add_min(row(head), acc));
+                    }
                     bad |= min < 0.0 || !acc.iter().all(|x| x.is_finite());
                 }
-                continue;
-            }
-            for head in 0..HEADS {
-                if checks {
-                    let (s, min) = add_summary(row(head), acc);
-                    bad |= !s.is_finite() || min < 0.0;
-                } else {
-                    add(row(head), acc);
+                Loop::Sweep4 | Loop::Sweep4Plain => {
+                    let checks = matches!(how, Loop::Sweep4);
+                    let min = add4(core::array::from_fn(row), acc, checks);
+                    bad |= checks && (min < 0.0 || !acc.iter().all(|x| x.is_finite()));
+                }
+                Loop::PerHeadPlain => {
+                    for head in 0..HEADS {
+                        add(row(head), acc);
+                    }
                 }
             }
         }
@@ -381,14 +429,16 @@ fn main() {
     // Every replica computes what the shipped code does (checked once, before timing).
     let mut out = vec![0f32; n * n];
     let replicas = [
-        ("agg_rep_previous", false, true, false),
-        ("agg_rep_checks", false, true, true),
-        ("agg_rep_nochecks", false, false, true),
-        ("agg_rep_nochecks_packed", true, false, true),
+        ("agg_rep_previous", false, Loop::Previous),
+        ("agg_rep_dense", false, Loop::PerHead),
+        ("agg_rep_dense_sweep4", false, Loop::Sweep4),
+        ("agg_rep_dense_nochecks", false, Loop::PerHeadPlain),
+        ("agg_rep_packed", true, Loop::Sweep4),
+        ("agg_rep_packed_nochecks", true, Loop::Sweep4Plain),
     ];
-    for (name, is_packed, checks, sweep4) in replicas {
+    for (name, is_packed, how) in replicas {
         let data = if is_packed { &packed } else { &dense };
-        agg_replica(data, n, is_packed, checks, sweep4, &mut out);
+        agg_replica(data, n, is_packed, how, &mut out);
         assert!(
             out == shipped,
             "{name} differs from the shipped aggregation"
@@ -430,12 +480,12 @@ fn main() {
             buffer = Some(black_box(acc.finish().unwrap()));
         }),
     ));
-    for (name, is_packed, checks, sweep4) in replicas {
+    for (name, is_packed, how) in replicas {
         let data = if is_packed { packed } else { dense };
         let mut out = vec![0f32; n * n];
         agg.push((
             name,
-            Box::new(move || agg_replica(data, n, is_packed, checks, sweep4, black_box(&mut out))),
+            Box::new(move || agg_replica(data, n, is_packed, how, black_box(&mut out))),
         ));
     }
     agg.push((

@@ -341,20 +341,25 @@ impl<F: FlowFloat> LayerAccumulator<F> {
         }
         let (n, heads, layout) = (self.n, self.heads, self.layout);
         let mut found = Defects::default();
-        // Row by row, four heads per sweep: row `k` of the sum is loaded and stored once per
-        // four heads and stays in cache for all of them, so the sum is streamed once per
-        // layer. Only the minimum is kept per entry; a non-finite entry makes the row of the
-        // sum non-finite, checked once per row. Either sends the row's heads to `scan`.
+        // Row by row across the heads: row `k` of the sum stays in cache while every head
+        // adds into it, so the sum is streamed once per layer. Packed input goes four heads
+        // per sweep (one load and store of the sum row per four heads); dense input one head
+        // at a time, because four head rows `N²` values apart, each starting a new page
+        // every row, measured slower at N = 8192 (docs/perf/passes-table.md). Only the
+        // minimum is kept per entry; a non-finite entry makes the row of the sum
+        // non-finite, checked once per row. Either sends the row's heads to `scan`.
         for (k, acc) in self.sum.chunks_mut(n).enumerate() {
             let off = layout.row_offset(n, k);
             let acc = &mut acc[..=k];
             let row = |head: usize| &data[head * m + off..=head * m + off + k];
             let mut min = F::zero();
             let mut head = 0;
-            while head + 4 <= heads {
-                let rows = core::array::from_fn(|g| row(head + g));
-                min = min.min(add4_min(rows, acc));
-                head += 4;
+            if layout == Layout::Packed {
+                while head + 4 <= heads {
+                    let rows = core::array::from_fn(|g| row(head + g));
+                    min = min.min(add4_min(rows, acc));
+                    head += 4;
+                }
             }
             for h in head..heads {
                 min = min.min(add_min(row(h), acc));

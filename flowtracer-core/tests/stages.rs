@@ -52,7 +52,7 @@ fn layer_accumulator_equals_aggregate() {
     ));
 }
 
-/// Six heads (one sweep of four, then two alone) over rows longer than the kernels' lanes:
+/// Six heads (packed: one sweep of four, then two alone) over rows longer than the lanes:
 /// the first defect is the lowest `(head, row, col)` of the layer added first, whichever
 /// sweep saw it, and the mean equals the naive one within f32 rounding (1e-6 relative).
 #[test]
@@ -95,28 +95,41 @@ fn layer_accumulator_defects_across_head_sweeps() {
     bad[at(0, 10, 11)] = 7.0; // above the diagonal: not data
     let mut later = layer.clone();
     later[at(0, 0, 0)] = f32::NAN; // a lower position, but in a layer added later
-    let mut acc = LayerAccumulator::new(heads, n, Layout::Dense).unwrap();
-    acc.add_layer(4, &bad).unwrap();
-    acc.add_layer(2, &later).unwrap();
-    assert_eq!(
-        acc.finish(),
-        Err(Error::NonFinite {
-            position: pos(4, 4, 66, 5)
-        })
-    );
+    // Dense input goes a head at a time, packed input four heads per sweep: both report
+    // the same first defect.
+    let packed = |x: &[f32]| -> Vec<f32> { x.chunks(m).flat_map(|h| pack(h, n)).collect() };
+    for layout in [Layout::Dense, Layout::Packed] {
+        let (b, l) = match layout {
+            Layout::Dense => (bad.clone(), later.clone()),
+            _ => (packed(&bad), packed(&later)),
+        };
+        let mut acc = LayerAccumulator::new(heads, n, layout).unwrap();
+        acc.add_layer(4, &b).unwrap();
+        acc.add_layer(2, &l).unwrap();
+        assert_eq!(
+            acc.finish(),
+            Err(Error::NonFinite {
+                position: pos(4, 4, 66, 5)
+            }),
+            "{layout:?}"
+        );
+    }
     bad[at(4, 66, 5)] = 0.5;
     bad[at(5, n - 1, 3)] = 0.5;
     bad[at(2, 3, 1)] = -2.0; // a lower row, but a later head than the other negative
     bad[at(5, 2, 0)] = -3.0; // a head added alone, later still
-    let mut acc = LayerAccumulator::new(heads, n, Layout::Dense).unwrap();
-    acc.add_layer(4, &bad).unwrap();
-    assert_eq!(
-        acc.finish(),
-        Err(Error::Negative {
-            position: pos(4, 1, 65, 0),
-            value: -1.0
-        })
-    );
+    for (layout, b) in [(Layout::Dense, bad.clone()), (Layout::Packed, packed(&bad))] {
+        let mut acc = LayerAccumulator::new(heads, n, layout).unwrap();
+        acc.add_layer(4, &b).unwrap();
+        assert_eq!(
+            acc.finish(),
+            Err(Error::Negative {
+                position: pos(4, 1, 65, 0),
+                value: -1.0
+            }),
+            "{layout:?}"
+        );
+    }
 }
 
 #[test]
