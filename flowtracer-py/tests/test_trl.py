@@ -46,13 +46,13 @@ class Recording(FlowTracerGRPOTrainer):
         return torch.ones_like(mask)
 
 
-def make_trainer(tmp_path, **args):
+def make_trainer(tmp_path, per_device=8, **args):
     tok = char_tokenizer()
     model = tiny_llama(tok)
     data = Dataset.from_dict({"prompt": ["12+34=", "7*8=", "(5-2)*3=", "9+9="] * 2})
     config = GRPOConfig(
         output_dir=str(tmp_path),
-        per_device_train_batch_size=8,
+        per_device_train_batch_size=per_device,
         num_generations=GENERATIONS,
         max_completion_length=COMPLETION,
         max_steps=2,
@@ -91,14 +91,24 @@ def eager_attention(trainer, last, state):
     return a, mask.numpy()
 
 
-@pytest.mark.parametrize("site", ["loss_forward", "old_logps_forward"])
+SITES = {
+    # capture site: (trainer arguments, scorings in 2 steps, rows per loss call, forward chunks)
+    "loss_forward": ({}, 2, 8, 1),
+    "old_logps_forward": ({"num_iterations": 2}, 1, 8, 1),
+    # a generation of 8 whose old log-probs TRL computes in two forward chunks of 4
+    "old_logps_chunked": ({"per_device": 4, "steps_per_generation": 2}, 1, 4, 2),
+}
+
+
+@pytest.mark.parametrize("site", sorted(SITES))
 def test_grpo_trainer_two_steps(tmp_path, site):
-    extra = {"num_iterations": 2} if site == "old_logps_forward" else {}
+    extra, scorings, loss_rows, chunks = SITES[site]
     trainer = make_trainer(tmp_path, **extra)
     scored = []
     original = trainer._flow_score
 
     def keep(batch, spans, capture, started):
+        assert len(capture._chunks) == chunks  # one accumulator per forward call
         shaped = original(batch, spans, capture, started)
         weights = {k: v.clone() for k, v in trainer.accelerator.unwrap_model(trainer.model).state_dict().items()}
         scored.append((dict(batch), spans, dict(trainer._flow_last, state=weights), shaped))
@@ -107,9 +117,8 @@ def test_grpo_trainer_two_steps(tmp_path, site):
     trainer._flow_score = keep
     trainer.train()
 
-    # Scored once per generation: two generations in both set-ups (2 steps; 2 iterations
-    # reuse one generation for 2 steps).
-    assert len(scored) == (1 if site == "old_logps_forward" else 2)
+    # Scored once per generation (2 iterations, or 2 steps per generation, reuse one).
+    assert len(scored) == scorings
     b, t = 8, None
     for batch, spans, last, shaped in scored:
         t = batch["completion_ids"].shape[1]
@@ -122,7 +131,7 @@ def test_grpo_trainer_two_steps(tmp_path, site):
         assert np.allclose(shaped.numpy(), adv[:, None] * w, rtol=0, atol=1e-6)
         assert sum(a is None for a in spans["answer"]) < b
     # the loss saw (B, T) advantages
-    assert Recording.seen_advantages and all(len(s) == 2 and s[0] == b for s in Recording.seen_advantages)
+    assert Recording.seen_advantages and all(len(s) == 2 and s[0] == loss_rows for s in Recording.seen_advantages)
     logs = [h for h in trainer.state.log_history if "flow/no_answer_frac" in h]
     assert logs
     for h in logs:
