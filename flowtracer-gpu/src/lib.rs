@@ -1,6 +1,7 @@
-//! FlowTracer on the device: the reach, flow and throughput passes, layer aggregation, the
-//! data checks and token shaping as portable [cubecl] kernels, so the attention never has
-//! to leave the GPU.
+//! FlowTracer on the device: the reach, flow and throughput passes, layer aggregation, `Ā`
+//! from post-RoPE queries and keys ([`qk`], [method §15](docs/method.md#s15)), the data
+//! checks and token shaping as portable [cubecl] kernels, so the attention never has to
+//! leave the GPU (and, from queries and keys, is never formed per head).
 //!
 //! Runtimes are features; none is on by default. Only `wgpu` is built and tested, through
 //! Mesa's lavapipe, a CPU Vulkan driver (correctness, not speed). `cuda` and `hip` are wired

@@ -667,7 +667,7 @@ impl QkAccumulator {
 
 /// `Ā` of one sequence averaged over `layers` and every query head, with `spans` checked:
 /// the GPU twin of `flowtracer_core::qk::sequence_from_qk` (returns the dense `n x n`
-/// device buffer, ready for [`crate::trace`]).
+/// device buffer, ready for [`crate::trace()`]).
 ///
 /// Each layer's buffers hold exactly one sequence, head-major: `Q [H_q][N][d]`,
 /// `K [H_kv][N][d]`, log-sum-exp `[H_q][N]`.

@@ -26,13 +26,16 @@ impl Tolerance {
     }
 }
 
-/// How far this crate's f32 reach, flow, throughput and aggregated `Ā` may lie from
-/// `flowtracer_core`'s f64 results on the same (f32) inputs, for sequences of up to a few
-/// hundred tokens: `|x - reference| <= 1e-5 + 1e-4 * |reference|`.
+/// How far this crate's f32 reach, flow, throughput and aggregated `Ā` (from attention
+/// probabilities, or from queries and keys by [`crate::qk`]) may lie from `flowtracer_core`'s
+/// f64 results on the same (f32) inputs, for sequences of up to a few hundred tokens:
+/// `|x - reference| <= 1e-5 + 1e-4 * |reference|`. For `Ā` from queries and keys the
+/// reference is the core's naive oracle `reference::attention_from_qk_capped` (tested with
+/// `|q|, |k| <= 2`, `d <= 128`).
 ///
 /// Stated once: the device tests (`tests/gpu`) and the cross-crate conformance suite
-/// (`tests/tests/gpu.rs`, which also holds the core's own f32 path to it) check against
-/// this value.
+/// (`tests/tests/gpu.rs` and its `gpu/qk*.rs` modules, which also hold the core's own f32
+/// path to it) check against this value.
 pub const TOLERANCE: Tolerance = Tolerance {
     abs: 1e-5,
     rel: 1e-4,

@@ -57,7 +57,7 @@ pub struct Trainer {
     /// Layers whose attention is captured ([method §2](docs/method.md#s2) middle band).
     pub capture: Vec<usize>,
     /// Score on the device through flowtracer-gpu's Q/K kernels when the device is wgpu and
-    /// the method scores by throughput ([`crate::gpu_credit`], feature `wgpu`; default
+    /// the method scores by throughput (`gpu_credit`, feature `wgpu`; default
     /// `true`); `false` reads the head-mean attention back and scores on the CPU.
     pub device_scoring: bool,
     /// Inference device.
