@@ -68,6 +68,11 @@ def make_trainer(tmp_path, per_device=8, **args):
         **args,
     )
     Recording.seen_advantages = []
+    if config.beta:
+        # TRL loads a reference model by name: give both as a saved checkpoint (this also
+        # runs the trainer's by-name path, which asks for flowtracer_sdpa itself).
+        model.save_pretrained(tmp_path / "model")
+        model = str(tmp_path / "model")
     return Recording(
         model,
         reward_funcs=reward_by_rank,
@@ -95,6 +100,8 @@ SITES = {
     # capture site: (trainer arguments, scorings in 2 steps, rows per loss call, forward chunks)
     "loss_forward": ({}, 2, 8, 1),
     "old_logps_forward": ({"num_iterations": 2}, 1, 8, 1),
+    # with a reference model (beta > 0): its forward is never captured
+    "loss_forward_with_reference": ({"beta": 0.1}, 2, 8, 1),
     # a generation of 8 whose old log-probs TRL computes in two forward chunks of 4
     "old_logps_chunked": ({"per_device": 4, "steps_per_generation": 2}, 1, 4, 2),
 }

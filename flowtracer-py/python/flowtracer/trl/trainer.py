@@ -102,7 +102,7 @@ class FlowTracerGRPOTrainer(GRPOTrainer):
 
     # -- where the forward passes are ---------------------------------------------------
     def _get_per_token_logps_and_entropies(self, model, *args: Any, **kwargs: Any):
-        if not (self._flow_armed and self._flow_capture is not None):
+        if not (self._flow_armed and self._flow_capture is not None and model is self.model):
             return super()._get_per_token_logps_and_entropies(model, *args, **kwargs)
         self._flow_armed = False
         with self._flow_capture:
@@ -115,8 +115,12 @@ class FlowTracerGRPOTrainer(GRPOTrainer):
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         mode = "train" if self.model.training else "eval"
         started = time.perf_counter()
-        self._flow_capture = self._flow_new_capture() if mode == "train" else None
-        self._flow_armed = mode == "train"
+        # Arm the capture only where TRL will run the old-log-prob forward (its first forward
+        # of self.model here); otherwise the first one could be the reference forward of a
+        # PEFT model with its adapter disabled.
+        capture_here = mode == "train" and self._flow_old_logps_expected()
+        self._flow_capture = self._flow_new_capture() if capture_here else None
+        self._flow_armed = capture_here
         try:
             output = super()._generate_and_score_completions(inputs)
         finally:
@@ -138,6 +142,14 @@ class FlowTracerGRPOTrainer(GRPOTrainer):
                 for q, a, r, s in zip(spans["question"], spans["answer"], spans["response"], spans["completion_start"])
             ]
         return output
+
+    def _flow_old_logps_expected(self) -> bool:
+        """TRL 1.16's condition for computing old log-probabilities in
+        ``_generate_and_score_completions`` (its ``generate_every`` test)."""
+        generate_every = self.args.steps_per_generation * self.num_iterations
+        return self.args.gradient_accumulation_steps % generate_every != 0 or bool(
+            self.use_vllm and self.vllm_importance_sampling_correction
+        )
 
     def _compute_loss(self, model, inputs):
         spans = inputs.get("flowtracer_spans")
