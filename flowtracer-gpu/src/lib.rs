@@ -50,9 +50,7 @@ pub mod trace;
 pub use aggregate::{Aggregated, LayerAccumulator, LayerInput, aggregate};
 pub use buffer::DeviceBuffer;
 pub use plan::{GpuOptions, Kernel, Launch, LaunchPlan};
-pub use qk::{
-    QkAccumulator, QkDeviceLayer, QkSequence, QkView, QkWorkspace, attention_from_qk,
-};
+pub use qk::{QkAccumulator, QkDeviceLayer, QkSequence, QkView, QkWorkspace, attention_from_qk};
 pub use shaping::{ShapingInput, TokenWeights, shape_advantage, token_weights};
 pub use tolerance::{TOLERANCE, Tolerance};
 pub use trace::{
