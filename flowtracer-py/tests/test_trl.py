@@ -205,3 +205,14 @@ def test_an_eager_model_is_refused(tmp_path):
         FlowTracerGRPOTrainer(tiny_llama(tok, attn="eager"), reward_funcs=reward_by_rank, args=args,
                               train_dataset=Dataset.from_dict({"prompt": ["1+1="]}), processing_class=tok)
     assert e.value.kind == "InvalidConfig" and e.value.field == "attn_implementation"
+
+
+def test_a_bad_layer_selection_fails_at_construction(tmp_path):
+    tok = char_tokenizer()
+    args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=4,
+                      report_to="none", use_cpu=True, bf16=False)
+    with pytest.raises(flowtracer.Error) as e:
+        FlowTracerGRPOTrainer(tiny_llama(tok), reward_funcs=reward_by_rank, args=args,
+                              train_dataset=Dataset.from_dict({"prompt": ["1+1="]}), processing_class=tok,
+                              flow_config=FlowTracerConfig(layers="4..9"))
+    assert e.value.kind == "InvalidLayerSelection"

@@ -30,7 +30,7 @@ from trl import GRPOTrainer
 
 import flowtracer
 
-from .capture import QkCapture, register
+from .capture import QkCapture, register, select_layers
 from .config import FlowTracerConfig, flowtracer_error
 from .scoring import score_captured, shape_with_weights
 from .spans import batch_spans
@@ -89,6 +89,7 @@ class FlowTracerGRPOTrainer(GRPOTrainer):
             model.set_attn_implementation(register(impl))
         text = config.get_text_config() if hasattr(config, "get_text_config") else config
         self._flow_num_layers = int(text.num_hidden_layers)
+        select_layers(self.flow_config.layers, self._flow_num_layers)  # a bad selection fails here
 
     def _flow_new_capture(self) -> QkCapture:
         c = self.flow_config
