@@ -572,10 +572,12 @@ impl QkAccumulator {
         let q_heads = self.shape.0;
         if !self.out.is_empty() {
             let scale = (1.0 / (self.layers.len() * q_heads) as f64) as f32;
-            let launch = self.plan.push(Launch::elementwise(
+            let max = client.properties().hardware.max_cube_count.0;
+            let launch = self.plan.push(folded(
                 Kernel::AggregateScale,
                 self.out.len(),
                 self.options.units,
+                max,
             ));
             agg::launch_scale(client, &launch, &self.out, scale);
         }
@@ -663,6 +665,21 @@ impl QkAccumulator {
             plan: self.plan,
         })
     }
+}
+
+/// An element-wise launch over `len` items whose grid stays within `max` cubes per
+/// dimension (wgpu allows 65535, so `Ā` of `N = 4096` alone, `2^24` entries in cubes of 256
+/// units, does not fit along x): the cubes fold into rows of at most `max` along y. The
+/// kernel's `ABSOLUTE_POS` is linear over x and y (`(y · cubes_x + x) · units + unit`), and it
+/// guards `ABSOLUTE_POS < len`.
+fn folded(kernel: Kernel, len: usize, units: u32, max: u32) -> Launch {
+    let cubes = len.div_ceil(units as usize).max(1);
+    let x = cubes.min(max.max(1) as usize);
+    Launch::new(
+        kernel,
+        (to_u32(x), to_u32(cubes.div_ceil(x)), 1),
+        (units, 1, 1),
+    )
 }
 
 /// `Ā` of one sequence averaged over `layers` and every query head, with `spans` checked:

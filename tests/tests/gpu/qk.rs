@@ -549,3 +549,48 @@ fn ragged_and_padded_batches_equal_each_sequence_alone() {
         );
     }
 }
+
+/// `N = 4096`: `Ā` has `2^24` entries, more than `65535` cubes of 256 units, the most one
+/// grid dimension may hold on wgpu (lavapipe and NVIDIA alike): the final scale must fold its
+/// grid, not fail validation. `Q = K = 0` (one head, `d = 1`): row `r` of `Ā` is `1 / (r + 1)`
+/// on keys `0..=r`, 0 above the diagonal.
+#[test]
+fn n_4096_fits_the_launch_limits() {
+    let Some(client) = device() else { return };
+    let n = 4096usize;
+    let zeros = DeviceBuffer::from_f32(&client, &vec![0.0f32; n]);
+    let seqs = QkSequence::ragged(1, 1, 1, &[n]);
+    let options = GpuOptions::default();
+    let mut acc =
+        GpuAccumulator::new(&client, (1, 1, 1), &QkConfig::default(), seqs, &options).unwrap();
+    let layer = QkDeviceLayer {
+        index: 0,
+        q: &zeros,
+        k: &zeros,
+        lse: None,
+    };
+    acc.add_layer(&client, &layer).unwrap();
+    let out = acc.finish(&client).unwrap();
+    out.results[0].clone().unwrap();
+    let max = client.properties().hardware.max_cube_count;
+    for l in &out.plan.launches {
+        let (x, y, z) = l.cubes;
+        assert!(
+            x <= max.0 && y <= max.1 && z <= max.2,
+            "{l:?} exceeds {max:?}"
+        );
+    }
+    let a = out.attention.read_f32(&client);
+    for row in (0..n).step_by(97).chain([n - 1]) {
+        let want: Vec<f64> = (0..n)
+            .map(|key| {
+                if key <= row {
+                    1.0 / (row + 1) as f64
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        assert_close(&format!("row {row}"), &a[row * n..][..n], &want);
+    }
+}
