@@ -294,8 +294,16 @@ impl QkAccumulator {
     /// The core's order: each sequence's [`QkShape::check`] (an empty batch checks the
     /// heads with `n = 1`), then [`Error::InvalidConfig`] (`QkConfig::validate`), then
     /// [`Error::ShapeMismatch`] for a mask that is not `n` long; then
+    /// [`Error::InvalidConfig`] (field `"batch"`) if the batch has more sequences, or more
+    /// query heads, than the device's cubes per grid dimension (65535 on wgpu); then
     /// [`Error::InvalidConfig`] (field `"n"`) if some `n` exceeds [`MAX_N`] or `H_q · n · d`
-    /// does not fit in `u32`.
+    /// (or an offset, a stride, the outputs) does not fit in `u32`.
+    ///
+    /// # Complexity
+    ///
+    /// O(S) host work and one upload of `14 S` words of metadata (plus the masks) for `S`
+    /// sequences; the workspace's `Ā` (`Σ n²` floats) and per-row buffers (`H_q Σ n`) are
+    /// (re)allocated only when their lengths change.
     pub fn new(
         client: &Client,
         (q_heads, kv_heads, d): (usize, usize, usize),
@@ -344,6 +352,17 @@ impl QkAccumulator {
                     actual: m.len(),
                 });
             }
+        }
+        // The launches put the sequences along one grid axis and the query heads along
+        // another (`layer_launches`): each at most the device's cubes per dimension.
+        let max = client.properties().hardware.max_cube_count;
+        if sequences.len() > max.1.min(max.2) as usize || q_heads > max.1 as usize {
+            return Err(Error::InvalidConfig {
+                field: "batch",
+                reason: "the GPU kernels launch one row of cubes per sequence and per query \
+                         head: at most the device's cubes per grid dimension (65535 on wgpu) \
+                         of each; split the batch",
+            });
         }
         let too_big = Error::InvalidConfig {
             field: "n",

@@ -312,3 +312,42 @@ fn dirty_workspace_changes_nothing() {
         }
     }
 }
+
+/// One grid dimension holds at most `max_cube_count` cubes (65535 on wgpu): the Q/K
+/// launches put the sequences along one axis and the query heads along another, so a batch
+/// of more sequences, or more query heads, is an `InvalidConfig` from `new`, not a panic
+/// inside the device at `add_layer`; exactly the limit is accepted.
+#[test]
+fn batch_and_heads_beyond_the_grid_limit_are_errors() {
+    let Some(client) = device() else { return };
+    let max = client.properties().hardware.max_cube_count;
+    let limit = max.1.min(max.2) as usize;
+    let opts = GpuOptions::default();
+    let cfg = QkConfig::default();
+    for (seqs, heads) in [(limit + 1, 1), (1, limit + 1)] {
+        let e = QkAccumulator::new(
+            &client,
+            (heads, 1, 1),
+            &cfg,
+            QkSequence::ragged(heads, 1, 1, &vec![1; seqs]),
+            &opts,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, Error::InvalidConfig { field: "batch", .. }),
+            "{seqs} sequences, {heads} heads: {e:?}"
+        );
+    }
+    // At the limit: accepted (launching 65535 cubes of 256 units thrice takes a minute on
+    // lavapipe, so the run itself is left to the N = 4096 test's folded grid).
+    for (seqs, heads) in [(limit, 1), (1, limit)] {
+        QkAccumulator::new(
+            &client,
+            (heads, 1, 1),
+            &cfg,
+            QkSequence::ragged(heads, 1, 1, &vec![1; seqs]),
+            &opts,
+        )
+        .unwrap();
+    }
+}
