@@ -14,7 +14,7 @@
 //! < i` with a window `w`, and the key is valid; a row that sees no valid key is zero.
 //! Everything is `f32` on the device (the core's f32 arithmetic type for f32, f16 and bf16
 //! input); against the core's f64 oracle `Ā` agrees within [`crate::TOLERANCE`] (tested on
-//! `|q|, |k| <= 2`, `d <= 64`).
+//! `|q|, |k| <= 2`, `d <= 128`).
 //!
 //! # Layouts
 //!
@@ -353,8 +353,7 @@ impl QkAccumulator {
                 });
             }
         }
-        // The launches put the sequences along one grid axis and the query heads along
-        // another (`layer_launches`): each at most the device's cubes per dimension.
+        // `layer_launches` puts sequences and query heads along one grid axis each.
         let max = client.properties().hardware.max_cube_count;
         if sequences.len() > max.1.min(max.2) as usize || q_heads > max.1 as usize {
             return Err(Error::InvalidConfig {
@@ -537,7 +536,7 @@ impl QkAccumulator {
                 status: &status,
                 out: &self.out,
             };
-            let scale = self.config.scale.unwrap_or_else(|| 1.0 / (d as f64).sqrt());
+            let scale = self.config.scale_for(d);
             let params = k::Params {
                 q_heads: to_u32(q_heads),
                 group: to_u32(q_heads / kv_heads),
@@ -686,11 +685,9 @@ impl QkAccumulator {
     }
 }
 
-/// An element-wise launch over `len` items whose grid stays within `max` cubes per
-/// dimension (wgpu allows 65535, so `Ā` of `N = 4096` alone, `2^24` entries in cubes of 256
-/// units, does not fit along x): the cubes fold into rows of at most `max` along y. The
-/// kernel's `ABSOLUTE_POS` is linear over x and y (`(y · cubes_x + x) · units + unit`), and it
-/// guards `ABSOLUTE_POS < len`.
+/// An element-wise launch over `len` items within `max` cubes per grid dimension (65535 on
+/// wgpu: `Ā` of `N = 4096` alone needs 65536 cubes of 256), folded into y; `ABSOLUTE_POS`
+/// is linear over x and y, and the kernel guards `ABSOLUTE_POS < len`.
 fn folded(kernel: Kernel, len: usize, units: u32, max: u32) -> Launch {
     let cubes = len.div_ceil(units as usize).max(1);
     let x = cubes.min(max.max(1) as usize);
