@@ -58,6 +58,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<qk::PyQkAccumulator>()?;
     m.add_function(wrap_pyfunction!(options::defaults, m)?)?;
     m.add_function(wrap_pyfunction!(options::choices, m)?)?;
+    m.add_function(wrap_pyfunction!(options::select_layers, m)?)?;
     m.add_function(wrap_pyfunction!(single::trace, m)?)?;
     m.add_function(wrap_pyfunction!(single::shape_advantages, m)?)?;
     m.add_function(wrap_pyfunction!(batch::score_batch, m)?)?;

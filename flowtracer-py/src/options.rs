@@ -158,6 +158,22 @@ pub(crate) fn parse_layers(py: Python<'_>, v: &Bound<'_, PyAny>) -> PyResult<Lay
     Ok(LayerSelection::List(list))
 }
 
+/// The model layers a selection picks out of `num_layers`, ascending: the core's
+/// `select_layers` (method §2), so Python callers that see one layer at a time (a forward
+/// hook) choose exactly the layers `trace` would aggregate.
+///
+/// Errors: the core's `InvalidLayerSelection` or `UnknownName`, as `flowtracer.Error`.
+#[pyfunction]
+pub(crate) fn select_layers(
+    py: Python<'_>,
+    layers: &Bound<'_, PyAny>,
+    num_layers: usize,
+) -> PyResult<Vec<usize>> {
+    let selection = parse_layers(py, layers)?;
+    flowtracer_core::aggregate::select_layers(num_layers, &selection)
+        .map_err(|e| core_error(py, &e, None))
+}
+
 pub(crate) fn backbone_config(
     py: Python<'_>,
     kwargs: Option<&Bound<'_, PyDict>>,

@@ -186,3 +186,11 @@ def test_layer_selection_is_the_cores(n_layers):
         want = flowtracer.trace(per_layer, (0, 2), (n - 1, n), layers=spec).reach
         got = flowtracer.trace(per_layer[chosen].mean(axis=0)[0], (0, 2), (n - 1, n)).reach
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14, err_msg=spec)
+
+
+def test_layer_selection_errors_are_the_cores():
+    """A bad selection is the core's error, by kind, from the binding's select_layers."""
+    for spec, kind in [("12..14", "InvalidLayerSelection"), ("spaced:9", "InvalidLayerSelection"), ("top", "UnknownName")]:
+        with pytest.raises(flowtracer.Error) as info:
+            capture.select_layers(spec, 12)
+        assert info.value.kind == kind, spec

@@ -1,5 +1,6 @@
 """Type stubs of the extension module flowtracer._native (the Rust binding)."""
 
+from collections.abc import Sequence
 from typing import Any, Literal, TypedDict
 
 import numpy as np
@@ -85,6 +86,7 @@ class Trace:
 
 def defaults() -> dict[str, Any]: ...
 def choices() -> dict[str, list[str]]: ...
+def select_layers(layers: str | range | Sequence[int], num_layers: int) -> list[int]: ...
 def trace(
     attention: Any,
     question: _Span,

@@ -16,7 +16,6 @@ blocks of :mod:`flowtracer.trl.qk_torch` on that device; CPU tensors to the core
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from typing import Any
@@ -78,55 +77,17 @@ def register(base: str = "sdpa") -> str:
 def select_layers(layers: Any, num_layers: int) -> list[int]:
     """The model layers the core's layer selection ``layers`` picks out of ``num_layers`` (method §2).
 
-    Uses the binding's ``select_layers`` when it has one; otherwise method §2's rule, which
-    tests/test_qk_torch.py checks against the core (``flowtracer.trace`` on per-layer input)
-    for every form.
+    The core's own rule (``flowtracer._native.select_layers``), so a hook that sees one layer
+    at a time keeps exactly the layers ``flowtracer.trace`` would aggregate; a bad selection
+    is the core's ``InvalidLayerSelection`` or ``UnknownName``.
 
     >>> from flowtracer.trl.capture import select_layers
     >>> select_layers("middle", 12), select_layers("spaced:3", 12), select_layers("middle", 1)
     ([4, 5, 6, 7], [4, 5, 7], [0])
     """
-    native = getattr(flowtracer._native, "select_layers", None)
-    if native is not None:
-        return list(native(layers, num_layers))
-    lo, hi = num_layers // 3, 2 * num_layers // 3
-    if lo == hi:
-        lo, hi = 0, num_layers
     if isinstance(layers, range):
-        layers = list(layers)
-    if isinstance(layers, str):
-        spec = layers.strip()
-        if spec == "middle":
-            return list(range(lo, hi))
-        if spec == "all":
-            return list(range(num_layers))
-        m = re.fullmatch(r"spaced:(\d+)", spec)
-        if m:
-            count = int(m.group(1))
-            if count < 1 or count > hi - lo:
-                raise flowtracer_error(
-                    "InvalidLayerSelection", f"spaced:{count} asks for more layers than the band {lo}..{hi} holds"
-                )
-            if count == 1:
-                return [lo + (hi - 1 - lo) // 2]
-            return [lo + j * (hi - 1 - lo) // (count - 1) for j in range(count)]
-        m = re.fullmatch(r"(\d+)\.\.(\d+)", spec)
-        if m:
-            layers = list(range(int(m.group(1)), int(m.group(2))))
-        else:
-            try:
-                layers = [int(x) for x in spec.split(",")]
-            except ValueError:
-                raise flowtracer_error(
-                    "UnknownName", f"layer selection {spec!r}", given=spec,
-                    allowed=["middle", "all", "a..b", "1,3,5", "spaced:n"],
-                ) from None
-    chosen = sorted(set(int(x) for x in layers))
-    if not chosen or chosen[-1] >= num_layers or chosen[0] < 0:
-        raise flowtracer_error(
-            "InvalidLayerSelection", f"layers {chosen} are not a non-empty subset of 0..{num_layers}"
-        )
-    return chosen
+        layers = list(layers) if layers.step != 1 else layers
+    return list(flowtracer._native.select_layers(layers, int(num_layers)))
 
 
 def _key_mask_of(mask: torch.Tensor | None, b: int, n: int, device: Any) -> torch.Tensor | None:
