@@ -2,7 +2,7 @@
 //! position, order of method §15), and a dirty workspace changes nothing.
 
 use flowtracer_core::qk::QkConfig;
-use flowtracer_core::{Error, Spans};
+use flowtracer_core::{Error, Position, QkTensor, Spans};
 use flowtracer_gpu::{
     DeviceBuffer, GpuOptions, QkAccumulator, QkDeviceLayer, QkSequence, QkWorkspace, TOLERANCE,
     attention_from_qk,
@@ -65,18 +65,49 @@ fn non_finite_order_q_k_lse_and_lowest_layer() {
     q[qi(2, 0, 0, 0)] = f32::NAN;
     k[ki(1, 1, 7, 3)] = f32::INFINITY;
     k[ki(1, 1, 9, 0)] = f32::NAN;
+    // The expected error, pinned (not only the core's): `at(tensor, layer, head, row, col)`.
+    let at = |tensor, layer, head, row, col| Error::NonFiniteInput {
+        tensor,
+        position: Position {
+            layer: Some(layer),
+            head: Some(head),
+            row,
+            col,
+        },
+    };
     let e = same_error(&c, &q, &k, Some(&lse));
-    assert!(matches!(e, Error::NonFiniteInput { .. }), "{e:?}");
+    assert_eq!(e, at(QkTensor::Key, 1, 1, 7, 3));
     // Q and K in the same layer: Q wins, at its first flat position.
     q[qi(1, 3, 18, 5)] = f32::NEG_INFINITY;
     q[qi(1, 3, 2, 1)] = f32::NAN;
-    same_error(&c, &q, &k, Some(&lse));
+    assert_eq!(
+        same_error(&c, &q, &k, Some(&lse)),
+        at(QkTensor::Query, 1, 3, 2, 1)
+    );
     // The LSE comes after Q and K of its layer, before a bad row of any layer.
     let (q, k) = (q0.clone(), k0.clone());
     lse[s.lse_len() + 4 * c.n / 2] = f32::NAN;
     lse[2 * s.lse_len() + 3] = 1e6;
-    same_error(&c, &q, &k, Some(&lse));
-    let _ = lse0;
+    assert_eq!(
+        same_error(&c, &q, &k, Some(&lse)),
+        at(QkTensor::LogSumExp, 1, 2, 0, 0)
+    );
+    // Alone, that bad row of layer 2 is an LseMismatch.
+    let mut only_row = lse0.clone();
+    only_row[2 * s.lse_len() + 3] = 1e6;
+    let e = same_error(&c, &q, &k, Some(&only_row));
+    assert!(
+        matches!(
+            e,
+            Error::LseMismatch {
+                layer: 2,
+                head: 0,
+                row: 3,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
 }
 
 /// A saved log-sum-exp that does not belong: the first bad row by (layer, head, row), with
