@@ -3,6 +3,7 @@
 use alloc::borrow::Cow;
 
 use flowtracer_core::aggregate::Layout;
+use flowtracer_core::flow::conservation_residual;
 use flowtracer_core::sequence::split_ragged;
 use flowtracer_core::{Error as CoreError, Sequence, Spans, Tracer};
 use numpy::{PyArray1, PyArrayDyn, PyArrayMethods, PyUntypedArrayMethods};
@@ -381,6 +382,7 @@ pub(crate) fn score_typed<'py, F: Float>(
     });
     let tracer = Tracer::new(options.config).map_err(|e| core_error(py, &e, None))?;
     let layers = &options.layers;
+    let want_residuals = args.return_details;
     let (outcomes, out) = py.detach(|| {
         // Sequences are built (aggregated, cropped, spans checked) in parallel too.
         let scored: Vec<usize> = (0..items.len())
@@ -407,7 +409,22 @@ pub(crate) fn score_typed<'py, F: Float>(
         }
         let traces = tracer.trace_batch(&seqs);
         let mut out = vec![F::one(); items.len() * t];
-        for (&i, tr) in index.iter().zip(traces) {
+        // The conservation residual (one more O(N²) read per sequence, in parallel) only
+        // when the details are asked for.
+        let residuals: Vec<f64> = if want_residuals {
+            traces
+                .par_iter()
+                .zip(&seqs)
+                .map(|(tr, seq)| {
+                    tr.as_ref().map_or(f64::NAN, |tr| {
+                        conservation_residual(seq, tr.edge_threshold(), tr.reach())
+                    })
+                })
+                .collect()
+        } else {
+            vec![f64::NAN; seqs.len()]
+        };
+        for ((&i, tr), residual) in index.iter().zip(traces).zip(residuals) {
             let tr = match tr {
                 Ok(tr) => tr,
                 Err(e) => {
@@ -426,6 +443,7 @@ pub(crate) fn score_typed<'py, F: Float>(
             outcomes[i] = Outcome::Scored {
                 answer_mass: tr.answer_mass(),
                 num_sources: tr.num_sources(),
+                residual,
             };
         }
         (outcomes, out)
@@ -447,6 +465,7 @@ pub(crate) fn score_typed<'py, F: Float>(
     let errors = PyList::empty(py);
     let mut mass = Vec::with_capacity(b);
     let mut sources = Vec::with_capacity(b);
+    let mut residuals = Vec::with_capacity(b);
     for (i, o) in outcomes.iter().enumerate() {
         match o {
             Outcome::NoAnswer => {
@@ -454,21 +473,25 @@ pub(crate) fn score_typed<'py, F: Float>(
                 errors.append(py.None())?;
                 mass.push(f64::NAN);
                 sources.push(0i64);
+                residuals.push(f64::NAN);
             }
             Outcome::Scored {
                 answer_mass,
                 num_sources,
+                residual,
             } => {
                 status.push("scored".to_string());
                 errors.append(py.None())?;
                 mass.push(*answer_mass);
                 sources.push(*num_sources as i64);
+                residuals.push(*residual);
             }
             Outcome::Failed(e) => {
                 status.push(kind_of(e));
                 errors.append(core_error(py, e, Some(i)).value(py))?;
                 mass.push(f64::NAN);
                 sources.push(0);
+                residuals.push(f64::NAN);
             }
         }
     }
@@ -476,6 +499,7 @@ pub(crate) fn score_typed<'py, F: Float>(
     details.set_item("errors", errors)?;
     details.set_item("answer_mass", PyArray1::from_vec(py, mass))?;
     details.set_item("num_sources", PyArray1::from_vec(py, sources))?;
+    details.set_item("conservation_residual", PyArray1::from_vec(py, residuals))?;
     Ok((weights, details).into_pyobject(py)?.into_any())
 }
 
@@ -487,6 +511,8 @@ pub(crate) enum Outcome {
     Scored {
         answer_mass: f64,
         num_sources: usize,
+        /// The core's `conservation_residual` (NaN when the details were not asked for).
+        residual: f64,
     },
     /// The core rejected it (its row keeps weight 1 with `on_error="ones"`).
     Failed(CoreError),

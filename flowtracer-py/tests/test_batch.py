@@ -164,3 +164,28 @@ def test_on_error_ones_and_details():
     with pytest.raises(flowtracer.Error) as info:
         flowtracer.score_batch(seqs, questions, answers, on_error="skip")
     assert (info.value.kind, info.value.what, info.value.allowed) == ("UnknownName", "on_error", ["raise", "ones"])
+
+
+def residual_numpy(a, h, answer, threshold):
+    """method §5's conservation residual, written out: max |sum_{k>i} W'[i][k] - 1| over live i outside the answer."""
+    a = np.tril(np.asarray(a, dtype=np.float64), -1)
+    keep = a if threshold <= 0 else np.where(a >= threshold, a, 0.0)
+    out = 0.0
+    for i in range(len(h)):
+        if h[i] > 0 and not (answer[0] <= i < answer[1]):
+            out = max(out, abs(float(keep[i + 1 :, i] @ h[i + 1 :]) / h[i] - 1.0))
+    return out
+
+
+def test_details_conservation_residual_is_the_cores():
+    """details["conservation_residual"]: the core's rounding measure per scored sequence, NaN otherwise."""
+    seqs = [causal(n, seed) for seed, n in enumerate((6, 9, 12))]
+    questions, answers = [(0, 2), (0, 3), (0, 2)], [(5, 6), None, (10, 12)]
+    _, details = flowtracer.score_batch(seqs, questions, answers, return_details=True)
+    res = details["conservation_residual"]
+    assert np.isnan(res[1]) and details["status"][1] == "no_answer"
+    threshold = flowtracer.defaults()["edge_threshold"]
+    for b in (0, 2):
+        h = flowtracer.trace(seqs[b], questions[b], answers[b]).reach
+        assert 0.0 <= res[b] <= 1e-12
+        assert abs(res[b] - residual_numpy(seqs[b], h, answers[b], threshold)) <= 1e-12

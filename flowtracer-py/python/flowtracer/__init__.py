@@ -196,8 +196,10 @@ def score_batch(
     mask) always raise. With ``return_details=True`` the result is ``(weights, details)``:
     ``details["status"]`` is ``"scored"``, ``"no_answer"`` or the error's ``kind`` per
     sequence, ``details["errors"]`` the :class:`flowtracer.Error` of each failed sequence (else
-    None), ``details["answer_mass"]`` (NaN where not scored) and ``details["num_sources"]``
-    (0 where not scored): what the ``flow/*`` metrics (:data:`METRICS`) are computed from.
+    None), ``details["answer_mass"]`` (NaN where not scored), ``details["num_sources"]``
+    (0 where not scored) and ``details["conservation_residual"]`` (the core's rounding
+    measure, method §5; NaN where not scored): what the ``flow/*`` metrics (:data:`METRICS`)
+    are computed from.
 
     >>> import numpy as np, flowtracer
     >>> a = np.array([[1.0, 0.0, 0.0, 0.0, 0.0], [0.5, 0.5, 0.0, 0.0, 0.0],

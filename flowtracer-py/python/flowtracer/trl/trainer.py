@@ -36,11 +36,8 @@ from .scoring import score_captured, shape_with_weights
 from .spans import batch_spans
 
 #: The ``flow/*`` metrics this trainer logs (from :data:`flowtracer.METRICS`): all of them but
-#: ``flow/conservation_residual`` (the binding does not return it yet) and ``flow/fidelity``
-#: (needs the task's decisive tokens, which a TRL dataset does not have).
-LOGGED_METRICS: tuple[str, ...] = tuple(
-    m for m in flowtracer.METRICS if m not in ("flow/conservation_residual", "flow/fidelity")
-)
+#: ``flow/fidelity`` (needs the task's decisive tokens, which a TRL dataset does not have).
+LOGGED_METRICS: tuple[str, ...] = tuple(m for m in flowtracer.METRICS if m != "flow/fidelity")
 
 
 class FlowTracerGRPOTrainer(GRPOTrainer):
@@ -222,6 +219,10 @@ class FlowTracerGRPOTrainer(GRPOTrainer):
             "flow/weight_mean": float(weights[live].mean()) if live.any() else 1.0,
             "flow/weight_max": float(weights[live].max()) if live.any() else 1.0,
             "flow/answer_mass": float(np.nanmean(details["answer_mass"])) if scored.any() else float("nan"),
+            # The largest over the batch's scored sequences, as the Rust trainer logs it.
+            "flow/conservation_residual": float(np.nanmax(details["conservation_residual"]))
+            if scored.any()
+            else float("nan"),
             "flow/no_answer_frac": float(no_answer.mean()),
             "flow/unscored_frac": float((~scored & ~no_answer).mean()),
             "flow/scoring_time_frac": flow_seconds / step if step > 0 else 0.0,
