@@ -9,7 +9,7 @@
 //! temperature 1) and selects `ceil(fraction × |reasoning|)` reasoning tokens with its own
 //! tie rule ([`select_tokens`] with [`CreditMethod::select`]). Then prompt + reasoning is
 //! re-encoded with those positions hidden as keys from every later query in every layer
-//! (logit `-inf`: [`Batch::mask_bias_with_keys`]), the answer tag is appended, and the answer
+//! (logit `-inf`: [`crate::model::Batch::mask_bias_with_keys`]), the answer tag is appended, and the answer
 //! is decoded greedily under the same mask ([`masked_answers`]). It is compared with the
 //! answer decoded the same way without a mask (the baseline): the *answer-change rate*
 //! (masked answer ≠ baseline answer) and the *correctness-reversal rate* (baseline correct,

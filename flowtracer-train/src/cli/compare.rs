@@ -6,7 +6,7 @@
 //! final held-out accuracy (mean ± sample std over seeds), the paired difference to uniform
 //! GRPO (mean, standard error, sign test), the steps to reach a threshold, the credit
 //! fidelity of each method and the scoring overhead. Every run is kept as it finishes and an
-//! interrupted one resumes from its checkpoint ([`super::runs`]), so a study can run in
+//! interrupted one resumes from its checkpoint (`cli/runs.rs`), so a study can run in
 //! pieces.
 
 use alloc::collections::BTreeMap;
@@ -153,7 +153,7 @@ fn mean_std(v: &[f64]) -> (f64, f64) {
 
 /// Runs `flowtracer compare`.
 ///
-/// Resumable per run (see [`super::runs`]): finished runs under `--out` are kept, an
+/// Resumable per run (see `cli/runs.rs`): finished runs under `--out` are kept, an
 /// interrupted one continues from its latest checkpoint, a seed's warm-up is reused.
 ///
 /// # Errors
