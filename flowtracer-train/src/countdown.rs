@@ -161,10 +161,7 @@ pub(crate) fn generate(config: &CountdownConfig, rng: &mut SplitMix64) -> Genera
     }
 }
 
-fn attempt(
-    config: &CountdownConfig,
-    rng: &mut SplitMix64,
-) -> Option<Generated> {
+fn attempt(config: &CountdownConfig, rng: &mut SplitMix64) -> Option<Generated> {
     let numbers: Vec<u32> = (0..config.numbers)
         .map(|_| 1 + rng.below(config.max_number as usize) as u32)
         .collect();

@@ -467,7 +467,10 @@ mod tests {
         assert_eq!(nonneg.shaping().apply_to, ApplyTo::NonnegativeOnly);
         let json = serde_json::to_value(&nonneg).unwrap();
         assert_eq!(json["apply_to"], "nonnegative_only");
-        assert_eq!(serde_json::from_value::<CreditConfig>(json).unwrap(), nonneg);
+        assert_eq!(
+            serde_json::from_value::<CreditConfig>(json).unwrap(),
+            nonneg
+        );
         assert!(serde_json::to_value(&c).unwrap().get("apply_to").is_none());
     }
 }

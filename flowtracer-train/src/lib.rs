@@ -29,9 +29,9 @@ pub mod config;
 pub mod countdown;
 pub mod credit;
 pub mod error;
+mod fault;
 #[cfg(feature = "wgpu")]
 pub mod gpu_credit;
-mod fault;
 pub mod metrics;
 pub mod model;
 pub mod plot;
