@@ -382,3 +382,47 @@ fn batch_and_heads_beyond_the_grid_limit_are_errors() {
         .unwrap();
     }
 }
+
+/// `Ā` larger than one device allocation may be (cubecl's `max_page_size`: the binding
+/// limit of wgpu) is `OutOfMemory` from `new`, as the core reports an `N²` it cannot
+/// allocate, not a panic when the kernels first touch the buffer.
+#[test]
+fn attention_beyond_one_device_allocation_is_out_of_memory() {
+    let Some(client) = device() else { return };
+    let page = client.properties().memory.max_page_size;
+    // The smallest n whose Ā (4 n² bytes) exceeds one page.
+    let mut n = ((page / 4) as f64).sqrt() as usize;
+    while 4 * (n as u64) * (n as u64) <= page {
+        n += 1;
+    }
+    assert!(
+        n <= flowtracer_gpu::MAX_N,
+        "this device allows {page} bytes in one buffer: no n <= MAX_N exceeds it"
+    );
+    let opts = GpuOptions::default();
+    let cfg = QkConfig::default();
+    let e = QkAccumulator::new(
+        &client,
+        (1, 1, 1),
+        &cfg,
+        QkSequence::ragged(1, 1, 1, &[n]),
+        &opts,
+    )
+    .unwrap_err();
+    assert_eq!(
+        e,
+        Error::OutOfMemory {
+            what: "the aggregated attention (N x N)",
+            bytes: 4 * n * n
+        }
+    );
+    // One token less fits (nothing is allocated until the first layer).
+    QkAccumulator::new(
+        &client,
+        (1, 1, 1),
+        &cfg,
+        QkSequence::ragged(1, 1, 1, &[n - 1]),
+        &opts,
+    )
+    .unwrap();
+}
