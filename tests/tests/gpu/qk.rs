@@ -85,7 +85,7 @@ impl Case {
     }
 
     pub(crate) fn scale_value(&self) -> f64 {
-        self.scale.unwrap_or(1.0 / (self.d as f64).sqrt())
+        self.config().scale_for(self.d)
     }
 
     pub(crate) fn mask(&self) -> Option<Vec<bool>> {
