@@ -125,7 +125,8 @@ class QkAccumulator(_native.QkAccumulator):
     back from :meth:`add_layer` at once; data errors (non-finite values, a log-sum-exp that
     does not belong) only from :meth:`finish`, in method §15's order whatever order the
     layers came in. :meth:`finish` or :meth:`finish_matrix` consumes the accumulator
-    (whether or not it succeeds): any later call raises ``AccumulatorConsumed``.
+    (whether or not it succeeds, once :meth:`finish`'s spans and options parse: a malformed
+    argument leaves it as it was): any later call raises ``AccumulatorConsumed``.
 
     >>> import numpy as np, flowtracer
     >>> acc = flowtracer.QkAccumulator(1, 1, 3, 1, scale=1.0, dtype="float64")
