@@ -149,3 +149,23 @@ def test_qk_tensor_errors():
     with pytest.raises(flowtracer.Error) as e:
         flowtracer.score_qk([bad], [k[0].bfloat16()], (0, 2), (5, 6))
     assert (e.value.kind, e.value.tensor, e.value.head, e.value.row, e.value.col) == ("NonFiniteInput", "query", 1, 3, 2)
+
+
+def test_bfloat16_lse_is_refused_as_a_log_sum_exp():
+    """The saved log-sum-exp is float32 only (as a float64 one is refused, by the binding): a
+    bfloat16 tensor is refused saying so, not with the attention's message (float32 or
+    float64, bfloat16 'read by score_qk', which is where it was passed)."""
+    q, k = qk(1, 2, 1, 6, 4, seed=4)
+    lse = torch.zeros(2, 6, dtype=torch.bfloat16)
+    calls = [
+        lambda: flowtracer.score_qk(q, k, (0, 2), (5, 6), lse=[lse]),
+        lambda: flowtracer.QkAccumulator(2, 1, 6, 4).add_layer(0, q[0], k[0], lse),
+    ]
+    for call in calls:
+        with pytest.raises(flowtracer.Error) as e:
+            call()
+        assert (e.value.kind, e.value.dtype, e.value.what) == ("UnsupportedDtype", "bfloat16", "lse")
+        assert "is float32 (natural log" in str(e.value) and "score_qk" not in str(e.value), str(e.value)
+    with pytest.raises(flowtracer.Error) as e:  # the binding's message for float64, the same words
+        flowtracer.score_qk(q, k, (0, 2), (5, 6), lse=[lse.double()])
+    assert "is float32 (natural log" in str(e.value)

@@ -47,7 +47,7 @@ def _dtype_name(t: Any) -> str:
 def host(x: Any, what: str = "attention") -> Any:
     """A torch tensor as a numpy array on the host (copied from a device with ``.cpu()``);
     anything else unchanged. bfloat16 is refused (the attention ``Ā`` is float32 or
-    float64: convert with ``.float()``)."""
+    float64, a saved log-sum-exp ``lse`` float32: convert with ``.float()``)."""
     if not is_torch(x):
         return x
     import torch
@@ -58,10 +58,14 @@ def host(x: Any, what: str = "attention") -> Any:
         x = x.cpu()
     x = x.detach()
     if x.dtype == torch.bfloat16:
+        reads = (
+            "the saved log-sum-exp is float32 (natural log, as FlashAttention returns it)"
+            if what == "lse"
+            else "flowtracer reads float32 or float64 here (bfloat16 is read by score_qk)"
+        )
         raise error(
             "UnsupportedDtype",
-            f"{what} has dtype bfloat16; flowtracer reads float32 or float64 here "
-            "(bfloat16 is read by score_qk): convert with .float()",
+            f"{what} has dtype bfloat16; {reads}: convert with .float()",
             dtype="bfloat16",
             what=what,
         )
