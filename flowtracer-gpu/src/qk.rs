@@ -302,6 +302,10 @@ impl QkAccumulator {
     /// [`Error::ShapeMismatch`] for `Q`, then `K`, then the log-sum-exp (expected: the
     /// extent the sequences need); [`Error::InvalidConfig`] (field `"n"`) if an extent
     /// reaches 2^32.
+    ///
+    /// # Complexity
+    ///
+    /// O(S) for `S` sequences, on the host; nothing is launched.
     pub fn check_layer(&self, layer: &QkDeviceLayer<'_>) -> Result<(), Error> {
         let (q_heads, kv_heads, d) = self.shape;
         let need =
@@ -443,6 +447,12 @@ impl QkAccumulator {
     /// [`Aggregated::results`]: [`Error::NonFiniteInput`] (lowest layer; `Q`, `K`, LSE;
     /// flat order), then [`Error::LogitsOverflow`] or [`Error::LseMismatch`] (the first bad
     /// row by (layer, head, row)).
+    ///
+    /// # Complexity
+    ///
+    /// One `aggregate_scale` launch over `Σ n²` entries; on the host, one blocking read of
+    /// `5 S` status words per layer (O(L · S)), and at most one read of one float per
+    /// (layer, sequence) with a row-mass defect.
     pub fn finish(mut self, client: &Client) -> Result<Aggregated, Error> {
         if self.layers.is_empty() {
             return Err(Error::ZeroDimension { what: "layers" });

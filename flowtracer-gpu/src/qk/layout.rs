@@ -116,8 +116,13 @@ impl QkSequence {
     /// # Errors
     ///
     /// Exactly those of the core's `split_ragged` for `Q`, then `K`, then
-    /// `split_ragged_lse` (which validate without copying anything here):
+    /// `split_ragged_lse`:
     /// [`Error::BadOffsets`], [`Error::ZeroDimension`], [`Error::ShapeMismatch`].
+    ///
+    /// # Complexity
+    ///
+    /// O(S) for `S` sequences; with a log-sum-exp, the core's check copies its `H_q · total`
+    /// floats once (host memory O(H_q · total), never `N²`), `Q` and `K` are not touched.
     pub fn varlen(
         cu_seqlens: &[usize],
         (q_heads, kv_heads, d): (usize, usize, usize),
