@@ -108,7 +108,9 @@ run() {
     "$exe/flowtracer-gpu-tests" --test-threads=1 > "$out/gpu-tests.log" 2>&1 || status=1
     # shellcheck disable=SC2086
     "$exe/bench_qk_gpu" $bench_args > "$out/bench.json" 2> "$out/bench.err" || status=1
-    python3 scripts/gpu_floors.py > "$out/floors.json" 2> "$out/floors.err" || status=1
+    # The floors on the benchmark's own shapes (N, batch, heads, d: the same flags).
+    # shellcheck disable=SC2086
+    python3 scripts/gpu_floors.py $bench_args > "$out/floors.json" 2> "$out/floors.err" || status=1
     python3 - "$out" "$status" <<'PY'
 import json, os, re, sys
 out, status = sys.argv[1], int(sys.argv[2])

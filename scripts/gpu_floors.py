@@ -41,6 +41,9 @@ def main():
     p.add_argument("--heads", default="32,8")
     p.add_argument("--d", type=int, default=128)
     p.add_argument("--reps", type=int, default=5)
+    # bench_qk_gpu's flags, so gpu-bench.sh passes both the same ones: the floors are per
+    # layer (the matmul) or per batch of Ā (the copy), so the layer count does not enter.
+    p.add_argument("--layers", type=int, default=12)
     a = p.parse_args()
     hq, hkv = (int(x) for x in a.heads.split(","))
     torch.backends.cuda.matmul.allow_tf32 = False
