@@ -5,7 +5,9 @@ The oracle materialises every head's causal softmax in float64 and averages them
 code from the core's block-by-block stage). Tolerances, stated once (the core's own for this
 stage, flowtracer-core/tests/common.rs): |x - y| <= ABS + REL |y|, with F64 for float64 input
 and F32 for float32, float16 and bfloat16 input (f32 arithmetic) against the oracle on the
-same (rounded) values, for Ā, the reach h and the flow f.
+same (rounded) values, for Ā, the reach h and the flow f; LSE_ROUNDING between Ā formed
+with a given float32 log-sum-exp and Ā with the computed one (the saved LSE is rounded to
+float32, so the two agree within f32's rounding of a logit, not to the bit).
 """
 
 import numpy as np
@@ -15,6 +17,7 @@ import flowtracer
 
 F64 = (1e-10, 1e-10)  # (ABS, REL)
 F32 = (1e-5, 1e-4)
+LSE_ROUNDING = (1e-6, 1e-6)
 
 
 def close(x, y, tol):
@@ -184,8 +187,7 @@ def test_lse_given_equals_computed():
     without = matrix(qs, ks)
     given = matrix(qs, ks, lses=lses)
     close(given, oracle(qs, ks, lses=lses), F64)
-    # the float32 LSE is rounded: within f32's rounding of a logit, not to the bit
-    close(given, without, (1e-6, 1e-6))
+    close(given, without, LSE_ROUNDING)
     t = flowtracer.score_qk(qs, ks, q, a, lse=lses)
     t_stacked = flowtracer.score_qk(np.stack(qs), np.stack(ks), q, a, lse=np.stack(lses))
     assert np.array_equal(t.flow, t_stacked.flow)

@@ -1,11 +1,18 @@
 """Bad input to score_qk and QkAccumulator: a flowtracer.Error with the core's kind and the
-position as attributes, in method §15's order, never a crash; the accumulator consumed once."""
+position as attributes, in method §15's order, never a crash; the accumulator consumed once.
+
+Tolerance, stated once: MASS_TOL, the absolute error allowed on the row mass an LseMismatch
+reports (the mass of rows summed in f32 against a float32 log-sum-exp shifted by a known
+constant, so exp(-shift) up to f32 rounding).
+"""
 
 import numpy as np
 import pytest
 from test_errors import error
 
 import flowtracer
+
+MASS_TOL = 1e-5
 
 
 def case(layers=2, hq=4, hkv=2, n=8, d=4, seed=0, dtype=np.float32):
@@ -60,13 +67,13 @@ def test_lse_that_does_not_belong():
     score(qs, ks, lse=lse)  # the true one passes
     e = error(score, qs, ks, lse=[x + 1.0 for x in lse])  # too large: rows sum to 1/e
     assert (e.kind, e.layer, e.head, e.row) == ("LseMismatch", 0, 0, 0)
-    assert abs(e.mass - np.exp(-1.0)) < 1e-5
+    assert abs(e.mass - np.exp(-1.0)) < MASS_TOL
     assert e.tolerance == flowtracer.qk_defaults()["row_tolerance"]
     bad = [x.copy() for x in lse]
     bad[1][1, 4] -= 0.01  # too small, one row: mass e^0.01 > 1 + 1e-3
     e = error(score, qs, ks, lse=bad)
     assert (e.kind, e.layer, e.head, e.row) == ("LseMismatch", 1, 1, 4)
-    assert abs(e.mass - np.exp(0.01)) < 1e-4
+    assert abs(e.mass - np.exp(0.01)) < MASS_TOL
     score(qs, ks, lse=bad, row_tolerance=0.02)  # the tolerance reaches the core
     bad[0][0, 0] = np.nan  # a non-finite value anywhere wins over any bad row
     assert error(score, qs, ks, lse=bad).kind == "NonFiniteInput"
@@ -188,9 +195,12 @@ def test_accumulator_errors():
     assert (e.kind, e.what, e.allowed) == ("UnknownName", "dtype", ["float32", "float64"])
     e = error(flowtracer.QkAccumulator, 2, 2, 8, 4, window=0)
     assert (e.kind, e.field) == ("InvalidConfig", "window")
-    e = error(flowtracer.QkAccumulator, 1, 1, 1 << 40, 1)  # N² cannot be allocated
-    assert (e.kind, e.what) == ("OutOfMemory", "the aggregated attention (N x N)")
-    assert e.bytes > 1 << 80 or e.bytes == 2**64 - 1
+    # N² values cannot be allocated: the core reports N² * size_of(F) bytes, saturating at
+    # 2**64 - 1 where N² itself overflows (N = 2**40)
+    for n, dtype, size in [(1 << 30, "float32", 4), (1 << 30, "float64", 8), (1 << 40, "float32", 4)]:
+        e = error(flowtracer.QkAccumulator, 1, 1, n, 1, dtype=dtype)
+        assert (e.kind, e.what) == ("OutOfMemory", "the aggregated attention (N x N)")
+        assert e.bytes == min(n * n * size, 2**64 - 1), (n, dtype, e.bytes)
     acc = flowtracer.QkAccumulator(2, 2, 8, 4)
     e = error(acc.finish, (0, 2), (7, 8))
     assert (e.kind, e.what) == ("ZeroDimension", "layers")
