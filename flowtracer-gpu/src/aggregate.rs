@@ -121,7 +121,11 @@ impl LayerAccumulator {
     /// # Errors
     ///
     /// [`Error::EmptySequence`] if some `n == 0`, [`Error::ZeroDimension`] if `heads == 0`
-    /// (the core's order); [`Error::InvalidConfig`] if some `n` exceeds [`MAX_N`].
+    /// (the core's order); [`Error::InvalidConfig`] (field `"batch"`) if there are more
+    /// sequences than the device's cubes per grid dimension (65535 on wgpu: `aggregate_layer`
+    /// puts the sequences along z); [`Error::InvalidConfig`] (field `"n"`) if some `n`
+    /// exceeds [`MAX_N`] or `Σ n²` reaches 2^32; [`Error::OutOfMemory`] if `Ā` (`4 Σ n²`
+    /// bytes) exceeds one device allocation (cubecl's `max_page_size`: 128 MiB on lavapipe).
     pub fn new(
         client: &Client,
         heads: usize,
@@ -135,11 +139,20 @@ impl LayerAccumulator {
         if heads == 0 {
             return Err(Error::ZeroDimension { what: "heads" });
         }
-        if inputs.iter().any(|i| i.n > MAX_N) {
+        let options = options.fit(client);
+        if inputs.len() > options.grid() as usize {
             return Err(Error::InvalidConfig {
-                field: "n",
-                reason: "the GPU kernels need n <= 65535",
+                field: "batch",
+                reason: "the GPU kernels launch one layer of cubes per sequence: at most the \
+                         device's cubes per grid dimension (65535 on wgpu); split the batch",
             });
+        }
+        let too_big = Error::InvalidConfig {
+            field: "n",
+            reason: "the GPU kernels index with u32: n must be at most 65535 and Σ n² below 2^32",
+        };
+        if inputs.iter().any(|i| i.n > MAX_N) {
+            return Err(too_big);
         }
         let mut out_offsets = Vec::with_capacity(inputs.len());
         let mut total = 0usize;
@@ -148,13 +161,31 @@ impl LayerAccumulator {
             out_offsets.push(total);
             let m = &mut metadata[b * k::AGG_META..(b + 1) * k::AGG_META];
             m[k::N] = to_u32(input.n);
-            m[k::IN_OFFSET] = to_u32(input.offset);
-            m[k::IN_ROW_STRIDE] = to_u32(input.row_stride);
-            m[k::IN_HEAD_STRIDE] = to_u32(input.head_stride);
-            m[k::OUT_OFFSET] = to_u32(total);
-            total += input.n * input.n;
+            m[k::IN_OFFSET] = u32::try_from(input.offset).map_err(|_| too_big.clone())?;
+            m[k::IN_ROW_STRIDE] = u32::try_from(input.row_stride).map_err(|_| too_big.clone())?;
+            m[k::IN_HEAD_STRIDE] = u32::try_from(input.head_stride).map_err(|_| too_big.clone())?;
+            m[k::OUT_OFFSET] = u32::try_from(total).map_err(|_| too_big.clone())?;
+            total = total.saturating_add(input.n * input.n);
         }
-        to_u32(total);
+        // One buffer: at most one device allocation (wgpu's binding limit), as the core
+        // reports an `N²` it cannot allocate.
+        let bytes = total.saturating_mul(core::mem::size_of::<f32>());
+        if u64::try_from(bytes).map_or(true, |b| b > client.properties().memory.max_page_size) {
+            return Err(Error::OutOfMemory {
+                what: "the aggregated attention (N x N)",
+                bytes,
+            });
+        }
+        // `aggregate_layer` folds each sequence's `n²` entries over x and y only.
+        let n_max = inputs.iter().map(|i| i.n).max().unwrap_or(0);
+        if u32::try_from(total).is_err()
+            || Launch::elementwise(Kernel::AggregateLayer, n_max * n_max, &options)
+                .cubes
+                .2
+                != 1
+        {
+            return Err(too_big);
+        }
         Ok(Self {
             heads,
             layout,
@@ -163,7 +194,7 @@ impl LayerAccumulator {
             inputs,
             out_offsets,
             statuses: Vec::new(),
-            options: options.fit(client),
+            options,
             plan: LaunchPlan::default(),
         })
     }
@@ -173,13 +204,20 @@ impl LayerAccumulator {
         self.statuses.len()
     }
 
-    /// The launch of `aggregate_layer` for these sequences.
+    /// The launch of `aggregate_layer` for these sequences: the `n_max²` entries folded
+    /// over x and y within the grid limit (as [`Launch::elementwise`]), one z layer per
+    /// sequence.
     fn layer_launch(&self) -> Launch {
         let n_max = self.inputs.iter().map(|i| i.n).max().unwrap_or(0);
-        let cubes = (n_max * n_max).div_ceil(self.options.units as usize).max(1);
+        let entries = Launch::elementwise(Kernel::AggregateLayer, n_max * n_max, &self.options);
+        // `new` refused an `n` whose entries would need z as well (`entries.cubes.2 > 1`).
         Launch::new(
             Kernel::AggregateLayer,
-            (to_u32(cubes), to_u32(self.inputs.len()), 1),
+            (
+                entries.cubes.0,
+                entries.cubes.1,
+                to_u32(self.inputs.len().max(1)),
+            ),
             (self.options.units, 1, 1),
         )
     }
@@ -243,7 +281,7 @@ impl LayerAccumulator {
         let gather = self.plan.push(Launch::elementwise(
             Kernel::AggregateNegative,
             pairs,
-            self.options.units,
+            &self.options,
         ));
         k::launch_negative(
             client,
@@ -276,7 +314,7 @@ impl LayerAccumulator {
             let launch = self.plan.push(Launch::elementwise(
                 Kernel::AggregateScale,
                 self.out.len(),
-                self.options.units,
+                &self.options,
             ));
             k::launch_scale(client, &launch, &self.out, scale);
         }
@@ -333,7 +371,8 @@ impl LayerAccumulator {
 ///
 /// The core's errors in the core's order: [`Error::ShapeMismatch`] (length),
 /// [`Error::EmptySequence`], [`Error::ZeroDimension`] (layers, then heads),
-/// [`Error::InvalidLayerSelection`], then the first [`Error::NonFinite`] and the first
+/// [`Error::InvalidLayerSelection`], the device's limits of [`LayerAccumulator::new`]
+/// ([`Error::InvalidConfig`], [`Error::OutOfMemory`]), then the first [`Error::NonFinite`] and the first
 /// [`Error::Negative`] entry of the selected layers (found on the device).
 ///
 /// # Complexity

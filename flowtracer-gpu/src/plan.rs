@@ -13,7 +13,9 @@ use cubecl::prelude::*;
 /// `block` is the side of the triangular block solved inside one cube (one unit per row);
 /// the reach and flow passes take `2 * ceil(N / block)` launches each. `units` is the
 /// number of units per cube of the element-wise and matrix-vector kernels. Both must be
-/// powers of two; [`GpuOptions::fit`] clamps them to what a device supports.
+/// powers of two; [`GpuOptions::fit`] clamps them to what a device supports, and records
+/// the device's cubes per grid dimension (WebGPU's 65535 until then), within which every
+/// element-wise launch folds its grid (see [`Launch`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct GpuOptions {
@@ -21,13 +23,20 @@ pub struct GpuOptions {
     pub block: u32,
     /// Units per cube of the row-parallel kernels (default 256).
     pub units: u32,
+    /// Cubes per grid dimension (the smallest of the device's three).
+    grid: u32,
 }
+
+/// Cubes per grid dimension before [`GpuOptions::fit`] reads the device's: WebGPU's
+/// `maxComputeWorkgroupsPerDimension` default, which wgpu reports on every adapter.
+const DEFAULT_GRID: u32 = 65_535;
 
 impl Default for GpuOptions {
     fn default() -> Self {
         Self {
             block: 64,
             units: 256,
+            grid: DEFAULT_GRID,
         }
     }
 }
@@ -48,7 +57,8 @@ impl GpuOptions {
     }
 
     /// Clamps both knobs to the limits of the device behind `client`: units per cube, and
-    /// shared memory (the flow block keeps a `block x block` f32 tile plus `block` values).
+    /// shared memory (the flow block keeps a `block x block` f32 tile plus `block` values);
+    /// and records the device's cubes per grid dimension.
     #[must_use]
     pub fn fit(self, client: &Client) -> Self {
         let hw = &client.properties().hardware;
@@ -58,7 +68,15 @@ impl GpuOptions {
             block /= 2;
         }
         let units = pow2_floor(self.units.clamp(1, max_units));
-        Self { block, units }
+        let (x, y, z) = hw.max_cube_count;
+        let grid = x.min(y).min(z).max(1);
+        Self { block, units, grid }
+    }
+
+    /// Cubes per grid dimension the element-wise launches stay within (the device's after
+    /// [`GpuOptions::fit`], 65535 before).
+    pub fn grid(&self) -> u32 {
+        self.grid
     }
 }
 
@@ -177,11 +195,29 @@ impl Launch {
         self
     }
 
-    /// An element-wise launch covering `len` items with `units` units per cube (at least
-    /// one cube, so the launch is never empty).
-    pub(crate) fn elementwise(kernel: Kernel, len: usize, units: u32) -> Self {
-        let cubes = len.div_ceil(units as usize).max(1);
-        Self::new(kernel, (to_u32(cubes), 1, 1), (units, 1, 1))
+    /// An element-wise launch covering `len` items with `options.units` units per cube (at
+    /// least one cube, so the launch is never empty), folded into y (then z) so that no grid
+    /// dimension exceeds `options.grid()` cubes: `Ā` of `N = 4096` alone needs 65536 cubes
+    /// of 256, one more than wgpu allows. The kernel takes its flat index from every grid
+    /// dimension (`ABSOLUTE_POS`, linear over x, y and z) and guards it against `len`: the
+    /// folded grid may cover up to `x - 1` cubes more than `len` needs.
+    ///
+    /// # Panics
+    ///
+    /// If `len` needs more than `grid³` cubes (beyond 2^32 items anyway).
+    pub(crate) fn elementwise(kernel: Kernel, len: usize, options: &GpuOptions) -> Self {
+        let grid = options.grid.max(1) as usize;
+        let cubes = len.div_ceil(options.units as usize).max(1);
+        let x = cubes.min(grid);
+        let rest = cubes.div_ceil(x);
+        let y = rest.min(grid);
+        let z = rest.div_ceil(y);
+        assert!(z <= grid, "launch geometry exceeds the device's grid");
+        Self::new(
+            kernel,
+            (to_u32(x), to_u32(y), to_u32(z)),
+            (options.units, 1, 1),
+        )
     }
 
     /// Total units launched (`cubes * cube_dim`, all three axes).

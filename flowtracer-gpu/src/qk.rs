@@ -460,12 +460,10 @@ impl QkAccumulator {
         let q_heads = self.shape.0;
         if !self.out.is_empty() {
             let scale = (1.0 / (self.layers.len() * q_heads) as f64) as f32;
-            let max = client.properties().hardware.max_cube_count.0;
-            let launch = self.plan.push(folded(
+            let launch = self.plan.push(Launch::elementwise(
                 Kernel::AggregateScale,
                 self.out.len(),
-                self.options.units,
-                max,
+                &self.options,
             ));
             agg::launch_scale(client, &launch, &self.out, scale);
         }
@@ -553,19 +551,6 @@ impl QkAccumulator {
             plan: self.plan,
         })
     }
-}
-
-/// An element-wise launch over `len` items within `max` cubes per grid dimension (65535 on
-/// wgpu: `Ā` of `N = 4096` alone needs 65536 cubes of 256), folded into y; `ABSOLUTE_POS`
-/// is linear over x and y, and the kernel guards `ABSOLUTE_POS < len`.
-fn folded(kernel: Kernel, len: usize, units: u32, max: u32) -> Launch {
-    let cubes = len.div_ceil(units as usize).max(1);
-    let x = cubes.min(max.max(1) as usize);
-    Launch::new(
-        kernel,
-        (to_u32(x), to_u32(cubes.div_ceil(x)), 1),
-        (units, 1, 1),
-    )
 }
 
 /// `Ā` of one sequence averaged over `layers` and every query head, with `spans` checked:

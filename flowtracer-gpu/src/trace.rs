@@ -166,7 +166,7 @@ pub fn trace_plan(lengths: &[usize], tokens: usize, options: &GpuOptions) -> Lau
         (row_grid(n_max), s, 1),
         (units, 1, 1),
     ));
-    plan.push(Launch::elementwise(Kernel::ReachZero, tokens, units));
+    plan.push(Launch::elementwise(Kernel::ReachZero, tokens, options));
     for step in 0..steps {
         plan.push(Launch::new(Kernel::ReachBlock, (s, 1, 1), (options.block, 1, 1)).at_step(step));
         let rows = rows_after(step);
@@ -188,7 +188,7 @@ pub fn trace_plan(lengths: &[usize], tokens: usize, options: &GpuOptions) -> Lau
             );
         }
     }
-    plan.push(Launch::elementwise(Kernel::Throughput, tokens, units));
+    plan.push(Launch::elementwise(Kernel::Throughput, tokens, options));
     plan
 }
 
@@ -452,8 +452,10 @@ pub fn trace(
 ///
 /// # Errors
 ///
-/// [`Error::InvalidConfig`] for a bad `config` (the same checks as the core). Per-sequence
-/// errors are reported by [`GpuTrace::result`].
+/// [`Error::InvalidConfig`] for a bad `config` (the same checks as the core), then
+/// [`Error::InvalidConfig`] (field `"batch"`) for more sequences than the device's cubes
+/// per grid dimension (65535 on wgpu). Per-sequence errors are reported by
+/// [`GpuTrace::result`].
 ///
 /// # Complexity
 ///
@@ -492,6 +494,15 @@ pub fn trace_batch_with_workspace(
 ) -> Result<GpuTrace, Error> {
     validate_config(config)?;
     let options = options.fit(client);
+    // `trace_plan` puts the sequences along one grid axis (x of the block kernels, y of
+    // the others).
+    if inputs.len() > options.grid() as usize {
+        return Err(Error::InvalidConfig {
+            field: "batch",
+            reason: "the GPU kernels launch one row of cubes per sequence: at most the \
+                     device's cubes per grid dimension (65535 on wgpu); split the batch",
+        });
+    }
     let mut host: Vec<Result<(), Error>> = Vec::with_capacity(inputs.len());
     // One record per sequence (an all-zero, inactive one for an empty batch, so the buffer
     // is never empty). Only a sequence `validate_input` accepted gets an active record:

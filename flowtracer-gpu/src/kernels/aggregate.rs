@@ -1,8 +1,9 @@
 //! Layer/head aggregation ([method §2](docs/method.md#s2)): `Ā += sum over heads of P[h]` for one layer, then a
 //! final scale by `1 / (layers * heads)`.
 //!
-//! - `aggregate_layer`: one unit per output entry `(k, i)` of every sequence (2-D grid:
-//!   x over the `n * n` entries, y over sequences). It sums the heads, writes (first layer)
+//! - `aggregate_layer`: one unit per output entry `(k, i)` of every sequence (3-D grid:
+//!   x and y over the `n * n` entries, folded within the device's cubes per dimension as
+//!   `Launch::elementwise` does, z over sequences). It sums the heads, writes (first layer)
 //!   or adds (later layers) into `Ā`, and writes 0 above the diagonal, so the output never
 //!   depends on what the buffer held before. It also records, per sequence and head, the
 //!   first non-finite and the first negative entry (`k * n + i`, `atomic min`), read from
@@ -39,8 +40,9 @@ fn aggregate_layer_kernel(
     first: u32,
     #[comptime] packed: bool,
 ) {
-    let seq = CUBE_POS_Y as usize;
-    let p = (CUBE_POS_X * CUBE_DIM_X + UNIT_POS_X) as usize;
+    let seq = CUBE_POS_Z as usize;
+    let cube = CUBE_POS_Y as usize * CUBE_COUNT_X as usize + CUBE_POS_X as usize;
+    let p = cube * CUBE_DIM_X as usize + UNIT_POS_X as usize;
     if seq >= metadata.len() / AGG_META {
         terminate!();
     }
@@ -140,8 +142,8 @@ pub(crate) fn launch_layer(
     packed: bool,
 ) {
     // SAFETY: `DeviceBuffer::arg` declares each buffer with its true element count. The
-    // kernel guards the sequence index against the records in `metadata` and the entry
-    // index `p = k * n + i` against `n * n`. `LayerAccumulator::new` (in `aggregate.rs`)
+    // kernel guards the sequence index (z) against the records in `metadata` and the entry
+    // index `p = k * n + i` (flat over x and y) against `n * n`. `LayerAccumulator::new` (in `aggregate.rs`)
     // checked `n <= MAX_N` (so `n * n` fits in `u32`) and laid the outputs out back to
     // back, so `out_offset + n * n <= out.len()` and the total fits in `u32`;
     // `LayerAccumulator::add_layer` checked, before this launch, that every sequence's last
@@ -204,7 +206,8 @@ pub(crate) fn launch_negative(
 /// Launches `aggregate_scale` over all of `out`.
 pub(crate) fn launch_scale(client: &Client, launch: &Launch, out: &DeviceBuffer, scale: f32) {
     // SAFETY: `DeviceBuffer::arg` declares `out` with its true length and the kernel
-    // guards `ABSOLUTE_POS < out.len()`.
+    // guards `ABSOLUTE_POS < out.len()` (`ABSOLUTE_POS` is flat over every grid dimension,
+    // so a folded grid covers each element once).
     unsafe {
         aggregate_scale_kernel::launch_unchecked(
             client,

@@ -22,6 +22,8 @@ mod common;
 mod conformance;
 #[cfg(feature = "wgpu")]
 mod dirty;
+#[cfg(feature = "wgpu")]
+mod grid;
 mod plan;
 #[cfg(feature = "wgpu")]
 mod shaping;

@@ -45,3 +45,24 @@ fn empty_batch_launches_nothing() {
     assert!(trace_plan(&[], 0, &GpuOptions::default()).is_empty());
     assert!(trace_plan(&[0, 0], 0, &GpuOptions::default()).is_empty());
 }
+
+/// No launch exceeds the grid limit (65535 cubes per dimension on wgpu): `2^24` tokens
+/// need 65536 cubes of 256 for the element-wise `reach_zero` and `throughput`, which now
+/// fold into y and still cover every token.
+#[test]
+fn element_wise_launches_fold_within_the_grid_limit() {
+    let options = GpuOptions::default();
+    assert_eq!(options.grid(), 65_535);
+    let lengths = vec![4096; 4096];
+    let tokens = 1 << 24;
+    let plan = trace_plan(&lengths, tokens, &options);
+    for l in &plan.launches {
+        let (x, y, z) = l.cubes;
+        assert!(x.max(y).max(z) <= options.grid(), "{l:?}");
+    }
+    for kernel in [Kernel::ReachZero, Kernel::Throughput] {
+        let l = plan.of(kernel).next().unwrap();
+        assert_eq!(l.cubes, (65_535, 2, 1), "{kernel}");
+        assert!(l.units() >= tokens as u64, "{kernel}");
+    }
+}
