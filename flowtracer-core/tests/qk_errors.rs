@@ -388,3 +388,34 @@ fn logits_that_overflow() {
     let q64: Vec<f64> = q.iter().map(|&x| f64::from(x)).collect();
     assert!(one_layer(shape, &q64, &q64, None, QkConfig::default(), spans()).is_ok());
 }
+
+/// `QkShape::check_lengths`, the one length check every front door uses: each buffer
+/// against its own length, `Q` before `K` before the log-sum-exp, and no LSE is no check.
+#[test]
+fn check_lengths_names_the_first_wrong_buffer() {
+    let shape = QkShape::new(6, 3, 5, 4);
+    let (q, k, lse) = (6 * 5 * 4, 3 * 5 * 4, 6 * 5);
+    assert_eq!(shape.check_lengths(q, k, Some(lse)), Ok(()));
+    assert_eq!(shape.check_lengths(q, k, None), Ok(()));
+    let mismatch = |what, expected, actual| {
+        Err(Error::ShapeMismatch {
+            what,
+            expected,
+            actual,
+        })
+    };
+    assert_eq!(
+        shape.check_lengths(q + 1, k - 1, Some(0)),
+        mismatch("queries", q, q + 1)
+    );
+    assert_eq!(
+        shape.check_lengths(q, k - 1, Some(0)),
+        mismatch("keys", k, k - 1)
+    );
+    assert_eq!(
+        shape.check_lengths(q, k, Some(lse + 1)),
+        mismatch("log-sum-exp", lse, lse + 1)
+    );
+    // K sized as if it had H_q heads (no grouping) is refused.
+    assert_eq!(shape.check_lengths(q, q, None), mismatch("keys", k, q));
+}

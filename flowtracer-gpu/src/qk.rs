@@ -616,22 +616,11 @@ pub fn attention_from_qk(
         });
     }
     for layer in layers {
-        let lse = layer.lse.map(DeviceBuffer::len);
-        for (what, expected, actual) in [
-            ("queries", shape.q_len(), Some(layer.q.len())),
-            ("keys", shape.k_len(), Some(layer.k.len())),
-            ("log-sum-exp", shape.lse_len(), lse),
-        ] {
-            if let Some(actual) = actual
-                && actual != expected
-            {
-                return Err(Error::ShapeMismatch {
-                    what,
-                    expected,
-                    actual,
-                });
-            }
-        }
+        shape.check_lengths(
+            layer.q.len(),
+            layer.k.len(),
+            layer.lse.map(DeviceBuffer::len),
+        )?;
     }
     check_spans(shape.n, spans)?;
     let mut seq = QkSequence::ragged(shape.q_heads, shape.kv_heads, shape.d, &[shape.n]);

@@ -186,6 +186,57 @@ impl QkShape {
     pub fn lse_len(&self) -> usize {
         self.q_heads.saturating_mul(self.n)
     }
+
+    /// Checks the lengths of one layer's buffers against this shape: `q` values of `Q`,
+    /// `k` of `K` and, when given, `lse` of the saved log-sum-exp (the last part of check 1
+    /// of [method §15](docs/method.md#s15)). Every front door (the core's and the GPU's)
+    /// checks a layer with it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ShapeMismatch`] for `Q` (`"queries"`, expected [`q_len`](Self::q_len)),
+    /// then `K` (`"keys"`, [`k_len`](Self::k_len)), then the log-sum-exp
+    /// (`"log-sum-exp"`, [`lse_len`](Self::lse_len)).
+    ///
+    /// # Complexity
+    ///
+    /// O(1).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use flowtracer_core::Error;
+    /// use flowtracer_core::qk::QkShape;
+    /// let shape = QkShape::new(4, 2, 3, 8); // Q: 4·3·8 = 96, K: 2·3·8 = 48, LSE: 4·3 = 12
+    /// assert_eq!(shape.check_lengths(96, 48, None), Ok(()));
+    /// assert_eq!(
+    ///     shape.check_lengths(96, 48, Some(11)),
+    ///     Err(Error::ShapeMismatch { what: "log-sum-exp", expected: 12, actual: 11 })
+    /// );
+    /// ```
+    pub fn check_lengths(&self, q: usize, k: usize, lse: Option<usize>) -> Result<(), Error> {
+        for (what, expected, actual) in [
+            ("queries", self.q_len(), Some(q)),
+            ("keys", self.k_len(), Some(k)),
+            ("log-sum-exp", self.lse_len(), lse),
+        ] {
+            if let Some(actual) = actual
+                && actual != expected
+            {
+                return Err(Error::ShapeMismatch {
+                    what,
+                    expected,
+                    actual,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The lengths of one layer's buffers against `s` ([`QkShape::check_lengths`]).
+fn check_layer_lengths<T>(s: QkShape, layer: &QkLayer<'_, T>) -> Result<(), Error> {
+    s.check_lengths(layer.q.len(), layer.k.len(), layer.lse.map(<[f32]>::len))
 }
 
 /// Configuration of the Q/K stage. `Default`: scale `1/sqrt(d)`, no window, row tolerance
@@ -371,27 +422,6 @@ fn defect_error(
             tolerance,
         },
     }
-}
-
-/// The lengths of one layer's buffers against `s`: `Q`, then `K`, then the log-sum-exp.
-fn check_layer_lengths<T>(s: QkShape, layer: &QkLayer<'_, T>) -> Result<(), Error> {
-    let lse = layer.lse.map(<[f32]>::len);
-    for (what, expected, actual) in [
-        ("queries", s.q_len(), Some(layer.q.len())),
-        ("keys", s.k_len(), Some(layer.k.len())),
-        ("log-sum-exp", s.lse_len(), lse),
-    ] {
-        if let Some(actual) = actual
-            && actual != expected
-        {
-            return Err(Error::ShapeMismatch {
-                what,
-                expected,
-                actual,
-            });
-        }
-    }
-    Ok(())
 }
 
 /// `K [H_kv][N][d]` of every key/value head packed once into panels of [`KEY_BLOCK`] keys,
