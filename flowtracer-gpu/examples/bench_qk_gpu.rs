@@ -88,7 +88,7 @@ fn main() {
         let q = DeviceBuffer::from_f32(&client, &values(1, batch * hq * n * d));
         let k = DeviceBuffer::from_f32(&client, &values(2, batch * hkv * n * d));
         let seqs: Vec<QkSequence> = (0..batch)
-            .map(|b| QkSequence::padded(b, (hq, hkv, d), n, 0, n))
+            .map(|b| QkSequence::padded(b, (hq, hkv, d), n, 0, n).expect("a full slot"))
             .collect();
         let (mut form, mut passes, mut weights) = (Vec::new(), Vec::new(), Vec::new());
         for rep in 0..=reps {

@@ -139,7 +139,8 @@ impl QkAccumulator {
     ///
     /// The core's order: each sequence's [`QkShape::check`] (an empty batch checks the
     /// heads with `n = 1`), then [`Error::InvalidConfig`] (`QkConfig::validate`), then
-    /// [`Error::ShapeMismatch`] for a mask that is not `n` long; then
+    /// [`Error::ShapeMismatch`] for a mask that is not `n` long, [`Error::InvalidConfig`]
+    /// (field `"q"` or `"k"`) for a view whose heads or rows overlap; then
     /// [`Error::InvalidConfig`] (field `"batch"`) if the batch has more sequences, or more
     /// query heads, than the device's cubes per grid dimension (65535 on wgpu); then
     /// [`Error::InvalidConfig`] (field `"n"`) if some `n` exceeds [`MAX_N`] or `H_q · n · d`
@@ -199,6 +200,19 @@ impl QkAccumulator {
                     expected: s.n,
                     actual: m.len(),
                 });
+            }
+            for (field, view, heads, width, row_stride) in [
+                ("q", &s.q, q_heads, d, s.q.row_stride),
+                ("k", &s.k, kv_heads, d, s.k.row_stride),
+            ] {
+                if !view.disjoint(heads, s.n, width, row_stride) {
+                    return Err(Error::InvalidConfig {
+                        field,
+                        reason: "the view's heads or rows overlap (a row stride below the \
+                                 row's width, or a head stride below the head's rows): \
+                                 each (head, row, column) must be its own element",
+                    });
+                }
             }
         }
         // `layer_launches` puts sequences and query heads along one grid axis each.
@@ -301,7 +315,8 @@ impl QkAccumulator {
     ///
     /// [`Error::ShapeMismatch`] for `Q`, then `K`, then the log-sum-exp (expected: the
     /// extent the sequences need); [`Error::InvalidConfig`] (field `"n"`) if an extent
-    /// reaches 2^32.
+    /// reaches 2^32; with a log-sum-exp, [`Error::InvalidConfig`] (field `"lse"`) if a
+    /// sequence's log-sum-exp heads overlap (its view is read only for such layers).
     ///
     /// # Complexity
     ///
@@ -343,6 +358,18 @@ impl QkAccumulator {
                              below element 2^32",
                 });
             }
+        }
+        if layer.lse.is_some()
+            && self
+                .sequences
+                .iter()
+                .any(|s| !s.lse.disjoint(q_heads, s.n, 1, 1))
+        {
+            return Err(Error::InvalidConfig {
+                field: "lse",
+                reason: "the log-sum-exp view's heads overlap (a head stride below n): each \
+                         (head, row) must be its own element",
+            });
         }
         Ok(())
     }

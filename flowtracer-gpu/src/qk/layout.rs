@@ -25,11 +25,37 @@ impl QkView {
     pub(super) fn extent(&self, heads: usize, n: usize, width: usize) -> usize {
         self.offset + (heads - 1) * self.head_stride + (n - 1) * self.row_stride + width
     }
+
+    /// Whether `heads` heads of `n` rows of `width` values, `row_stride` apart, read
+    /// distinct elements: taken by increasing stride (an axis of one item has none), each
+    /// axis's stride is at least the span of the axes inside it, so no two `(head, row,
+    /// col)` meet. Every layout [`QkSequence`]'s constructors build (head-major, padded,
+    /// token-major varlen) passes; one where a row or a head runs into the next fails.
+    pub(super) fn disjoint(&self, heads: usize, n: usize, width: usize, row_stride: usize) -> bool {
+        let mut axes = [(self.head_stride, heads), (row_stride, n)];
+        axes.sort_unstable();
+        let mut span = width;
+        for (stride, count) in axes {
+            if count <= 1 {
+                continue;
+            }
+            if stride < span {
+                return false;
+            }
+            span = stride.saturating_mul(count - 1).saturating_add(span);
+        }
+        true
+    }
 }
 
 /// One sequence of a batch: its length, where its `Q`, `K` and log-sum-exp are in the
 /// layer buffers, and its optional key-validity mask (`false`: a padding key no query
 /// attends to).
+///
+/// The fields are public (a caller may describe any strided layout); `QkAccumulator::new`
+/// refuses a `Q` or `K` view whose heads or rows overlap, and `check_layer` (called by
+/// `add_layer`) a log-sum-exp view whose heads overlap or any view that runs past its
+/// buffer. Two sequences may read the same elements (the buffers are only read).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QkSequence {
     /// Tokens `n`.
@@ -80,14 +106,40 @@ impl QkSequence {
 
     /// Sequence `batch_index` of a padded batch (`Q [B][H_q][t][d]`, `K [B][H_kv][t][d]`,
     /// log-sum-exp `[B][H_q][t]`), occupying tokens `start..start + n` of its slot.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] (field `"start"`) if `start + n > t`: the sequence would
+    /// run past its slot into the next head's, or the next sequence's, rows.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use flowtracer_core::Error;
+    /// use flowtracer_gpu::QkSequence;
+    /// let s = QkSequence::padded(1, (4, 2, 8), 16, 3, 13)?; // tokens 3..16 of slot 1
+    /// assert_eq!(s.q.offset, (4 * 16 + 3) * 8);
+    /// assert!(matches!(
+    ///     QkSequence::padded(1, (4, 2, 8), 16, 4, 13),
+    ///     Err(Error::InvalidConfig { field: "start", .. })
+    /// ));
+    /// # Ok::<(), Error>(())
+    /// ```
     pub fn padded(
         batch_index: usize,
         (q_heads, kv_heads, d): (usize, usize, usize),
         t: usize,
         start: usize,
         n: usize,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, Error> {
+        if start.checked_add(n).is_none_or(|end| end > t) {
+            return Err(Error::InvalidConfig {
+                field: "start",
+                reason: "a padded sequence occupies tokens start..start + n of its slot: \
+                         start + n must be at most the padded length t",
+            });
+        }
+        Ok(Self {
             n,
             q: QkView {
                 offset: (batch_index * q_heads * t + start) * d,
@@ -105,7 +157,7 @@ impl QkSequence {
                 row_stride: 1,
             },
             key_valid: None,
-        }
+        })
     }
 
     /// The sequences of a ragged batch in FlashAttention's varlen layout: `Q` one

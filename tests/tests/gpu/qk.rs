@@ -514,7 +514,7 @@ fn ragged_and_padded_batches_equal_each_sequence_alone() {
             kp[((b * hkv + h) * t_pad + start) * d..][..c.n * d]
                 .copy_from_slice(&ck[h * c.n * d..][..c.n * d]);
         }
-        seqs.push(QkSequence::padded(b, (hq, hkv, d), t_pad, start, c.n));
+        seqs.push(QkSequence::padded(b, (hq, hkv, d), t_pad, start, c.n).unwrap());
     }
     let (qb, kb) = (
         DeviceBuffer::from_f32(&client, &qp),

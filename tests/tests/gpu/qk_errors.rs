@@ -426,3 +426,79 @@ fn attention_beyond_one_device_allocation_is_out_of_memory() {
     )
     .unwrap();
 }
+
+/// A wrong layout is refused instead of reading a neighbour's rows: `QkSequence::padded`
+/// with `start + n` past its slot (`InvalidConfig`, field `start`; exactly `t` accepted),
+/// and `QkAccumulator::new` for a `Q` or `K` view whose rows or heads overlap
+/// (`InvalidConfig` naming the view: `q` or `k`; a log-sum-exp view, `lse`, at the first
+/// layer that passes one), while the head-major and token-major (varlen) layouts pass.
+#[test]
+fn layouts_that_overlap_are_errors() {
+    let (hq, hkv, d, n) = (4, 2, 8, 5);
+    let t = 16;
+    assert!(QkSequence::padded(2, (hq, hkv, d), t, 3, 13).is_ok());
+    for (start, len) in [(4, 13), (0, t + 1), (usize::MAX, 2)] {
+        let e = QkSequence::padded(2, (hq, hkv, d), t, start, len).unwrap_err();
+        assert!(
+            matches!(e, Error::InvalidConfig { field: "start", .. }),
+            "start {start}, n {len}: {e:?}"
+        );
+    }
+    let Some(client) = device() else { return };
+    let (cfg, opts) = (QkConfig::default(), GpuOptions::default());
+    let new = |s: &QkSequence| {
+        QkAccumulator::new(&client, (hq, hkv, d), &cfg, vec![s.clone()], &opts).map(|_| ())
+    };
+    let field = |s: &QkSequence| match new(s) {
+        Err(Error::InvalidConfig { field, .. }) => field,
+        other => panic!("{s:?}: {other:?}"),
+    };
+    let head_major = QkSequence::ragged(hq, hkv, d, &[n]).remove(0);
+    let token_major = QkSequence::varlen(&[0, n], (hq, hkv, d), hq * n * d, hkv * n * d, None)
+        .unwrap()
+        .remove(0);
+    assert_eq!(new(&head_major), Ok(()));
+    assert_eq!(new(&token_major), Ok(()));
+    // Rows of Q one value closer than a row is wide.
+    let mut s = head_major.clone();
+    s.q.row_stride = d - 1;
+    assert_eq!(field(&s), "q");
+    // Heads of K one row closer than a head's rows.
+    let mut s = head_major.clone();
+    s.k.head_stride = (n - 1) * d;
+    assert_eq!(field(&s), "k");
+    // Heads of the log-sum-exp one row closer than n: its view is read (and checked) only
+    // for a layer that passes a log-sum-exp (the trainer's sequences leave it default).
+    let mut s = head_major.clone();
+    s.lse.head_stride = n - 1;
+    let acc = QkAccumulator::new(&client, (hq, hkv, d), &cfg, vec![s], &opts).unwrap();
+    let (q, k, lse) = (
+        DeviceBuffer::from_f32(&client, &vec![0.0; hq * n * d]),
+        DeviceBuffer::from_f32(&client, &vec![0.0; hkv * n * d]),
+        DeviceBuffer::from_f32(&client, &vec![0.0; hq * n]),
+    );
+    let mut layer = QkDeviceLayer {
+        index: 0,
+        q: &q,
+        k: &k,
+        lse: None,
+    };
+    assert_eq!(acc.check_layer(&layer), Ok(()));
+    layer.lse = Some(&lse);
+    assert!(
+        matches!(
+            acc.check_layer(&layer),
+            Err(Error::InvalidConfig { field: "lse", .. })
+        ),
+        "{:?}",
+        acc.check_layer(&layer)
+    );
+    // Token-major K whose heads overlap inside a row.
+    let mut s = token_major.clone();
+    s.k.head_stride = d - 1;
+    assert_eq!(field(&s), "k");
+    // Token-major Q whose rows are closer than the row's H_q heads.
+    let mut s = token_major;
+    s.q.row_stride = hq * d - 1;
+    assert_eq!(field(&s), "q");
+}
