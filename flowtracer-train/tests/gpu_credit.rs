@@ -7,8 +7,9 @@
 //! at the `k`-th selection boundary, where the two paths' throughputs (f32 on the device,
 //! f64 from f32 attention on the CPU) may order two nearly tied tokens differently: there
 //! the token's CPU throughput must lie within [`BOUNDARY_REL`] (relative) of the `k`-th
-//! largest. The number of such cases is printed, and so is `flow/scoring_time_frac` of both
-//! paths.
+//! token in the method's order (the core's `select_tokens` with `CreditMethod::select`:
+//! the `k`-th largest for FlowTracer, the `k`-th smallest for `bottom_flow`). The number of
+//! such cases is printed, and so is `flow/scoring_time_frac` of both paths.
 //!
 //! Without an adapter this fails (lavapipe: `apt-get install mesa-vulkan-drivers
 //! libvulkan1`, `XDG_RUNTIME_DIR=/tmp`).
@@ -19,7 +20,9 @@ use burn::module::Module;
 use burn::tensor::{Device, DeviceKind};
 use flowtracer_core::baselines::{CreditMethod, SplitMix64};
 use flowtracer_core::grpo::{ScaleRewards, group_advantages};
+use flowtracer_core::shaping::{ShapingConfig, num_selected, select_tokens};
 use flowtracer_train::config::{ADV_EPS, GrpoConfig};
+use flowtracer_train::credit::CreditConfig;
 use flowtracer_train::gpu_credit;
 use flowtracer_train::model::ModelConfig;
 use flowtracer_train::rollout::Rollout;
@@ -27,8 +30,8 @@ use flowtracer_train::sampling::Completion;
 use flowtracer_train::task::{TaskConfig, generate};
 use flowtracer_train::trainer::Trainer;
 
-/// How close (relative) to the `k`-th largest CPU throughput a token must be for the two
-/// paths to select it differently.
+/// How close (relative) to the `k`-th CPU throughput in the method's order a token must be
+/// for the two paths to select it differently.
 const BOUNDARY_REL: f64 = 1e-6;
 
 fn trainer(method: CreditMethod) -> Trainer {
@@ -100,15 +103,38 @@ fn fixed(t: &Trainer, seed: u64) -> Rollout {
         .expect("device score")
 }
 
+/// The score of the `k`-th token the core selects from `tau[p_len..]` under `shaping`
+/// (`k = num_selected(rho, |R|)`), in the core's order (`select_tokens` with the method's
+/// `Select`: highest first for `Top`, lowest first for `Bottom`, zeros last, ties to the
+/// earlier position): the one token selected with `k` and not with `k - 1`. `None` when
+/// nothing is selected.
+fn boundary(tau: &[f64], p_len: usize, shaping: &ShapingConfig) -> Option<f64> {
+    let response = (p_len..tau.len()).into();
+    let len = tau.len() - p_len;
+    let k = num_selected(shaping.rho, len);
+    if k == 0 {
+        return None;
+    }
+    let chosen = select_tokens(tau, &response, shaping.rho, shaping.select);
+    let before = select_tokens(tau, &response, (k - 1) as f64 / len as f64, shaping.select);
+    assert_eq!(
+        (chosen.len(), before.len()),
+        (k, k - 1),
+        "nested selections"
+    );
+    let last = chosen.iter().find(|p| !before.contains(p)).expect("nested");
+    Some(tau[*last])
+}
+
 /// Compares the two paths' weights; returns (sequences with a selection, boundary cases).
-fn compare(what: &str, dev: &Rollout, cpu: &Rollout) -> (usize, usize) {
+fn compare(what: &str, shaping: &ShapingConfig, dev: &Rollout, cpu: &Rollout) -> (usize, usize) {
     assert_eq!(
         dev.credit.no_answer, cpu.credit.no_answer,
         "{what}: no_answer"
     );
     assert_eq!(dev.credit.unscored, cpu.credit.unscored, "{what}: unscored");
     assert_eq!(dev.credit.answers, cpu.credit.answers, "{what}: answers");
-    let (mut selecting, mut boundary) = (0, 0);
+    let (mut selecting, mut boundary_cases) = (0, 0);
     for (i, (wd, wc)) in dev
         .credit
         .weights
@@ -126,23 +152,51 @@ fn compare(what: &str, dev: &Rollout, cpu: &Rollout) -> (usize, usize) {
                 continue;
             }
             // Only a selection boundary may differ: the token's CPU throughput is tied
-            // (within BOUNDARY_REL) with the k-th largest of its response.
+            // (within BOUNDARY_REL) with the k-th of its response in the method's order.
             let tau = cpu.credit.scores[i]
                 .as_ref()
                 .unwrap_or_else(|| panic!("{what} seq {i} pos {p}: {d} vs {c}, no CPU score"));
-            let k = wc[p_len..].iter().filter(|&&w| w != 1.0).count();
-            let mut sorted: Vec<f64> = tau[p_len..].to_vec();
-            sorted.sort_by(|a, b| b.total_cmp(a));
-            let kth = sorted[k.max(1) - 1];
+            let kth = boundary(tau, p_len, shaping)
+                .unwrap_or_else(|| panic!("{what} seq {i} pos {p}: {d} vs {c}, k = 0"));
             assert!(
                 (tau[p] - kth).abs() <= BOUNDARY_REL * kth.abs(),
                 "{what} seq {i} pos {p}: weight {d} (device) vs {c} (cpu), tau {} vs k-th {kth}",
                 tau[p]
             );
-            boundary += 1;
+            boundary_cases += 1;
         }
     }
-    (selecting, boundary)
+    (selecting, boundary_cases)
+}
+
+/// The boundary follows the method: the `k`-th largest for FlowTracer, the `k`-th smallest
+/// (positive) for `bottom_flow`, ties to the earlier position, zeros last (the old rule took
+/// the `k`-th largest for both, so a genuine bottom-k tie failed).
+#[test]
+fn the_boundary_is_the_kth_in_the_methods_order() {
+    // Prompt of 2, response of 7: k = ceil(0.4 * 7) = 3.
+    let tau = [9.0, 9.0, 0.5, 0.1, 0.0, 0.4, 0.2, 0.35, 0.6];
+    let top = CreditConfig {
+        method: CreditMethod::FlowTracer,
+        ..CreditConfig::default()
+    }
+    .shaping();
+    let bottom = CreditConfig {
+        method: CreditMethod::BottomFlow,
+        ..CreditConfig::default()
+    }
+    .shaping();
+    assert_eq!(boundary(&tau, 2, &top), Some(0.4));
+    assert_eq!(boundary(&tau, 2, &bottom), Some(0.35));
+    // A genuine bottom-k tie at the boundary: the 3rd smallest is 0.2 (twice).
+    let tied = [9.0, 9.0, 0.5, 0.2, 0.1, 0.2, 0.9, 0.7, 0.8];
+    assert_eq!(boundary(&tied, 2, &bottom), Some(0.2));
+    // Bottom-k with only two positive scores takes the zero third.
+    let sparse = [1.0, 0.0, 0.0, 0.7, 0.0, 0.2, 0.0, 0.0];
+    assert_eq!(boundary(&sparse, 2, &bottom), Some(0.0));
+    assert_eq!(boundary(&sparse, 2, &top), Some(0.0));
+    // Nothing selected: no boundary.
+    assert_eq!(boundary(&tau, 2, &top.with_rho(0.0)), None);
 }
 
 #[test]
@@ -152,6 +206,7 @@ fn device_scoring_equals_the_cpu_path_over_two_steps() {
         gpu_credit::applies(&t),
         "the wgpu trainer scores on the device"
     );
+    let shaping = t.config.credit.shaping();
     let mut boundary_cases = 0;
     let mut selecting = 0;
     for step in 1..=2 {
@@ -164,13 +219,13 @@ fn device_scoring_equals_the_cpu_path_over_two_steps() {
         );
         // The CPU path on the same rollout and the same policy (before the update).
         let cpu = cpu_score(&mut t, &dev);
-        let (s, b) = compare("sampled", &dev, &cpu);
+        let (s, b) = compare("sampled", &shaping, &dev, &cpu);
         selecting += s;
         boundary_cases += b;
         // Canonical responses on the same policy: never vacuous.
         let fixed_dev = fixed(&t, 11 + step);
         let fixed_cpu = cpu_score(&mut t, &fixed_dev);
-        let (s, b) = compare("fixed", &fixed_dev, &fixed_cpu);
+        let (s, b) = compare("fixed", &shaping, &fixed_dev, &fixed_cpu);
         assert!(s > 0, "step {step}: no sequence selected any token");
         selecting += s;
         boundary_cases += b;
@@ -207,7 +262,12 @@ fn other_methods_and_the_flag_fall_back_to_the_cpu() {
     );
     t = trainer(CreditMethod::BottomFlow);
     assert!(gpu_credit::applies(&t));
+    let shaping = t.config.credit.shaping();
     let dev = fixed(&t, 5);
     let cpu = cpu_score(&mut t, &dev);
-    compare("bottom_flow", &dev, &cpu);
+    let (selecting, boundary_cases) = compare("bottom_flow", &shaping, &dev, &cpu);
+    assert!(selecting > 0, "bottom_flow: no sequence selected any token");
+    println!(
+        "bottom_flow: {selecting} sequences with a selection, {boundary_cases} boundary cases"
+    );
 }
