@@ -137,13 +137,7 @@ pub(crate) fn batch_sources<'a, 'py, F: Float>(
                         ),
                     ));
                 }
-                let offsets: Vec<usize> = cu.extract().map_err(|_| {
-                    input_error(
-                        py,
-                        "BadBatch",
-                        "cu_seqlens must be a sequence of non-negative integers".into(),
-                    )
-                })?;
+                let offsets = offsets(py, cu)?;
                 let layout = if packed {
                     Layout::Packed
                 } else {
@@ -238,6 +232,28 @@ pub(crate) fn packed_n(len: usize) -> usize {
         n += 1;
     }
     n
+}
+
+/// `cu_seqlens`: a sequence of non-negative integer token offsets (a list, a numpy array).
+fn offsets(py: Python<'_>, cu: &Bound<'_, PyAny>) -> PyResult<Vec<usize>> {
+    let expected = "a sequence of non-negative integer token offsets";
+    if cu.is_instance_of::<pyo3::types::PyString>() {
+        return Err(argument_error(
+            py,
+            "BadBatch",
+            "cu_seqlens",
+            None,
+            cu,
+            expected,
+        ));
+    }
+    let items = cu
+        .try_iter()
+        .map_err(|_| argument_error(py, "BadBatch", "cu_seqlens", None, cu, expected))?;
+    items
+        .enumerate()
+        .map(|(i, x)| usize_arg(py, "BadBatch", "cu_seqlens", Some(("index", i)), &x?))
+        .collect()
 }
 
 pub(crate) fn with_sequence(py: Python<'_>, err: PyErr, i: usize) -> PyErr {
@@ -346,19 +362,13 @@ pub(crate) fn score_typed<'py, F: Float>(
             )
         };
         let completion_start = match &starts {
-            Some(s) => s[i].extract::<usize>().map_err(|_| {
-                error_with(
-                    py,
-                    "BadBatch",
-                    format!("sequence {i}: completion_start must be a non-negative integer"),
-                    vec![(
-                        "sequence",
-                        i.into_pyobject(py)
-                            .map(|o| o.into_any())
-                            .unwrap_or_else(|_| py.None().into_bound(py)),
-                    )],
-                )
-            })?,
+            Some(s) => usize_arg(
+                py,
+                "BadBatch",
+                "completion_start",
+                Some(("sequence", i)),
+                &s[i],
+            )?,
             None => match &spans {
                 Some(s) => s.question.end(),
                 None => tokens(py, "question", &questions[i])
@@ -573,14 +583,21 @@ pub(crate) fn score_batch<'py>(
     attention_mask: Option<&Bound<'py, PyAny>>,
     cu_seqlens: Option<&Bound<'py, PyAny>>,
     completion_start: Option<&Bound<'py, PyAny>>,
-    completion_length: Option<usize>,
-    packed: bool,
-    on_error: &str,
-    return_details: bool,
+    completion_length: Option<&Bound<'py, PyAny>>,
+    packed: &Bound<'py, PyAny>,
+    on_error: &Bound<'py, PyAny>,
+    return_details: &Bound<'py, PyAny>,
     options: Option<&Bound<'py, PyDict>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let options = parse_options(py, options, SCORING_ALLOWED)?;
-    let failed_rows_ones = match on_error {
+    let completion_length = match completion_length.filter(|v| !v.is_none()) {
+        Some(v) => Some(usize_arg(py, "BadBatch", "completion_length", None, v)?),
+        None => None,
+    };
+    let packed = bool_arg(py, "packed", packed)?;
+    let return_details = bool_arg(py, "return_details", return_details)?;
+    let on_error = str_arg(py, "on_error", on_error)?;
+    let failed_rows_ones = match on_error.as_str() {
         "raise" => false,
         "ones" => true,
         other => {

@@ -5,6 +5,7 @@ use pyo3::IntoPyObjectExt;
 use pyo3::create_exception;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyString};
 
 create_exception!(
     flowtracer,
@@ -14,8 +15,11 @@ create_exception!(
      unknown options, ... A subclass of ValueError.\n\n\
      `kind` is the name of the core's error variant (for example 'NonFinite',\n\
      'SpanOutOfRange', 'UnknownName') or of the binding's own check ('UnsupportedDtype',\n\
-     'BadRank', 'BadSpan', 'BadAttentionMask', 'BadBatch', 'BadIndex', 'UnsupportedDevice',\n\
-     'AccumulatorConsumed'). The fields of the error are attributes; those an error does not\n\
+     'BadRank', 'BadSpan', 'BadAttentionMask', 'BadBatch', 'BadIndex', 'BadArgument',\n\
+     'UnsupportedDevice', 'AccumulatorConsumed'). An argument of the wrong type or value (a\n\
+     dimension, count, index or offset that is negative, a float, a bool, None or >= 2**64; an\n\
+     option that does not parse: kind 'InvalidConfig') names the argument as field and its\n\
+     repr as given. The fields of the error are attributes; those an error does not\n\
      have are None: sequence (the index in a batch), span ('question', 'answer' or\n\
      'response'), row, col, layer, head, index, value, field, what, given, allowed,\n\
      expected, actual, n, range, mass, tolerance, dtype, tensor ('query', 'key' or\n\
@@ -235,6 +239,76 @@ pub(crate) fn core_error<'py>(py: Python<'py>, e: &CoreError, sequence: Option<u
         None => e.to_string(),
     };
     error_with(py, &kind_of(e), message, attrs)
+}
+
+/// `flowtracer.Error` of kind `kind` for a value the user gave that the binding cannot read:
+/// `field` is the argument's name, `given` its `repr`; `at` (an attribute and an index, as
+/// `("sequence", 1)`) places one item of a per-sequence list. The one mapping of bad argument
+/// values, used by the options ([`option_value_error`](crate::options::option_value_error))
+/// and every integer argument ([`usize_arg`]).
+pub(crate) fn argument_error<'py>(
+    py: Python<'py>,
+    kind: &str,
+    field: &str,
+    at: Option<(&'static str, usize)>,
+    given: &Bound<'py, PyAny>,
+    expected: &str,
+) -> PyErr {
+    let repr = given
+        .repr()
+        .map(|r| r.to_string())
+        .unwrap_or_else(|_| "?".into());
+    let type_name = given
+        .get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_default();
+    let place = at.map_or(String::new(), |(name, i)| format!(" ({name} {i})"));
+    let mut attrs = vec![
+        ("field", PyString::new(py, field).into_any()),
+        ("given", PyString::new(py, &repr).into_any()),
+    ];
+    if let Some((name, i)) = at
+        && let Ok(o) = i.into_bound_py_any(py)
+    {
+        attrs.push((name, o));
+    }
+    error_with(
+        py,
+        kind,
+        format!("invalid {field}{place}: expected {expected}, got {repr} ({type_name})"),
+        attrs,
+    )
+}
+
+/// A non-negative integer argument: a Python `int` or any integer with `__index__` (numpy
+/// integers), at most `usize::MAX`. A bool, a float, None, a string, a negative value or a
+/// larger one is [`argument_error`] of kind `kind`, never pyo3's `OverflowError`/`TypeError`.
+pub(crate) fn usize_arg(
+    py: Python<'_>,
+    kind: &str,
+    field: &str,
+    at: Option<(&'static str, usize)>,
+    v: &Bound<'_, PyAny>,
+) -> PyResult<usize> {
+    let expected = "a non-negative integer below 2**64";
+    if v.is_instance_of::<PyBool>() {
+        return Err(argument_error(py, kind, field, at, v, expected));
+    }
+    v.extract::<usize>()
+        .map_err(|_| argument_error(py, kind, field, at, v, expected))
+}
+
+/// A bool argument (`True`/`False`, numpy's bool too), else [`argument_error`] `BadArgument`.
+pub(crate) fn bool_arg(py: Python<'_>, field: &str, v: &Bound<'_, PyAny>) -> PyResult<bool> {
+    v.extract::<bool>()
+        .map_err(|_| argument_error(py, "BadArgument", field, None, v, "True or False"))
+}
+
+/// A string argument, else [`argument_error`] `BadArgument`.
+pub(crate) fn str_arg(py: Python<'_>, field: &str, v: &Bound<'_, PyAny>) -> PyResult<String> {
+    v.extract::<String>()
+        .map_err(|_| argument_error(py, "BadArgument", field, None, v, "a string"))
 }
 
 /// A check of the binding's own (dtype, rank, span objects, masks, batch lists).

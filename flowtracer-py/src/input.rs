@@ -242,8 +242,10 @@ pub(crate) fn tokens(py: Python<'_>, span: &str, obj: &Bound<'_, PyAny>) -> PyRe
         Ok(Tokens::Range(start as usize..stop as usize))
     };
     if let Ok(r) = obj.cast::<PyRange>() {
-        if r.step()? == 1 {
-            return as_range(r.start()?, r.stop()?);
+        let bounds = (|| Ok::<_, PyErr>((r.start()?, r.stop()?, r.step()?)))()
+            .map_err(|_| bad(format!("{} has a bound outside [-2**63, 2**63)", repr(obj))))?;
+        if let (start, stop, 1) = bounds {
+            return as_range(start, stop);
         }
         let v: Vec<isize> = obj.extract()?;
         return list_tokens(v).map_err(|i| bad(format!("has a negative position {i}")));
@@ -275,6 +277,10 @@ pub(crate) fn tokens(py: Python<'_>, span: &str, obj: &Bound<'_, PyAny>) -> PyRe
         ))
     })?;
     list_tokens(v).map_err(|i| bad(format!("has a negative position {i}")))
+}
+
+fn repr(obj: &Bound<'_, PyAny>) -> String {
+    obj.repr().map(|r| r.to_string()).unwrap_or_default()
 }
 
 pub(crate) fn list_tokens(v: Vec<isize>) -> Result<Tokens, isize> {

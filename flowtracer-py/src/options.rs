@@ -59,13 +59,21 @@ pub(crate) struct Options {
     pub(crate) layers: LayerSelection,
 }
 
-pub(crate) fn option_value_error(py: Python<'_>, name: &str, e: PyErr) -> PyErr {
-    error_with(
-        py,
-        "InvalidConfig",
-        format!("invalid {name}: {e}"),
-        vec![("field", pyo3::types::PyString::new(py, name).into_any())],
-    )
+/// An option's value that does not parse: [`argument_error`] of kind `InvalidConfig` (the
+/// core's kind for a bad configuration value), with the option's name as `field`.
+pub(crate) fn option_value_error(
+    py: Python<'_>,
+    name: &str,
+    v: &Bound<'_, PyAny>,
+    expected: &str,
+) -> PyErr {
+    argument_error(py, "InvalidConfig", name, None, v, expected)
+}
+
+/// A bool option (`normalize_mean`).
+fn bool_option(py: Python<'_>, name: &str, v: &Bound<'_, PyAny>) -> PyResult<bool> {
+    v.extract()
+        .map_err(|_| option_value_error(py, name, v, "True or False"))
 }
 
 /// Parses an enum option with the core's `FromStr` (its error lists the allowed names).
@@ -74,12 +82,15 @@ pub(crate) fn parse_name<T: core::str::FromStr<Err = CoreError>>(
     name: &str,
     v: &Bound<'_, PyAny>,
 ) -> PyResult<T> {
-    let s: String = v.extract().map_err(|e| option_value_error(py, name, e))?;
+    let s: String = v
+        .extract()
+        .map_err(|_| option_value_error(py, name, v, "a name (a string)"))?;
     s.parse::<T>().map_err(|e| core_error(py, &e, None))
 }
 
 pub(crate) fn parse_f64(py: Python<'_>, name: &str, v: &Bound<'_, PyAny>) -> PyResult<f64> {
-    v.extract().map_err(|e| option_value_error(py, name, e))
+    v.extract()
+        .map_err(|_| option_value_error(py, name, v, "a number"))
 }
 
 /// Options from keyword arguments, each name checked against `allowed`, starting from the
@@ -116,10 +127,7 @@ pub(crate) fn parse_options(
             "gamma_flow" => shaping = shaping.with_gamma_flow(parse_f64(py, n, &v)?),
             "apply_to" => shaping = shaping.with_apply_to(parse_name::<ApplyTo>(py, n, &v)?),
             "mix" => shaping = shaping.with_mix(parse_f64(py, n, &v)?),
-            "normalize_mean" => {
-                shaping = shaping
-                    .with_normalize_mean(v.extract().map_err(|e| option_value_error(py, n, e))?)
-            }
+            "normalize_mean" => shaping = shaping.with_normalize_mean(bool_option(py, n, &v)?),
             "select" => shaping = shaping.with_select(parse_name::<Select>(py, n, &v)?),
             "scale_rewards" => {
                 grpo = grpo.with_scale_rewards(parse_name::<ScaleRewards>(py, n, &v)?)
@@ -143,18 +151,23 @@ pub(crate) fn parse_layers(py: Python<'_>, v: &Bound<'_, PyAny>) -> PyResult<Lay
     if let Ok(s) = v.extract::<String>() {
         return s.parse().map_err(|e| core_error(py, &e, None));
     }
-    if let Ok(r) = v.cast::<PyRange>()
-        && r.step()? == 1
-        && r.start()? >= 0
-        && r.stop()? >= r.start()?
-    {
-        return Ok(LayerSelection::Range(
-            r.start()? as usize..r.stop()? as usize,
-        ));
+    let expected = "a name, a range or a list of non-negative layer indices";
+    if let Ok(r) = v.cast::<PyRange>() {
+        let bounds = (|| Ok::<_, PyErr>((r.start()?, r.stop()?, r.step()?)))()
+            .map_err(|_| option_value_error(py, "layers", v, expected))?;
+        if let (start @ 0.., stop, 1) = bounds
+            && stop >= start
+        {
+            return Ok(LayerSelection::Range(start as usize..stop as usize));
+        }
     }
-    let list: Vec<usize> = v
-        .extract()
-        .map_err(|e| option_value_error(py, "layers", e))?;
+    let list: Vec<usize> = match v.try_iter() {
+        Ok(items) if !v.is_instance_of::<pyo3::types::PyString>() => items
+            .map(|x| usize_arg(py, "InvalidConfig", "layers", None, &x?))
+            .collect::<PyResult<_>>()
+            .map_err(|_| option_value_error(py, "layers", v, expected))?,
+        _ => return Err(option_value_error(py, "layers", v, expected)),
+    };
     Ok(LayerSelection::List(list))
 }
 
@@ -167,8 +180,9 @@ pub(crate) fn parse_layers(py: Python<'_>, v: &Bound<'_, PyAny>) -> PyResult<Lay
 pub(crate) fn select_layers(
     py: Python<'_>,
     layers: &Bound<'_, PyAny>,
-    num_layers: usize,
+    num_layers: &Bound<'_, PyAny>,
 ) -> PyResult<Vec<usize>> {
+    let num_layers = usize_arg(py, "BadArgument", "num_layers", None, num_layers)?;
     let selection = parse_layers(py, layers)?;
     flowtracer_core::aggregate::select_layers(num_layers, &selection)
         .map_err(|e| core_error(py, &e, None))
@@ -256,10 +270,7 @@ pub(crate) fn qk_config(
         c = c.with_scale(parse_f64(py, "scale", v)?);
     }
     if let Some(v) = given(window) {
-        let w: usize = v
-            .extract()
-            .map_err(|e| option_value_error(py, "window", e))?;
-        c = c.with_window(w);
+        c = c.with_window(usize_arg(py, "InvalidConfig", "window", None, v)?);
     }
     if let Some(v) = given(logit_softcap) {
         c = c.with_logit_softcap(parse_f64(py, "logit_softcap", v)?);

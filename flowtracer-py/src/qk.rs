@@ -290,21 +290,28 @@ impl PyQkAccumulator {
 #[pymethods]
 impl PyQkAccumulator {
     #[new]
-    #[pyo3(signature = (q_heads, kv_heads, n, d, *, key_mask=None, scale=None, window=None, logit_softcap=None, row_tolerance=None, dtype="float32"))]
+    #[pyo3(signature = (q_heads, kv_heads, n, d, *, key_mask=None, scale=None, window=None, logit_softcap=None, row_tolerance=None, dtype=None))]
     #[allow(clippy::too_many_arguments)]
     fn new<'py>(
         py: Python<'py>,
-        q_heads: usize,
-        kv_heads: usize,
-        n: usize,
-        d: usize,
+        q_heads: &Bound<'py, PyAny>,
+        kv_heads: &Bound<'py, PyAny>,
+        n: &Bound<'py, PyAny>,
+        d: &Bound<'py, PyAny>,
         key_mask: Option<&Bound<'py, PyAny>>,
         scale: Option<&Bound<'py, PyAny>>,
         window: Option<&Bound<'py, PyAny>>,
         logit_softcap: Option<&Bound<'py, PyAny>>,
         row_tolerance: Option<&Bound<'py, PyAny>>,
-        dtype: &str,
+        dtype: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Self> {
+        let dim = |name: &str, v: &Bound<'py, PyAny>| usize_arg(py, "BadArgument", name, None, v);
+        let (q_heads, kv_heads) = (dim("q_heads", q_heads)?, dim("kv_heads", kv_heads)?);
+        let (n, d) = (dim("n", n)?, dim("d", d)?);
+        let dtype = match dtype.filter(|v| !v.is_none()) {
+            Some(v) => str_arg(py, "dtype", v)?,
+            None => "float32".to_string(), // None: the default
+        };
         let Some(&dtype) = ACCUMULATOR_DTYPES.iter().find(|&&x| x == dtype) else {
             let e = CoreError::UnknownName {
                 what: "dtype",
@@ -347,13 +354,7 @@ impl PyQkAccumulator {
         lse: Option<&Bound<'py, PyAny>>,
         bf16: bool,
     ) -> PyResult<()> {
-        let index: usize = index.extract().map_err(|_| {
-            input_error(
-                py,
-                "BadIndex",
-                format!("the layer index must be a non-negative integer, got {index}"),
-            )
-        })?;
+        let index = usize_arg(py, "BadIndex", "index", None, index)?;
         let shape = self.shape;
         let acc = self
             .inner

@@ -407,10 +407,11 @@ pub(crate) fn shape_typed<'py, F: Float>(
 pub(crate) fn shape_advantages<'py>(
     py: Python<'py>,
     rewards: &Bound<'py, PyAny>,
-    num_generations: usize,
+    num_generations: &Bound<'py, PyAny>,
     weights: &Bound<'py, PyAny>,
     options: Option<&Bound<'py, PyDict>>,
 ) -> PyResult<Bound<'py, PyAny>> {
+    let num_generations = usize_arg(py, "BadArgument", "num_generations", None, num_generations)?;
     let options = parse_options(py, options, SHAPE_ALLOWED)?;
     let (w, dtype) = as_array(py, "weights", weights)?;
     match dtype {

@@ -193,7 +193,8 @@ def score_batch(
     mass, ...) raises :class:`flowtracer.Error` with its index as ``sequence`` (the lowest
     such index); with ``on_error="ones"`` its row is weight 1 instead (plain GRPO for that
     response, as the Rust trainer does). Malformed arguments (span objects, list lengths, the
-    mask) always raise. With ``return_details=True`` the result is ``(weights, details)``:
+    mask; a ``cu_seqlens``, ``completion_start`` or ``completion_length`` entry that is not a
+    non-negative integer: kind ``BadBatch``, the argument as ``field``) always raise. With ``return_details=True`` the result is ``(weights, details)``:
     ``details["status"]`` is ``"scored"``, ``"no_answer"`` or the error's ``kind`` per
     sequence, ``details["errors"]`` the :class:`flowtracer.Error` of each failed sequence (else
     None), ``details["answer_mass"]`` (NaN where not scored), ``details["num_sources"]``

@@ -143,7 +143,7 @@ class QkAccumulator:
         window: int | None = None,
         logit_softcap: float | None = None,
         row_tolerance: float | None = None,
-        dtype: Literal["float32", "float64"] = "float32",
+        dtype: Literal["float32", "float64"] | None = None,  # None: float32
     ) -> QkAccumulator: ...
     def add_layer(self, index: int, q: Any, k: Any, lse: Any = None, bf16: bool = False) -> None: ...
     @property

@@ -120,7 +120,9 @@ class QkAccumulator(_native.QkAccumulator):
 
     For a forward hook that sees one layer at a time: memory stays ``Ā`` (``N²`` values of
     ``dtype``, float32 or float64) however many layers are added. ``q_heads``, ``kv_heads``,
-    ``n`` and ``d`` are the shape every layer must have; ``key_mask``, ``scale``, ``window``,
+    ``n`` and ``d`` are the shape every layer must have (non-negative integers: a negative,
+float, bool or None is a :class:`flowtracer.Error` naming the argument as ``field``, kind
+``BadArgument``); ``dtype`` is ``"float32"`` (also for None) or ``"float64"``; ``key_mask``, ``scale``, ``window``,
     ``logit_softcap`` and ``row_tolerance`` as :func:`score_qk`. Shape and dtype errors come
     back from :meth:`add_layer` at once; data errors (non-finite values, a log-sum-exp that
     does not belong) only from :meth:`finish`, in method §15's order whatever order the
@@ -154,7 +156,7 @@ class QkAccumulator(_native.QkAccumulator):
         window: int | None = None,
         logit_softcap: float | None = None,
         row_tolerance: float | None = None,
-        dtype: str = "float32",
+        dtype: str | None = "float32",
     ) -> QkAccumulator:
         return super().__new__(
             cls,

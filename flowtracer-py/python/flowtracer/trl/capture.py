@@ -87,7 +87,7 @@ def select_layers(layers: Any, num_layers: int) -> list[int]:
     """
     if isinstance(layers, range):
         layers = list(layers) if layers.step != 1 else layers
-    return list(flowtracer._native.select_layers(layers, int(num_layers)))
+    return list(flowtracer._native.select_layers(layers, num_layers))
 
 
 def _key_mask_of(mask: torch.Tensor | None, b: int, n: int, device: Any) -> torch.Tensor | None:
