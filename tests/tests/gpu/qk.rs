@@ -46,6 +46,8 @@ pub(crate) struct Case {
     pub(crate) with_lse: bool,
     pub(crate) scale: Option<f64>,
     pub(crate) softcap: Option<f64>,
+    /// `QkConfig::row_tolerance` (`None`: the default).
+    pub(crate) row_tolerance: Option<f64>,
     pub(crate) seed: u64,
 }
 
@@ -62,6 +64,7 @@ impl Case {
             with_lse: false,
             scale: None,
             softcap: None,
+            row_tolerance: None,
             seed: (q_heads * 1000 + kv_heads * 100 + n * 7 + d) as u64,
         }
     }
@@ -80,6 +83,9 @@ impl Case {
         }
         if let Some(cap) = self.softcap {
             c = c.with_logit_softcap(cap);
+        }
+        if let Some(t) = self.row_tolerance {
+            c = c.with_row_tolerance(t);
         }
         c
     }

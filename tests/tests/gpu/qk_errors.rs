@@ -111,10 +111,9 @@ fn non_finite_order_q_k_lse_and_lowest_layer() {
 }
 
 /// A saved log-sum-exp that does not belong: the first bad row by (layer, head, row), with
-/// its mass; the boundary of the tolerance.
+/// its mass, on both paths.
 #[test]
-fn lse_mismatch_first_row_and_boundary() {
-    let Some(client) = device() else { return };
+fn lse_mismatch_first_row() {
     let c = Case {
         layers: 2,
         with_lse: true,
@@ -133,18 +132,46 @@ fn lse_mismatch_first_row_and_boundary() {
         matches!(e, Error::LseMismatch { layer: 0, head: 3, row: 22, mass, .. } if mass > 1.0),
         "{e:?}"
     );
-    // Within the tolerance (1e-3): a shift of 1e-4 passes on both paths.
-    let mut ok = lse0.clone();
-    ok[at(0, 1, 5)] += 1e-4;
-    c.core(&q, &k, Some(&ok)).unwrap();
-    c.gpu(&client, &q, &k, Some(&ok)).unwrap();
-    // 5e-3 fails on both, as a mass below 1.
-    ok[at(0, 1, 5)] += 5e-3;
-    let e = same_error(&c, &q, &k, Some(&ok));
+}
+
+/// The exact boundary of the row check: a row with one key (row 0) and the log-sum-exp
+/// equal to its logit has mass `exp(0) = 1` exactly on both paths, so row tolerance 0
+/// accepts it; the next f32 above the logit is refused. Exact because the logit is: `Q` and
+/// `K` hold small integers (`q·k = 20` in any summation order) and the scale is 1, so the
+/// device's and the core's logit are both 20.0, the row's maximum is that logit, and
+/// `logit - lse` is `0` or `-ulp(20) = -2^-19` (Sterbenz, exact); both exponentials (the
+/// core's `exp_f32`, WGSL's `exp`) return 1 at 0 and `1 - 1.9e-6` (far more than their
+/// error of a few f32 ulps from 1) at `-2^-19`.
+#[test]
+fn lse_mismatch_boundary_is_exact() {
+    let Some(client) = device() else { return };
+    let c = Case {
+        layers: 1,
+        with_lse: true,
+        scale: Some(1.0),
+        row_tolerance: Some(0.0),
+        ..Case::new(1, 1, 1, 4)
+    };
+    let (q, k) = ([2.0f32, 3.0, 0.5, 1.0], [4.0f32, 1.0, 2.0, 8.0]);
+    let logit = 20.0f32;
+    c.core(&q, &k, Some(&[logit])).unwrap();
+    c.gpu(&client, &q, &k, Some(&[logit])).unwrap();
+    let above = logit.next_up();
+    let e = same_error(&c, &q, &k, Some(&[above]));
+    let expected = (-f64::from(above - logit)).exp(); // 1 - 2^-19, to the f32 exp's error
     assert!(
-        matches!(e, Error::LseMismatch { row: 5, mass, .. } if mass < 1.0),
+        matches!(e, Error::LseMismatch { layer: 0, head: 0, row: 0, mass, tolerance: 0.0 }
+            if mass < 1.0 && (mass - expected).abs() < 1e-7),
         "{e:?}"
     );
+    // With a tolerance of 4e-6 (about twice the shortfall of 1.9e-6) the same LSE passes on
+    // both paths: the refusal above is the tolerance's, not some other check's.
+    let wide = Case {
+        row_tolerance: Some(4e-6),
+        ..c.clone()
+    };
+    wide.core(&q, &k, Some(&[above])).unwrap();
+    wide.gpu(&client, &q, &k, Some(&[above])).unwrap();
 }
 
 /// `q·k` that overflows f32: `LogitsOverflow` at the first (layer, head, row), on both
