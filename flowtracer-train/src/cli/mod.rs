@@ -12,6 +12,7 @@ pub mod demo;
 mod error;
 pub mod explain;
 pub mod knobs;
+pub mod pilot;
 mod qk;
 mod runs;
 pub mod score;
