@@ -247,7 +247,7 @@ pub(crate) fn tokens(py: Python<'_>, span: &str, obj: &Bound<'_, PyAny>) -> PyRe
         if let (start, stop, 1) = bounds {
             return as_range(start, stop);
         }
-        let v: Vec<isize> = obj.extract()?;
+        let v = range_items(r).map_err(|why| bad(format!("{} {why}", repr(obj))))?;
         return list_tokens(v).map_err(|i| bad(format!("has a negative position {i}")));
     }
     if let Ok(t) = obj.cast::<PyTuple>() {
@@ -277,6 +277,21 @@ pub(crate) fn tokens(py: Python<'_>, span: &str, obj: &Bound<'_, PyAny>) -> PyRe
         ))
     })?;
     list_tokens(v).map_err(|i| bad(format!("has a negative position {i}")))
+}
+
+/// The elements of a `range`, allocated fallibly, so that a range of 2**61 elements is an
+/// error (`Err` with why), not a capacity-overflow panic or an out-of-memory abort.
+pub(crate) fn range_items(r: &Bound<'_, PyRange>) -> Result<Vec<isize>, String> {
+    let len = r
+        .len()
+        .map_err(|_| "has more elements than a list can hold".to_string())?;
+    let mut v = Vec::new();
+    v.try_reserve_exact(len)
+        .map_err(|_| format!("has {len} elements, more than can be allocated"))?;
+    for x in r.try_iter().map_err(|e| e.to_string())? {
+        v.push(x.and_then(|x| x.extract()).map_err(|e| e.to_string())?);
+    }
+    Ok(v)
 }
 
 fn repr(obj: &Bound<'_, PyAny>) -> String {

@@ -160,6 +160,14 @@ pub(crate) fn parse_layers(py: Python<'_>, v: &Bound<'_, PyAny>) -> PyResult<Lay
         {
             return Ok(LayerSelection::Range(start as usize..stop as usize));
         }
+        let items = crate::input::range_items(r)
+            .map_err(|_| option_value_error(py, "layers", v, expected))?;
+        let list: Vec<usize> = items
+            .into_iter()
+            .map(usize::try_from)
+            .collect::<Result<_, _>>()
+            .map_err(|_| option_value_error(py, "layers", v, expected))?;
+        return Ok(LayerSelection::List(list));
     }
     let list: Vec<usize> = match v.try_iter() {
         Ok(items) if !v.is_instance_of::<pyo3::types::PyString>() => items

@@ -78,16 +78,17 @@ def test_select_layers_num_layers(bad):
         assert fn("all", np.int64(3)) == [0, 1, 2]
 
 
-@pytest.mark.parametrize("bad", [range(HUGE, HUGE + 2), range(0, HUGE, 2), range(-HUGE, 2), [0, HUGE], [0, 2.5], [-1]])
+@pytest.mark.parametrize("bad", [range(HUGE, HUGE + 2), range(0, HUGE, 2), range(-HUGE, 2), range(0, 2**62, 2), range(-1, 2**62), range(0, 2**40, 3), [0, HUGE], [0, 2.5], [-1]])
 def test_layers_option(bad):
     a = np.stack([np.stack([causal(5, 0)])] * 3)  # [3, 1, 5, 5]
     e = error(flowtracer.trace, a, (0, 2), (4, 5), layers=bad)
     assert e.kind in ("InvalidConfig", "InvalidLayerSelection"), (e.kind, str(e))
+    assert flowtracer.trace(a, (0, 2), (4, 5), layers=range(0, 3, 2)).flow.shape == (5,)  # a stepped range reads
 
 
 @pytest.mark.parametrize(
     "bad",
-    [(0, HUGE), (-1, 2), (0.5, 2), (None, 2), range(HUGE, HUGE + 1), range(0, HUGE), range(0, HUGE, 2), range(-HUGE, 0, 3), [HUGE], [1.5], [-1], [None]],
+    [(0, HUGE), (-1, 2), (0.5, 2), (None, 2), range(HUGE, HUGE + 1), range(0, HUGE), range(0, HUGE, 2), range(-HUGE, 0, 3), range(0, 2**62, 2), range(0, 2**40, 3), [HUGE], [1.5], [-1], [None]],
 )
 def test_span_bounds(bad, worked):
     e = error(flowtracer.trace, worked, bad, (4, 5))
