@@ -44,3 +44,14 @@ def packed(a):
 @pytest.fixture
 def worked():
     return WORKED.copy()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Says, in the run's own output, which suite did not run: the Q/K capture's CUDA
+    conformance (tests/test_qk_torch.py) runs only with FLOWTRACER_TEST_CUDA=1 on a machine
+    with an NVIDIA GPU. pytest captures what tests print, so the line is written here (CI
+    allows exactly this SKIPPED line and fails on any other)."""
+    import os
+
+    if os.environ.get("FLOWTRACER_TEST_CUDA") != "1":
+        terminalreporter.write_line("SKIPPED: no CUDA")

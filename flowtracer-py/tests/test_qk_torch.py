@@ -1,7 +1,7 @@
 """The torch Q/K path (flowtracer.trl.qk_torch) against the core's Q/K stage on the same tensors.
 
-Runs on CPU tensors always; on CUDA when FLOWTRACER_TEST_CUDA=1 (else it prints
-``SKIPPED: no CUDA``). The reference is the core (``flowtracer.QkAccumulator.finish_matrix``),
+Runs on CPU tensors always; on CUDA when FLOWTRACER_TEST_CUDA=1 (else the run's summary says
+``SKIPPED: no CUDA``, from conftest.py). The reference is the core (``flowtracer.QkAccumulator.finish_matrix``),
 never a Python re-derivation; agreement within qk_torch.CONFORMANCE_RTOL / _ATOL (f32) and
 F64_TOL (f64). Errors: the same kind and position as the core's, in method §15's order.
 """
@@ -39,8 +39,7 @@ def devices():
     if os.environ.get("FLOWTRACER_TEST_CUDA") == "1":
         assert torch.cuda.is_available(), "FLOWTRACER_TEST_CUDA=1 but torch sees no CUDA device"
         return ["cpu", "cuda"]
-    print("SKIPPED: no CUDA")
-    return ["cpu"]
+    return ["cpu"]  # conftest.py's terminal summary says "SKIPPED: no CUDA"
 
 
 def layers_of(case, seed, dtype):
