@@ -30,7 +30,7 @@ use crate::credit::{self, SequenceView};
 use crate::error::TrainError;
 use crate::model::{KvCache, MASKED, NEG, Transformer, int_tensor, token_entropy};
 use crate::rollout::{full_batch, to_f64};
-use crate::sampling::{Completion, SamplingConfig, generate, left_pad, sample_token};
+use crate::sampling::{Completion, SamplingConfig, generate, last_logits, left_pad, sample_token};
 use crate::task::{Problem, score};
 use crate::tokenizer::{ANSWER_CLOSE, ANSWER_OPEN, EOS};
 
@@ -256,17 +256,6 @@ pub fn masked_answers(
         last = last_logits(out.logits);
     }
     answers
-}
-
-/// Logits of the last column, `[B * V]` on the host.
-fn last_logits(logits: Tensor<3>) -> Vec<f32> {
-    let [b, s, v] = logits.dims();
-    logits
-        .narrow(1, s - 1, 1)
-        .reshape([b, v])
-        .into_data()
-        .try_into_vec::<f32>()
-        .expect("f32 logits")
 }
 
 /// One tested problem.

@@ -171,7 +171,7 @@ pub fn generate(
 }
 
 /// Logits of the last column, `[B * V]` on the host.
-fn last_logits(logits: Tensor<3>) -> Vec<f32> {
+pub(crate) fn last_logits(logits: Tensor<3>) -> Vec<f32> {
     let [b, s, v] = logits.dims();
     logits
         .narrow(1, s - 1, 1)
