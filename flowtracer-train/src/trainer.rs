@@ -203,65 +203,60 @@ impl Trainer {
         // Credit: read attention off the device (already head-averaged) and score.
         let scoring_start = Instant::now();
         let layers = self.capture.len();
+        // On the wgpu backend with Q/K captured, the device scores; otherwise the host does.
         #[cfg(feature = "wgpu")]
-        if let Some(qk) = device_qk {
-            let layout = crate::gpu_credit::PaddedLayout {
-                width: batch.len,
-                prompt_cols,
-                completion_len: c_len,
-                heads: policy.num_heads(),
-            };
-            let credit = crate::gpu_credit::score_rollouts(
-                &cfg.credit,
-                &problems,
-                &completions,
-                &group_adv,
-                &qk,
-                &self.capture,
-                layout,
-            )?;
-            return Ok(Rollout {
-                problems,
-                completions,
-                rewards,
-                group_advantages: group_adv,
-                batch,
-                prompt_cols,
-                completion_len: c_len,
-                old_logp,
-                ref_logp,
-                mask,
-                entropy,
-                captured_layers: layers,
-                credit,
-                scoring_secs: scoring_start.elapsed().as_secs_f64(),
-            });
-        }
-        let attention_host: Vec<f32> = if layers > 0 {
-            let stacked = Tensor::stack::<4>(out.attention, 1); // [B, L, T, T]
-            stacked
-                .into_data()
-                .try_into_vec::<f32>()
-                .expect("f32 attention")
-        } else {
-            Vec::new()
+        let device_credit = match device_qk {
+            Some(qk) => {
+                let layout = crate::gpu_credit::PaddedLayout {
+                    width: batch.len,
+                    prompt_cols,
+                    completion_len: c_len,
+                    heads: policy.num_heads(),
+                };
+                Some(crate::gpu_credit::score_rollouts(
+                    &cfg.credit,
+                    &problems,
+                    &completions,
+                    &group_adv,
+                    &qk,
+                    &self.capture,
+                    layout,
+                )?)
+            }
+            None => None,
         };
-        let captured = CapturedBatch {
-            attention: &attention_host,
-            layers,
-            width: batch.len,
-            prompt_cols,
-            completion_len: c_len,
-            entropy: &entropy,
+        #[cfg(not(feature = "wgpu"))]
+        let device_credit = None;
+        let credit = match device_credit {
+            Some(credit) => credit,
+            None => {
+                let attention_host: Vec<f32> = if layers > 0 {
+                    let stacked = Tensor::stack::<4>(out.attention, 1); // [B, L, T, T]
+                    stacked
+                        .into_data()
+                        .try_into_vec::<f32>()
+                        .expect("f32 attention")
+                } else {
+                    Vec::new()
+                };
+                let captured = CapturedBatch {
+                    attention: &attention_host,
+                    layers,
+                    width: batch.len,
+                    prompt_cols,
+                    completion_len: c_len,
+                    entropy: &entropy,
+                };
+                score_rollouts(
+                    &cfg.credit,
+                    &problems,
+                    &completions,
+                    &group_adv,
+                    &captured,
+                    random_seed,
+                )
+            }
         };
-        let credit = score_rollouts(
-            &cfg.credit,
-            &problems,
-            &completions,
-            &group_adv,
-            &captured,
-            random_seed,
-        );
         let scoring_secs = scoring_start.elapsed().as_secs_f64();
         Ok(Rollout {
             problems,
