@@ -66,6 +66,23 @@ impl CreditConfig {
             .with_apply_to(self.apply_to)
             .with_select(select)
     }
+
+    /// This config with the knobs its method never reads put at their defaults: `uniform`
+    /// weighs every token 1 ([`score_sequence`]), so its `rho`, `gamma` and `apply_to` cannot
+    /// change a run. Two runs whose canonical configs are equal are the same run, which lets a
+    /// sensitivity sweep over those knobs keep the uniform runs it is compared against.
+    pub fn canonical(&self) -> Self {
+        if self.method != CreditMethod::Uniform {
+            return self.clone();
+        }
+        let d = Self::default();
+        Self {
+            rho: d.rho,
+            gamma: d.gamma,
+            apply_to: d.apply_to,
+            ..self.clone()
+        }
+    }
 }
 
 /// One sequence as the credit methods see it.

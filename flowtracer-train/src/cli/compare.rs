@@ -303,13 +303,20 @@ fn seed_warmup(
                 sampled,
                 secs,
                 fidelity: BTreeMap::new(),
+                fidelity_rho: Some(ks.rho),
             };
             (model, record)
         }
     };
-    // Credit fidelity of every method on the warm-up model (canonical solutions).
+    // Credit fidelity of every method on the warm-up model (canonical solutions), at this
+    // `rho`: measured again when the kept one was measured at another.
     let probe = &eval[..eval.len().min(200)];
     let mut changed = !record_path.exists();
+    if record.fidelity_rho != Some(ks.rho) {
+        record.fidelity.clear();
+        record.fidelity_rho = Some(ks.rho);
+        changed = true;
+    }
     for &m in methods {
         if !record.fidelity.contains_key(m.name()) {
             let f = fidelity(ks, m, &model, probe)?;

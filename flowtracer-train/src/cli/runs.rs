@@ -47,7 +47,7 @@ pub(crate) struct RunKey {
 impl RunKey {
     pub(crate) fn new(k: &Knobs, method: CreditMethod, seed: u64) -> Self {
         Self {
-            config: k.grpo(method, seed),
+            config: canonical(k.grpo(method, seed)),
             task: k.task(),
             model: k.model(),
             warmup: k.sft(),
@@ -59,7 +59,20 @@ impl RunKey {
     }
 }
 
-/// Everything that decides a seed's warm-up and the fidelity measured on it.
+/// A GRPO config as a key sees it: the credit knobs its method never reads at their
+/// defaults ([`CreditConfig::canonical`](crate::credit::CreditConfig::canonical)).
+fn canonical(config: GrpoConfig) -> GrpoConfig {
+    GrpoConfig {
+        credit: config.credit.canonical(),
+        ..config
+    }
+}
+
+/// Everything that decides a seed's warm-up model and its held-out accuracy. The credit
+/// knobs do not (a sweep over `--rho` or `--gamma` reuses the warm-up); the fidelity
+/// measured on the model depends on `rho`, recorded beside it in [`WarmRecord`]. (Records
+/// written before also held `rho` and `gamma` here; they read back, their fidelity is
+/// measured again.)
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct WarmKey {
     seed: u64,
@@ -68,8 +81,6 @@ pub(crate) struct WarmKey {
     warmup: SftConfig,
     eval_size: usize,
     temperature: f64,
-    rho: f64,
-    gamma: f64,
 }
 
 impl WarmKey {
@@ -81,8 +92,6 @@ impl WarmKey {
             warmup: k.sft(),
             eval_size: k.eval_size,
             temperature: k.temperature,
-            rho: k.rho,
-            gamma: k.gamma,
         }
     }
 }
@@ -99,6 +108,10 @@ pub(crate) struct WarmRecord {
     pub(crate) secs: f64,
     /// Credit fidelity per method name (`None`: the method scores nothing).
     pub(crate) fidelity: BTreeMap<String, Option<f64>>,
+    /// The `rho` the fidelity was measured at (`None` in records written before it was
+    /// kept: measured again).
+    #[serde(default)]
+    pub(crate) fidelity_rho: Option<f64>,
 }
 
 /// `seed-S/METHOD/result.json`.
@@ -195,7 +208,7 @@ pub(crate) fn resume_start(
         }
     };
     let state = checkpoint::read_state(&path).map_err(TrainError::Damaged)?;
-    if state.config != key.config || state.task != key.task || state.model != key.model {
+    if canonical(state.config) != key.config || state.task != key.task || state.model != key.model {
         return Err(other_knobs(&path));
     }
     let (trainer, model) = checkpoint::load(&path, held, k.device())?;

@@ -219,3 +219,84 @@ fn an_interrupted_compare_resumes_per_run() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("other knobs"));
 }
+
+/// Issue 18's sensitivity sweep: a compare over other credit knobs reuses what they cannot
+/// change. A `warmup.json` of the earlier format (its key also held `rho` and `gamma`, no
+/// `fidelity_rho`) is read back, its model kept and its fidelity measured again (equal);
+/// a sweep to `--rho 0.2` given copies of the seed's warm-up and uniform run keeps both (the
+/// warm-up's files untouched, the uniform result equal) and measures the fidelity at 0.2.
+#[test]
+fn a_sweep_over_rho_keeps_the_warmup_and_the_uniform_run() {
+    let main = temp_dir("compare-sweep-main");
+    let args = tiny_compare(main.to_str().unwrap());
+    let out = run_compare(&args, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seed = main.join("seed-0");
+    let read = |p: &std::path::Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+    };
+    let record = read(&seed.join("warmup.json"));
+    assert_eq!(record["fidelity_rho"], 0.4);
+    let mut old = record.clone();
+    old["key"]["rho"] = 0.4.into();
+    old["key"]["gamma"] = 1.5.into();
+    old.as_object_mut().unwrap().remove("fidelity_rho");
+    std::fs::write(seed.join("warmup.json"), serde_json::to_vec(&old).unwrap()).unwrap();
+    let model_stamp = modified(&seed.join("warmup.bpk"));
+    let out = run_compare(&args, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(modified(&seed.join("warmup.bpk")), model_stamp);
+    assert_eq!(read(&seed.join("warmup.json")), record);
+
+    let sweep = temp_dir("compare-sweep-rho");
+    let to = sweep.join("seed-0");
+    std::fs::create_dir_all(to.join("uniform")).unwrap();
+    for f in [
+        "warmup.bpk",
+        "warmup.json",
+        "uniform/result.json",
+        "uniform/final.bpk",
+        "uniform/metrics.jsonl",
+    ] {
+        std::fs::copy(seed.join(f), to.join(f)).unwrap();
+    }
+    let stamps = [
+        modified(&to.join("warmup.bpk")),
+        modified(&to.join("uniform/result.json")),
+    ];
+    let mut swept = tiny_compare(sweep.to_str().unwrap());
+    swept.extend(["--rho".to_owned(), "0.2".to_owned()]);
+    let out = run_compare(&swept, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("uniform: kept"), "{stderr}");
+    assert_eq!(
+        stamps,
+        [
+            modified(&to.join("warmup.bpk")),
+            modified(&to.join("uniform/result.json")),
+        ]
+    );
+    let record = read(&to.join("warmup.json"));
+    assert_eq!(record["fidelity_rho"], 0.2);
+    assert!(record["fidelity"]["flowtracer"].is_number(), "{record}");
+    assert!(to.join("flowtracer/result.json").exists());
+    let uniform = |dir: &std::path::Path| {
+        without_timings(&dir.join("results.json"))["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["method"] == "uniform")
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(uniform(&sweep), uniform(&main));
+}
