@@ -7,7 +7,10 @@
 //! that made it). A later `compare` with the same knobs keeps every finished run (reads its
 //! `result.json`, trains nothing), continues an interrupted run from its latest checkpoint
 //! (exactly: same RNG state, so the result equals an uninterrupted run's), and reuses a
-//! seed's warm-up. A kept file made with other knobs is refused (exit 2), never mixed in.
+//! seed's warm-up. A kept file made with other knobs is refused (exit 2), never mixed in;
+//! knobs a file's work never reads are not part of its key (the warm-up reads no credit
+//! knob, a uniform run none of `rho`, `gamma`, `apply_to`), so a sweep over them can keep
+//! the study's warm-ups and uniform runs (`scripts/sensitivity.sh`).
 
 use alloc::collections::BTreeMap;
 use std::collections::HashSet;
