@@ -5,8 +5,8 @@
 #   scripts/sensitivity.sh MAIN OUT SEEDS -- COMPARE_KNOBS...
 #
 # MAIN is the study's --out; OUT is this setting's own --out; COMPARE_KNOBS are the study's
-# knobs (task, warm-up, steps; no --seeds, --methods or --out) plus the setting, e.g.
-# `--gamma 3.0`. For seeds 0..SEEDS-1 the warm-up (seed-S/warmup.*) and the uniform run
+# knobs (task, warm-up, steps; no --seed, --seeds, --methods or --out: the seeds are the
+# study's first SEEDS, from 0) plus the setting, e.g. `--gamma 3.0`. For seeds 0..SEEDS-1 the warm-up (seed-S/warmup.*) and the uniform run
 # (seed-S/uniform/) are copied from MAIN when OUT lacks them; `compare --methods
 # uniform,flowtracer` then keeps both (their keys hold only the knobs they read: the warm-up
 # none of the credit knobs, uniform none of rho, gamma, apply-to), measures the credit
