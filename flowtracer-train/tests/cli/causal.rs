@@ -1,6 +1,6 @@
 //! `flowtracer causal` on a tiny saved model: its report files, and its bad inputs.
 
-use super::support::{assert_fails, run, temp_dir};
+use super::support::{assert_fails, read_json, run, temp_dir};
 
 const SHAPE: [&str; 6] = ["--d-model", "16", "--heads", "2", "--layers", "3"];
 
@@ -57,8 +57,7 @@ fn causal_writes_its_table_json_and_chart() {
         "{}",
         String::from_utf8_lossy(&res.stderr)
     );
-    let json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("causal.json")).unwrap()).unwrap();
+    let json = read_json(&out.join("causal.json"));
     let r = &json["result"];
     assert_eq!(r["problems"], 6);
     let tested = r["tested"].as_u64().unwrap();

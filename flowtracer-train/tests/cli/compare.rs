@@ -1,7 +1,7 @@
 //! `flowtracer compare --report-only`: the report is re-rendered from a `results.json`, and
 //! its verdict states the paired difference to uniform GRPO.
 
-use super::support::{assert_fails, run, temp_dir};
+use super::support::{assert_fails, read_json, run, temp_dir};
 
 /// Two seeds: uniform ends at 40% and 50%, flowtracer at 38% and 49%, random at 30%, 31%.
 const RESULTS: &str = r#"{
@@ -61,8 +61,7 @@ fn report_only_renders_the_verdict_from_results_json() {
     let svg = std::fs::read_to_string(dir.join("learning_curves.svg")).unwrap();
     assert!(svg.contains("sampled accuracy at T=1 (points)"));
     // The results are rewritten unchanged (same runs, fidelity and total time).
-    let again: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("results.json")).unwrap()).unwrap();
+    let again = read_json(&dir.join("results.json"));
     let first: serde_json::Value = serde_json::from_str(RESULTS).unwrap();
     assert_eq!(again, first);
 }
@@ -126,7 +125,7 @@ fn run_compare(args: &[String], env: &[(&str, &str)]) -> std::process::Output {
 
 /// `results.json` without its timings (which differ between any two runs).
 fn without_timings(path: &std::path::Path) -> serde_json::Value {
-    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let mut v = read_json(path);
     v.as_object_mut().unwrap().remove("total_secs");
     for run in v["runs"].as_array_mut().unwrap() {
         let run = run.as_object_mut().unwrap();
@@ -236,10 +235,7 @@ fn a_sweep_over_rho_keeps_the_warmup_and_the_uniform_run() {
         String::from_utf8_lossy(&out.stderr)
     );
     let seed = main.join("seed-0");
-    let read = |p: &std::path::Path| -> serde_json::Value {
-        serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
-    };
-    let record = read(&seed.join("warmup.json"));
+    let record = read_json(&seed.join("warmup.json"));
     assert_eq!(record["fidelity_rho"], 0.4);
     let mut old = record.clone();
     old["key"]["rho"] = 0.4.into();
@@ -254,7 +250,7 @@ fn a_sweep_over_rho_keeps_the_warmup_and_the_uniform_run() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(modified(&seed.join("warmup.bpk")), model_stamp);
-    assert_eq!(read(&seed.join("warmup.json")), record);
+    assert_eq!(read_json(&seed.join("warmup.json")), record);
 
     let sweep = temp_dir("compare-sweep-rho");
     let to = sweep.join("seed-0");
@@ -285,7 +281,7 @@ fn a_sweep_over_rho_keeps_the_warmup_and_the_uniform_run() {
             modified(&to.join("uniform/result.json")),
         ]
     );
-    let record = read(&to.join("warmup.json"));
+    let record = read_json(&to.join("warmup.json"));
     assert_eq!(record["fidelity_rho"], 0.2);
     assert!(record["fidelity"]["flowtracer"].is_number(), "{record}");
     assert!(to.join("flowtracer/result.json").exists());

@@ -7,8 +7,8 @@ use flowtracer_core::{Sequence, Spans, Trace, trace};
 use serde_json::Value;
 
 use super::support::{
-    Dtype, WORKED_EXAMPLE, arg, assert_close, assert_dir_holds, random_attention, run_json,
-    temp_dir, usizes, write_npy, write_safetensors,
+    Dtype, WORKED_EXAMPLE, arg, assert_close, assert_dir_holds, random_attention, read_json,
+    run_json, temp_dir, usizes, write_npy, write_safetensors,
 };
 
 /// Tolerance for the CLI against the core on the same f64 input: the same code runs, so
@@ -367,7 +367,7 @@ fn out_is_written_atomically_and_equals_stdout() {
     let result = super::support::run(&with_out);
     assert!(result.status.success());
     assert!(result.stdout.is_empty(), "nothing on stdout with --out");
-    let written: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let written = read_json(&out);
     assert_eq!(written, stdout);
     assert_dir_holds(&dir, &["example.npy", "scores.json"]);
     // Overwriting an existing file works too.

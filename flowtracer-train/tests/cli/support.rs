@@ -45,6 +45,12 @@ pub(crate) fn run_json(args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("stdout is JSON")
 }
 
+/// Reads a JSON file the binary wrote.
+pub(crate) fn read_json(path: &Path) -> serde_json::Value {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
+}
+
 /// Asserts the binary failed with exit code 2 and one line on stderr containing every
 /// string of `needles`; returns that line.
 pub(crate) fn assert_fails(args: &[&str], needles: &[&str]) -> String {
